@@ -1,0 +1,1 @@
+"""Model loading: HookedVLM, per-family prompt rules, tiny offline builders."""

@@ -1,0 +1,455 @@
+"""HookedVLM: a vision-language model with TransformerLens hook points, caching and generation.
+
+``HookedVLM`` owns a TransformerLens ``TransformerBridge`` around the HF model, the checkpoint's
+processor and the family's prompt rules. It adds what the bridge lacks for VLM studies:
+
+- inputs are :class:`~vlminterp.prompts.PromptBatch` objects (paired conditions, left padding,
+  role masks), so image kwargs and position ids are always passed right;
+- ``positions=`` picks token positions *at capture time* (``"last"``, ``"last_instruction"``,
+  ``"mean_text"``, an int, or index tensors), so a dataset cache never holds full sequences;
+- unknown hook names raise with the closest valid names (the bridge skips them silently);
+- every hook a call adds is removed by that call, on success and on error;
+- nothing is installed at run time (TransformerLens would ``pip install torchvision`` when a
+  processor fails to load; vlminterp disables that path).
+
+Example:
+    >>> from vlminterp import HookedVLM, Sample, Condition, PromptBatch
+    >>> model = HookedVLM.tiny("llava")
+    >>> batch = PromptBatch.paired(model, [Sample(id="a", query="what is this ?")], [Condition.TEXT_ONLY])
+    >>> logits, cache = model.run_with_cache(batch, names_filter=model.hook_names("resid_post"), positions="last")
+    >>> logits.shape[0], cache["blocks.0.hook_resid_post"].shape
+    (1, torch.Size([1, 64]))
+    >>> model.count_hooks()
+    0
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+import transformer_lens.model_bridge.sources.transformers.helpers as _tl_helpers
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from vlminterp.cache.activation_cache import ActivationCache
+from vlminterp.models.families import Family, family_for_config, get_family
+from vlminterp.models.names import NamesFilter, layer_hook_name, resolve_names
+from vlminterp.prompts import PromptBatch
+
+__all__ = ["HookedVLM", "VLMConfig", "Generation", "ProcessorLoadError", "Positions"]
+
+#: A position selection: None (all), "last", "last_instruction", "mean_text", an int, a 1-D index
+#: tensor (same positions for every row) or a 2-D ``[batch, k]`` tensor (per-row positions).
+Positions = Union[None, str, int, Tensor]
+HookFn = Callable[..., Any]
+FwdHooks = Sequence[tuple[str | Callable[[str], bool], HookFn]]
+_POSITION_NAMES = ("last", "last_instruction", "mean_text")
+
+
+class ProcessorLoadError(RuntimeError):
+    """The checkpoint's processor could not be loaded (vlminterp never installs packages to fix it)."""
+
+
+def _torchvision_importable() -> bool:
+    """TransformerLens' ``_ensure_torchvision`` without the ``pip install`` fallback."""
+    try:
+        import torchvision  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+# TransformerLens 4.3 runs `pip install torchvision` inside the user's interpreter when a processor
+# fails to load; on CPU-wheel machines that replaces torch with a multi-GB CUDA build. Never.
+_tl_helpers._ensure_torchvision = _torchvision_importable
+
+
+@dataclass(frozen=True)
+class VLMConfig:
+    """Sizes and identity of the language model inside a VLM."""
+
+    model_id: str
+    family: str
+    n_layers: int
+    d_model: int
+    n_heads: int
+    d_head: int
+    d_vocab: int
+
+
+@dataclass
+class Generation:
+    """Output of :meth:`HookedVLM.generate`.
+
+    Attributes:
+        tokens: New token ids per row, up to (not including) the first EOS.
+        texts: Decoded new text per row (special tokens skipped).
+        batch: The prompts that were continued.
+    """
+
+    tokens: list[list[int]]
+    texts: list[str]
+    batch: PromptBatch
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+class HookedVLM:
+    """A VLM with TransformerLens hook names, built on ``TransformerBridge``.
+
+    Build it with :meth:`from_pretrained`, :meth:`tiny` or ``from_organism``; do not call the
+    constructor with a half-configured bridge.
+
+    Attributes:
+        bridge: The TransformerLens bridge around the HF model.
+        processor: The checkpoint's processor (tokenizer + image processor).
+        family_rules: The :class:`~vlminterp.models.families.Family` entry.
+        cfg: :class:`VLMConfig` of the language model.
+    """
+
+    def __init__(self, bridge: Any, processor: Any, family: Family, model_id: str):
+        self.bridge = bridge
+        self.processor = processor
+        self.family_rules = family
+        c = bridge.cfg
+        self.cfg = VLMConfig(
+            model_id=model_id,
+            family=family.name,
+            n_layers=int(c.n_layers),
+            d_model=int(c.d_model),
+            n_heads=int(c.n_heads),
+            d_head=int(c.d_head),
+            d_vocab=int(c.d_vocab),
+        )
+        self.image_token_id = family.image_token_id(bridge.original_model.config)
+        self._valid_names = frozenset(bridge.hook_dict)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_dir: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        device_map: str | dict[str, Any] | None = None,
+        family: str | None = None,
+    ) -> HookedVLM:
+        """Load a checkpoint (hub id or local directory) with its processor.
+
+        Args:
+            name_or_dir: e.g. ``"llava-hf/llava-1.5-7b-hf"`` or a directory from ``save_pretrained``.
+            device: Device for the whole model (ignored when ``device_map`` is given).
+            dtype: Weight dtype, default float32.
+            device_map: accelerate placement (``"auto"``) for checkpoints larger than one device.
+            family: Family name; default from the config (``vlminterp_family`` or ``model_type``).
+
+        Raises:
+            ValueError: the family is unsupported or does not match the checkpoint.
+            ProcessorLoadError: the processor cannot be loaded.
+        """
+        from transformer_lens.model_bridge import TransformerBridge
+        from transformers import AutoConfig, AutoProcessor
+
+        source = str(name_or_dir)
+        config = AutoConfig.from_pretrained(source)
+        if family is None:
+            rules = family_for_config(config)
+        else:
+            rules = get_family(family)
+            declared = getattr(config, "vlminterp_family", None)
+            if declared != rules.name and config.model_type not in rules.model_types:
+                raise ValueError(
+                    f"Family {rules.name!r} does not match checkpoint {source!r} (model_type="
+                    f"{config.model_type!r}, vlminterp_family={declared!r}); family {rules.name!r} handles "
+                    f"model types {list(rules.model_types)}. Omit family= to detect it."
+                )
+        try:
+            processor = AutoProcessor.from_pretrained(source)
+        except Exception as err:
+            raise ProcessorLoadError(
+                f"Could not load the processor of {source!r}: {type(err).__name__}: {err}. vlminterp never installs "
+                "packages at run time; save a processor with a PIL image processor (*ImageProcessorPil) next to "
+                "the weights, or install what the error names yourself."
+            ) from err
+        if not hasattr(processor, "image_processor"):
+            raise ProcessorLoadError(
+                f"{source!r} loaded a {type(processor).__name__}, not a multimodal processor with an image processor."
+            )
+        boot_kwargs: dict[str, Any] = {"dtype": dtype or torch.float32}
+        if device_map is not None:
+            boot_kwargs["device_map"] = device_map
+        else:
+            boot_kwargs["device"] = str(device)
+        bridge = TransformerBridge.boot_transformers(source, **boot_kwargs)
+        bridge.processor = processor
+        bridge.eval()
+        return cls(bridge, processor, rules, model_id=getattr(config, "_name_or_path", "") or source)
+
+    @classmethod
+    def tiny(cls, family: str = "llava", seed: int = 0, **sizes: int) -> HookedVLM:
+        """A tiny random VLM of ``family``, saved to a cached temp dir and loaded like a checkpoint."""
+        from vlminterp.models.tiny import tiny_vlm_dir
+
+        return cls.from_pretrained(tiny_vlm_dir(family, seed, **sizes))
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def family(self) -> str:
+        return self.family_rules.name
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    @property
+    def chat_template(self) -> str:
+        """The checkpoint's own chat template when it ships one, else the family default."""
+        return getattr(self.processor, "chat_template", None) or self.family_rules.chat_template
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.bridge.original_model.parameters()).device
+
+    @property
+    def hf_model(self) -> torch.nn.Module:
+        """The wrapped HF model (same weights as the bridge)."""
+        return self.bridge.original_model
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        return f"HookedVLM({c.model_id!r}, family={c.family!r}, n_layers={c.n_layers}, d_model={c.d_model})"
+
+    # ------------------------------------------------------------------ names
+    @property
+    def hook_dict(self) -> dict[str, Any]:
+        """Every hook point of the model, by TransformerLens name."""
+        return self.bridge.hook_dict
+
+    def layer_hook(self, kind: str, layer: int) -> str:
+        """The name of hook ``kind`` at ``layer``, validated: ``layer_hook("resid_post", 3)``."""
+        if not 0 <= int(layer) < self.cfg.n_layers:
+            raise ValueError(f"Layer {layer} is out of range for a {self.cfg.n_layers}-layer model.")
+        return resolve_names(layer_hook_name(kind, layer), self._valid_names)[0]
+
+    def hook_names(self, kind: str, layers: Iterable[int] | None = None) -> list[str]:
+        """Names of hook ``kind`` at ``layers`` (default all): ``hook_names("resid_post", range(10, 32))``."""
+        chosen = range(self.cfg.n_layers) if layers is None else layers
+        return [self.layer_hook(kind, layer) for layer in chosen]
+
+    def resolve_names(self, names_filter: NamesFilter) -> list[str]:
+        """Validated hook names selected by ``names_filter`` (raises on unknown names)."""
+        return resolve_names(names_filter, self._valid_names)
+
+    # ------------------------------------------------------------------ hooks
+    def count_hooks(self) -> int:
+        """Forward/backward hooks held by any module of the model (0 between calls)."""
+        total = 0
+        for module in self.bridge.modules():
+            total += len(module._forward_hooks) + len(module._forward_pre_hooks)
+            total += len(module._backward_hooks) + len(getattr(module, "_backward_pre_hooks", {}))
+        return total
+
+    @contextlib.contextmanager
+    def hooks(self, fwd_hooks: FwdHooks = ()) -> Iterator[HookedVLM]:
+        """Context manager that adds ``fwd_hooks`` and removes exactly those on exit, error or not.
+
+        Args:
+            fwd_hooks: ``[(name_or_predicate, fn), ...]``; ``fn(activation, hook)`` returns a new
+                activation or None.
+
+        Raises:
+            ValueError: an unknown hook name (nothing is added then).
+        """
+        resolved = [(name, fn) for spec, fn in fwd_hooks for name in self.resolve_names(spec)]
+        handles: list[tuple[Any, Any]] = []
+        try:
+            for name, fn in resolved:
+                point = self.bridge.hook_dict[name]
+                self.bridge.check_hooks_to_add(point, name, fn)
+                handles.append((point, point.add_hook(fn, dir="fwd")))
+            yield self
+        finally:
+            for point, handle in reversed(handles):
+                handle.hook.remove()
+                if handle in point.fwd_hooks:
+                    point.fwd_hooks.remove(handle)
+
+    # ------------------------------------------------------------------ running
+    def _forward(self, batch: PromptBatch) -> Float[Tensor, "batch pos d_vocab"]:
+        device = self.device
+        kwargs = {k: v.to(device) for k, v in batch.model_kwargs().items()}
+        return self.bridge(batch.input_ids.to(device), return_type="logits", **kwargs)
+
+    def forward(self, batch: PromptBatch) -> Float[Tensor, "batch pos d_vocab"]:
+        """Logits of ``batch`` (no gradients)."""
+        with torch.no_grad():
+            return self._forward(batch)
+
+    __call__ = forward
+
+    def run_with_hooks(
+        self, batch: PromptBatch, fwd_hooks: FwdHooks = (), grad: bool = False
+    ) -> Float[Tensor, "batch pos d_vocab"]:
+        """Logits of ``batch`` with ``fwd_hooks`` active for this one forward.
+
+        Args:
+            batch: The prompts.
+            fwd_hooks: ``[(name_or_predicate, fn), ...]`` as in TransformerLens.
+            grad: Keep the autograd graph (default off).
+        """
+        with torch.set_grad_enabled(grad), self.hooks(fwd_hooks):
+            return self._forward(batch)
+
+    def run_with_cache(
+        self,
+        batch: PromptBatch,
+        names_filter: NamesFilter = None,
+        positions: Positions = None,
+        device: str | torch.device = "cpu",
+        fwd_hooks: FwdHooks = (),
+    ) -> tuple[Float[Tensor, "batch pos d_vocab"], ActivationCache]:
+        """Logits and an :class:`ActivationCache` of the hooks selected by ``names_filter``.
+
+        Args:
+            batch: The prompts.
+            names_filter: Hook names to cache (name, names, predicate; None = every hook).
+            positions: Token positions kept at capture time (see :data:`Positions`); None keeps all.
+                Applies to decoder hooks (``[batch, pos, ...]``); attention patterns are selected on
+                their query axis.
+            device: Where cached tensors are stored (detached), default CPU.
+            fwd_hooks: Interventions active during the run; caching sees their result.
+
+        Returns:
+            ``(logits, cache)``; with ``positions="last"`` each ``resid_post`` entry is ``[batch, d_model]``.
+        """
+        names = self.resolve_names(names_filter)
+        select = _position_selector(positions, batch, self.device)
+        store: dict[str, Tensor] = {}
+
+        def make_hook(name: str) -> HookFn:
+            def cache_hook(activation: Tensor, hook: Any) -> None:
+                value = activation if select is None else select(name, activation)
+                store[name] = value.detach().to(device)
+
+            return cache_hook
+
+        caching = [(name, make_hook(name)) for name in names]
+        with torch.no_grad(), self.hooks([*fwd_hooks, *caching]):
+            logits = self._forward(batch)
+        return logits, ActivationCache(store, positions=_describe_positions(positions), meta=batch.to_dict())
+
+    def generate(
+        self,
+        batch: PromptBatch,
+        max_new_tokens: int = 32,
+        do_sample: bool = False,
+        fwd_hooks: FwdHooks = (),
+        **generate_kwargs: Any,
+    ) -> Generation:
+        """Continue every prompt of ``batch``, with the KV cache, hooks firing at every step.
+
+        Hooks see the whole prompt at the first step (``pos`` = prompt length) and one new token
+        per later step (``pos`` = 1); "last position" is ``x[:, -1]`` in both.
+
+        Args:
+            batch: The prompts (left-padded; images passed at the first step).
+            max_new_tokens: Tokens to generate per row (generation stops at EOS).
+            do_sample: Sample instead of greedy decoding.
+            fwd_hooks: Interventions active during generation.
+            **generate_kwargs: Passed to ``TransformerBridge.generate`` (``temperature``, ``top_p``, ...).
+
+        Returns:
+            A :class:`Generation` with the new tokens and texts per row.
+        """
+        device = self.device
+        images = {k: v.to(device) for k, v in batch.image_inputs.items()}
+        prompt_len = batch.input_ids.shape[1]
+        with torch.no_grad(), self.hooks(fwd_hooks):
+            out = self.bridge.generate(
+                batch.input_ids.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=do_sample,
+                attention_mask=batch.attention_mask.to(device),
+                use_past_kv_cache=True,
+                return_type="tokens",
+                verbose=False,
+                **images,
+                **generate_kwargs,
+            )
+        eos = self.tokenizer.eos_token_id
+        tokens = []
+        for row in out[:, prompt_len:].tolist():
+            tokens.append(row[: row.index(eos)] if eos in row else row)
+        texts = self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        return Generation(tokens=tokens, texts=[t.strip() for t in texts], batch=batch)
+
+
+# ---------------------------------------------------------------------- positions
+def _describe_positions(positions: Positions) -> Any:
+    return positions.tolist() if isinstance(positions, Tensor) else positions
+
+
+def _row_index(positions: Positions, batch: PromptBatch) -> Int[Tensor, "batch k"] | None:
+    """Per-row position indices ``[batch, k]`` for gather-style selections, or None."""
+    if isinstance(positions, Tensor):
+        idx = positions.long()
+        if idx.dim() == 1:
+            return idx.unsqueeze(0).expand(len(batch), -1)
+        if idx.dim() == 2 and idx.shape[0] == len(batch):
+            return idx
+        raise ValueError(
+            f"positions tensor must be 1-D (shared positions) or [batch={len(batch)}, k]; got shape {tuple(idx.shape)}."
+        )
+    if positions == "last_instruction":
+        mask = batch.instruction_mask
+        if not bool(mask.any(-1).all()):
+            raise ValueError("positions='last_instruction': some rows have no instruction tokens.")
+        pos = torch.arange(mask.shape[1]).expand_as(mask)
+        return torch.where(mask, pos, -1).max(-1).values.unsqueeze(-1)
+    return None
+
+
+def _position_selector(
+    positions: Positions, batch: PromptBatch, device: torch.device
+) -> Callable[[str, Tensor], Tensor] | None:
+    """A function (hook name, activation) -> selected activation, or None for all positions."""
+    if positions is None:
+        return None
+    if isinstance(positions, bool) or not isinstance(positions, (str, int, Tensor)):
+        raise ValueError(f"positions must be None, {list(_POSITION_NAMES)}, an int or an index tensor; got {positions!r}.")
+    if isinstance(positions, str) and positions not in _POSITION_NAMES:
+        raise ValueError(f"Unknown positions {positions!r}. Choose from {list(_POSITION_NAMES)}, an int or a tensor.")
+    n, t = batch.input_ids.shape
+    index = _row_index(positions, batch)
+    index = None if index is None else index.to(device)
+    text_weights = None
+    if positions == "mean_text":
+        text = (batch.attention_mask.bool() & ~batch.image_mask).to(device)
+        text_weights = text.float() / text.sum(-1, keepdim=True).clamp(min=1)
+
+    def select(name: str, x: Tensor) -> Tensor:
+        pos_dim = 2 if name.endswith(("hook_pattern", "hook_attn_scores")) else 1
+        if x.dim() <= pos_dim or x.shape[0] != n or x.shape[pos_dim] != t:
+            raise ValueError(
+                f"positions={_describe_positions(positions)!r} applies to decoder hooks shaped [batch, pos, ...]; "
+                f"{name!r} has shape {tuple(x.shape)}. Cache it in a separate call with positions=None."
+            )
+        x = x.movedim(pos_dim, 1)
+        if positions == "last":
+            return x[:, -1]
+        if isinstance(positions, int):
+            return x[:, positions]
+        if text_weights is not None:
+            w = text_weights.to(x.dtype).view(n, t, *([1] * (x.dim() - 2)))
+            return (x * w).sum(1)
+        assert index is not None
+        gathered = x.gather(1, index.view(n, -1, *([1] * (x.dim() - 2))).expand(n, -1, *x.shape[2:]))
+        return gathered[:, 0] if positions == "last_instruction" else gathered
+
+    return select
