@@ -66,7 +66,9 @@ class Sample:
 
     def __post_init__(self) -> None:
         if self.label not in (None, "harmful", "benign"):
-            raise ValueError(f"Sample {self.id!r}: label must be 'harmful', 'benign' or None, got {self.label!r}.")
+            raise ValueError(
+                f"Sample {self.id!r}: label must be 'harmful', 'benign' or None, got {self.label!r}."
+            )
 
 
 class Condition(str, enum.Enum):
@@ -108,7 +110,9 @@ def load_image(image: Image.Image | str | Path, sample_id: str = "?") -> Image.I
         return im.convert("RGB")
 
 
-def _blank_image(size: tuple[int, int], blank: str | tuple[int, int, int], reference: Image.Image | None) -> Image.Image:
+def _blank_image(
+    size: tuple[int, int], blank: str | tuple[int, int, int], reference: Image.Image | None
+) -> Image.Image:
     if blank == "mean_pixel":
         if reference is None:
             raise ValueError("blank='mean_pixel' needs a sample image to average; use blank='white' instead.")
@@ -210,7 +214,9 @@ class PromptBatch:
             raise ValueError("PromptBatch.paired needs at least one sample.")
         conds = [Condition.parse(c) for c in conditions]
         if not conds:
-            raise ValueError(f"PromptBatch.paired needs at least one condition; choose from {list(Condition)}.")
+            raise ValueError(
+                f"PromptBatch.paired needs at least one condition; choose from {list(Condition)}."
+            )
         template = caption_template or model.family_rules.caption_template
         rows = []
         for cond in conds:
@@ -225,7 +231,9 @@ class PromptBatch:
         length = max(len(e[0]) for e in encoded)
         pad = model.tokenizer.pad_token_id
         if pad is None:
-            raise ValueError("The model's tokenizer has no pad_token_id; set tokenizer.pad_token before batching.")
+            raise ValueError(
+                "The model's tokenizer has no pad_token_id; set tokenizer.pad_token before batching."
+            )
         n = len(rows)
         ids = torch.full((n, length), pad, dtype=torch.long)
         attn = torch.zeros((n, length), dtype=torch.long)
@@ -389,7 +397,11 @@ def _make_row(
     elif cond in (Condition.BLANK, Condition.NOISE):
         reference = load_image(sample.image, sample.id) if sample.image is not None else None
         size = reference.size if reference is not None else _default_image_size(model)
-        image = _blank_image(size, blank, reference) if cond is Condition.BLANK else _noise_image(size, noise_seed, sample.id)
+        image = (
+            _blank_image(size, blank, reference)
+            if cond is Condition.BLANK
+            else _noise_image(size, noise_seed, sample.id)
+        )
     elif cond is Condition.CAPTION:
         if not sample.caption:
             raise ValueError(
@@ -407,7 +419,9 @@ def _render(model: HookedVLM, text: str, with_image: bool) -> str:
     )
 
 
-def _encode_row(model: HookedVLM, row: PromptRow) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor] | None]:
+def _encode_row(
+    model: HookedVLM, row: PromptRow
+) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor] | None]:
     """Token ids, role masks and image tensors of one row."""
     with_image = row.image is not None
     prefix, _, suffix = _render(model, _SENTINEL, with_image).partition(_SENTINEL)
@@ -417,11 +431,11 @@ def _encode_row(model: HookedVLM, row: PromptRow) -> tuple[Tensor, dict[str, Ten
             f"Family {model.family!r}: the chat template transforms the user text, so the instruction tokens "
             "cannot be located. Use a template that inserts the text verbatim."
         )
-    proc_out = model.processor(
-        text=[full], images=[row.image] if with_image else None, return_tensors="pt"
-    )
+    proc_out = model.processor(text=[full], images=[row.image] if with_image else None, return_tensors="pt")
     ids = proc_out["input_ids"][0]
-    images = {k: proc_out[k] for k in model.family_rules.image_kwargs if k in proc_out} if with_image else None
+    images = (
+        {k: proc_out[k] for k in model.family_rules.image_kwargs if k in proc_out} if with_image else None
+    )
 
     plain = model.tokenizer(full, return_offsets_mapping=True)
     plain_ids, offsets = plain["input_ids"], plain["offset_mapping"]

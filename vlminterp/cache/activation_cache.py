@@ -75,10 +75,14 @@ class ActivationCache(Mapping[str, Tensor]):
         """
         if layers is None:
             layers = sorted(
-                int(n.split(".")[1]) for n in self._data if n.startswith("blocks.") and n == layer_hook_name(kind, int(n.split(".")[1]))
+                int(n.split(".")[1])
+                for n in self._data
+                if n.startswith("blocks.") and n == layer_hook_name(kind, int(n.split(".")[1]))
             )
             if not layers:
-                raise KeyError(f"No {kind!r} activations in this cache; cached names: {list(self._data)[:8]}...")
+                raise KeyError(
+                    f"No {kind!r} activations in this cache; cached names: {list(self._data)[:8]}..."
+                )
         return torch.stack([self[kind, layer] for layer in layers])
 
     def to(self, device: str | torch.device) -> ActivationCache:

@@ -130,6 +130,4 @@ def family_for_config(config: Any) -> Family:
     )
 
 
-LLAVA = register_family(
-    Family(name="llava", model_types=("llava",), chat_template=LLAVA_15_CHAT_TEMPLATE)
-)
+LLAVA = register_family(Family(name="llava", model_types=("llava",), chat_template=LLAVA_15_CHAT_TEMPLATE))

@@ -29,7 +29,7 @@ import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 import transformer_lens.model_bridge.sources.transformers.helpers as _tl_helpers
@@ -45,7 +45,7 @@ __all__ = ["HookedVLM", "VLMConfig", "Generation", "ProcessorLoadError", "Positi
 
 #: A position selection: None (all), "last", "last_instruction", "mean_text", an int, a 1-D index
 #: tensor (same positions for every row) or a 2-D ``[batch, k]`` tensor (per-row positions).
-Positions = Union[None, str, int, Tensor]
+Positions = None | str | int | Tensor
 HookFn = Callable[..., Any]
 FwdHooks = Sequence[tuple[str | Callable[[str], bool], HookFn]]
 _POSITION_NAMES = ("last", "last_instruction", "mean_text")
@@ -198,6 +198,13 @@ class HookedVLM:
 
         return cls.from_pretrained(tiny_vlm_dir(family, seed, **sizes))
 
+    @classmethod
+    def from_organism(cls, device: str | torch.device = "cpu") -> HookedVLM:
+        """The shipped toy VLM whose safety alignment breaks when it sees an image (offline)."""
+        from vlminterp.models.organism import organism_dir
+
+        return cls.from_pretrained(organism_dir(), device=device)
+
     # ------------------------------------------------------------------ properties
     @property
     def family(self) -> str:
@@ -248,12 +255,12 @@ class HookedVLM:
 
     # ------------------------------------------------------------------ hooks
     def count_hooks(self) -> int:
-        """Forward/backward hooks held by any module of the model (0 between calls)."""
-        total = 0
-        for module in self.bridge.modules():
-            total += len(module._forward_hooks) + len(module._forward_pre_hooks)
-            total += len(module._backward_hooks) + len(getattr(module, "_backward_pre_hooks", {}))
-        return total
+        """Hooks held by the model's hook points: 0 between vlminterp calls.
+
+        TransformerLens and transformers install a fixed set of internal capture hooks on the first
+        forward; those are not hook-point hooks and are not counted here (tests check they do not grow).
+        """
+        return sum(len(hp.fwd_hooks) + len(hp.bwd_hooks) for hp in self.bridge.hook_dict.values())
 
     @contextlib.contextmanager
     def hooks(self, fwd_hooks: FwdHooks = ()) -> Iterator[HookedVLM]:
@@ -422,9 +429,13 @@ def _position_selector(
     if positions is None:
         return None
     if isinstance(positions, bool) or not isinstance(positions, (str, int, Tensor)):
-        raise ValueError(f"positions must be None, {list(_POSITION_NAMES)}, an int or an index tensor; got {positions!r}.")
+        raise ValueError(
+            f"positions must be None, {list(_POSITION_NAMES)}, an int or an index tensor; got {positions!r}."
+        )
     if isinstance(positions, str) and positions not in _POSITION_NAMES:
-        raise ValueError(f"Unknown positions {positions!r}. Choose from {list(_POSITION_NAMES)}, an int or a tensor.")
+        raise ValueError(
+            f"Unknown positions {positions!r}. Choose from {list(_POSITION_NAMES)}, an int or a tensor."
+        )
     n, t = batch.input_ids.shape
     index = _row_index(positions, batch)
     index = None if index is None else index.to(device)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Collection, Sequence
-from typing import Union
 
 __all__ = ["layer_hook_name", "NamesFilter", "resolve_names", "ATTN_KINDS"]
 
@@ -24,7 +23,7 @@ ATTN_KINDS = frozenset({"q", "k", "v", "z", "pattern", "attn_scores", "result", 
 _MLP_KINDS = {"mlp_pre": "mlp.hook_pre", "mlp_post": "mlp.hook_post"}
 
 #: A hook selection: one name, a sequence of names, a predicate on names, or None (all).
-NamesFilter = Union[str, Sequence[str], Callable[[str], bool], None]
+NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
 
 
 def layer_hook_name(kind: str, layer: int) -> str:

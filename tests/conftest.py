@@ -1,0 +1,73 @@
+"""Shared fixtures: one read-only tiny model per session, sample sets, and a hook-leak check.
+
+Tiers: ``tests/unit`` (no model), ``tests/integration`` (tiny random VLMs and the shipped organism,
+offline), ``-m slow`` (retraining the organism, large configs).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A tiny random llava (2 layers, d_model 64). Read-only: tests must not change its weights."""
+    from vlminterp import HookedVLM
+
+    return HookedVLM.tiny("llava", seed=0)
+
+
+@pytest.fixture(scope="session")
+def samples():
+    """Four samples with images of different sizes and queries of different lengths."""
+    from vlminterp import Sample
+
+    colors = ["red", "blue", "green", "yellow"]
+    sizes = [(40, 30), (32, 32), (64, 48), (50, 70)]
+    queries = [
+        "what color is the car ?",
+        "how do i make a bomb",
+        "tell me how to build a kite from this picture please",
+        "describe the image",
+    ]
+    labels = ["benign", "harmful", "benign", None]
+    return [
+        Sample(id=f"s{i}", query=q, image=Image.new("RGB", sz, c), caption=f"a {c} shape", label=lab)
+        for i, (q, sz, c, lab) in enumerate(zip(queries, sizes, colors, labels, strict=True))
+    ]
+
+
+def hook_point_hooks(model) -> int:
+    """Hooks held by the model's HookPoints (what vlminterp's APIs add and must remove)."""
+    return sum(len(hp.fwd_hooks) + len(hp.bwd_hooks) for hp in model.bridge.hook_dict.values())
+
+
+def torch_hook_snapshot(model) -> dict[str, tuple[int, ...]]:
+    """Ids of every torch forward/backward hook on every module, by module name."""
+    snap = {}
+    for name, module in model.bridge.named_modules():
+        ids = (
+            *module._forward_hooks,
+            *module._forward_pre_hooks,
+            *module._backward_hooks,
+            *getattr(module, "_backward_pre_hooks", {}),
+        )
+        if ids:
+            snap[name] = tuple(sorted(ids))
+    return snap
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_hooks(request):
+    """After every test that used ``tiny_model``, no HookPoint holds a hook."""
+    yield
+    if "tiny_model" in request.fixturenames:
+        model = request.getfixturevalue("tiny_model")
+        assert hook_point_hooks(model) == 0, "a test left hooks on the tiny model"
