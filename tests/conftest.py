@@ -46,7 +46,8 @@ def samples():
 
 def hook_point_hooks(model) -> int:
     """Hooks held by the model's HookPoints (what vlminterp's APIs add and must remove)."""
-    return sum(len(hp.fwd_hooks) + len(hp.bwd_hooks) for hp in model.bridge.hook_dict.values())
+    points = {id(hp): hp for hp in model.bridge.hook_dict.values()}
+    return sum(len(hp.fwd_hooks) + len(hp.bwd_hooks) for hp in points.values())
 
 
 def torch_hook_snapshot(model) -> dict[str, tuple[int, ...]]:

@@ -260,7 +260,8 @@ class HookedVLM:
         TransformerLens and transformers install a fixed set of internal capture hooks on the first
         forward; those are not hook-point hooks and are not counted here (tests check they do not grow).
         """
-        return sum(len(hp.fwd_hooks) + len(hp.bwd_hooks) for hp in self.bridge.hook_dict.values())
+        points = {id(hp): hp for hp in self.bridge.hook_dict.values()}  # aliases share a point
+        return sum(len(hp.fwd_hooks) + len(hp.bwd_hooks) for hp in points.values())
 
     @contextlib.contextmanager
     def hooks(self, fwd_hooks: FwdHooks = ()) -> Iterator[HookedVLM]:
@@ -357,44 +358,105 @@ class HookedVLM:
         max_new_tokens: int = 32,
         do_sample: bool = False,
         fwd_hooks: FwdHooks = (),
-        **generate_kwargs: Any,
+        follow: Sequence[int | None] | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
     ) -> Generation:
-        """Continue every prompt of ``batch``, with the KV cache, hooks firing at every step.
+        """Continue every prompt of ``batch`` with the KV cache, hooks firing at every step.
 
         Hooks see the whole prompt at the first step (``pos`` = prompt length) and one new token
-        per later step (``pos`` = 1); "last position" is ``x[:, -1]`` in both.
+        per later step (``pos`` = 1); "last position" is ``x[:, -1]`` in both. Images are encoded
+        once, at the first step.
 
         Args:
-            batch: The prompts (left-padded; images passed at the first step).
-            max_new_tokens: Tokens to generate per row (generation stops at EOS).
-            do_sample: Sample instead of greedy decoding.
+            batch: The prompts (left-padded).
+            max_new_tokens: Tokens to generate per row (a row stops at EOS).
+            do_sample: Sample (with ``temperature``/``top_k``) instead of greedy decoding.
             fwd_hooks: Interventions active during generation.
-            **generate_kwargs: Passed to ``TransformerBridge.generate`` (``temperature``, ``top_p``, ...).
+            follow: Teacher-forced twins: ``follow[i] = j`` feeds row ``i`` the tokens chosen for
+                row ``j`` (which must follow nobody), so twin rows (e.g. TEXT_ONLY copies of IMAGE
+                rows) carry the same generated suffix at every step. None = every row free.
+            temperature: Sampling temperature (``do_sample=True``).
+            top_k: Sample among the ``top_k`` most likely tokens (``do_sample=True``).
+            generator: Random generator for reproducible sampling.
 
         Returns:
             A :class:`Generation` with the new tokens and texts per row.
         """
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
+        n = len(batch)
         device = self.device
-        images = {k: v.to(device) for k, v in batch.image_inputs.items()}
-        prompt_len = batch.input_ids.shape[1]
-        with torch.no_grad(), self.hooks(fwd_hooks):
-            out = self.bridge.generate(
-                batch.input_ids.to(device),
-                max_new_tokens=max_new_tokens,
-                do_sample=do_sample,
-                attention_mask=batch.attention_mask.to(device),
-                use_past_kv_cache=True,
-                return_type="tokens",
-                verbose=False,
-                **images,
-                **generate_kwargs,
-            )
+        leaders = _leaders(follow, n).to(device)
         eos = self.tokenizer.eos_token_id
+        step_input = batch.input_ids.to(device)
+        mask = batch.attention_mask.to(device)
+        first: dict[str, Tensor] = {k: v.to(device) for k, v in batch.image_inputs.items()}
+        positions = batch.position_ids.to(device) if batch.explicit_position_ids else None
+        done = torch.zeros(n, dtype=torch.bool, device=device)
+        chosen: list[Tensor] = []
+        past = None
+        with torch.no_grad(), self.hooks(fwd_hooks):
+            for _ in range(max_new_tokens):
+                kwargs: dict[str, Any] = {"attention_mask": mask, "use_cache": True}
+                if positions is not None:
+                    kwargs["position_ids"] = positions
+                if past is None:
+                    kwargs.update(first)
+                else:
+                    kwargs["past_key_values"] = past
+                logits, past = self.bridge(step_input, return_type="logits_and_cache", **kwargs)
+                token = _next_token(logits[:, -1].float(), do_sample, temperature, top_k, generator)[leaders]
+                token = torch.where(done, torch.full_like(token, eos), token)
+                chosen.append(token)
+                done = done | (token == eos)
+                if bool(done.all()):
+                    break
+                step_input = token[:, None]
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+                if positions is not None:
+                    positions = positions[:, -1:] + 1
         tokens = []
-        for row in out[:, prompt_len:].tolist():
+        for row in torch.stack(chosen, dim=1).tolist():
             tokens.append(row[: row.index(eos)] if eos in row else row)
         texts = self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
         return Generation(tokens=tokens, texts=[t.strip() for t in texts], batch=batch)
+
+
+def _leaders(follow: Sequence[int | None] | None, n: int) -> Int[Tensor, " batch"]:
+    """Row whose tokens each row is fed (itself when free); validates ``follow``."""
+    if follow is None:
+        return torch.arange(n)
+    if len(follow) != n:
+        raise ValueError(f"follow needs one entry per row ({n}), got {len(follow)}.")
+    leaders = [i if j is None else int(j) for i, j in enumerate(follow)]
+    for i, j in enumerate(leaders):
+        if not 0 <= j < n:
+            raise ValueError(f"follow[{i}] = {j} is not a row index (batch has {n} rows).")
+        if leaders[j] != j:
+            raise ValueError(
+                f"follow[{i}] = {j}, but row {j} itself follows row {leaders[j]}; follow a free row."
+            )
+    return torch.tensor(leaders)
+
+
+def _next_token(
+    logits: Float[Tensor, "batch d_vocab"],
+    do_sample: bool,
+    temperature: float,
+    top_k: int | None,
+    generator: torch.Generator | None,
+) -> Int[Tensor, " batch"]:
+    if not do_sample:
+        return logits.argmax(-1)
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 when sampling, got {temperature}.")
+    logits = logits / temperature
+    if top_k is not None:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
 
 
 # ---------------------------------------------------------------------- positions
@@ -406,6 +468,12 @@ def _row_index(positions: Positions, batch: PromptBatch) -> Int[Tensor, "batch k
     """Per-row position indices ``[batch, k]`` for gather-style selections, or None."""
     if isinstance(positions, Tensor):
         idx = positions.long()
+        t = batch.input_ids.shape[1]
+        if idx.numel() and not bool(((idx >= -t) & (idx < t)).all()):
+            raise ValueError(
+                f"positions tensor has indices outside [-{t}, {t}) for a batch of {t} positions."
+            )
+        idx = idx % t  # negative indices count from the end, as with ints
         if idx.dim() == 1:
             return idx.unsqueeze(0).expand(len(batch), -1)
         if idx.dim() == 2 and idx.shape[0] == len(batch):
