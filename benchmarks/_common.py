@@ -1,0 +1,46 @@
+"""Shared helpers of the benchmarks: timing, the JSON result line, the malloc note."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+MALLOC_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median wall time of ``fn`` over ``repeats`` runs after ``warmup`` untimed runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds per function, timing them round-robin so machine noise hits all alike."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def malloc_settings() -> dict[str, str | None]:
+    """The glibc malloc environment this run used (it changes CPU timings by up to 40%)."""
+    return {k: os.environ.get(k) for k in MALLOC_VARS}
+
+
+def emit(benchmark: str, ratios: dict[str, float], targets: dict[str, float], config: dict) -> None:
+    """Print the convention's last line: one JSON object."""
+    print(json.dumps({"benchmark": benchmark, "ratios": ratios, "targets": targets, "config": config}))
