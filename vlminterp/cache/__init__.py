@@ -3,3 +3,8 @@
 from vlminterp.cache.activation_cache import ActivationCache
 
 __all__ = ["ActivationCache"]
+from vlminterp.cache.running_stats import RunningStats  # noqa: E402
+from vlminterp.cache.shards import IncompleteStoreError, ManifestMismatchError, ShardCorruptError  # noqa: E402
+from vlminterp.cache.store import ActivationStore  # noqa: E402
+
+__all__ += ["ActivationStore", "RunningStats", "ManifestMismatchError", "ShardCorruptError", "IncompleteStoreError"]
