@@ -1,0 +1,172 @@
+"""Generate responses for a benchmark under one condition (and optional interventions), resumably.
+
+Each sample gives one JSON line ``{id, dataset, condition, method, query, response, label, meta,
+settings}`` in ``out_path``. Rows of one (condition, method, dataset) are one run; a file may hold several. Lines are appended per batch by rewriting the file to a temporary file
+and renaming it (so an interrupted run leaves only whole lines), and a rerun skips the ids already
+there, so a long run never loses finished work.
+
+Example:
+    >>> from vlminterp import HookedVLM, Sample
+    >>> model = HookedVLM.tiny("llava")
+    >>> rows = generate_responses(model, [Sample("a", "hi")], "text_only", "/tmp/r.jsonl",
+    ...                           max_new_tokens=2, progress=False)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from tqdm.auto import tqdm
+
+from vlminterp.prompts import Condition, PromptBatch, Sample
+
+if TYPE_CHECKING:
+    from vlminterp.models.hooked_vlm import HookedVLM
+
+__all__ = ["Intervention", "generate_responses", "read_responses"]
+
+
+class Intervention(Protocol):
+    """What the runner needs from an intervention: a context manager that installs and removes it."""
+
+    def applied(self, model: HookedVLM) -> contextlib.AbstractContextManager: ...
+
+
+def read_responses(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a responses file (empty if it does not exist); a malformed line raises naming it."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(
+                    f"{path}, line {n}: not valid JSON ({e.msg}). The file was not written by generate_responses; "
+                    "move it away to start over."
+                ) from None
+    return rows
+
+
+def _describe(interventions: Sequence[Any]) -> list[dict[str, Any]]:
+    out = []
+    for iv in interventions:
+        info = iv.to_dict() if hasattr(iv, "to_dict") else {}
+        out.append({"type": type(iv).__name__, **info})
+    return out
+
+
+def _append_atomic(path: Path, lines: list[str]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as out:
+        if path.is_file():
+            with open(path, encoding="utf-8") as old:
+                out.write(old.read())
+        out.writelines(lines)
+        out.flush()
+        os.fsync(out.fileno())
+    tmp.replace(path)
+
+
+def generate_responses(
+    model: HookedVLM,
+    samples: Sequence[Sample],
+    condition: Condition | str,
+    out_path: str | Path,
+    interventions: Sequence[Any] | None = None,
+    *,
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+    method: str | None = None,
+    dataset: str | None = None,
+    progress: bool = True,
+    **paired_kwargs: Any,
+) -> list[dict[str, Any]]:
+    """Generate (greedy) a response per sample and append it to ``out_path`` as JSON lines; resumes.
+
+    Args:
+        model: The model.
+        samples: The samples (ids must be unique).
+        condition: The condition every prompt is built with (``"image"``, ``"text_only"``, ...).
+        out_path: JSONL file; rows already there with the same id, condition, method and dataset are
+            skipped, so rerunning resumes.
+        interventions: Objects with an ``applied(model)`` context manager, entered around every batch
+            (hooks are removed after each batch, also when generation raises).
+        max_new_tokens: Tokens per response.
+        batch_size: Samples per ``generate`` call.
+        method: Name recorded per row (default: the interventions' class names joined by ``+``, or ``"none"``).
+        dataset: Dataset name recorded per row.
+        progress: Show a tqdm bar.
+        **paired_kwargs: Passed to :meth:`PromptBatch.paired` (``blank=``, ``caption_template=``, ...).
+
+    Returns:
+        Every row of ``out_path`` for these samples (earlier runs' and new ones), in sample order.
+    """
+    cond = Condition.parse(condition)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    ids = [s.id for s in samples]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise ValueError(f"Sample ids must be unique to resume a run; {dup!r} appears more than once.")
+    interventions = list(interventions or [])
+    for iv in interventions:
+        if not hasattr(iv, "applied"):
+            raise TypeError(f"intervention {iv!r} has no applied(model) context manager.")
+    method = method or ("+".join(type(iv).__name__ for iv in interventions) or "none")
+    settings = {
+        "model_id": model.cfg.model_id,
+        "max_new_tokens": max_new_tokens,
+        "do_sample": False,
+        "interventions": _describe(interventions),
+    }
+    path = Path(out_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done = {
+        r["id"]: r
+        for r in read_responses(path)
+        if (r.get("condition"), r.get("method"), r.get("dataset")) == (cond.value, method, dataset)
+    }
+    todo = [s for s in samples if s.id not in done]
+    bar = tqdm(
+        total=len(samples),
+        initial=len(samples) - len(todo),
+        disable=not progress,
+        desc=f"generate {cond.value}",
+    )
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        batch = PromptBatch.paired(model, chunk, [cond], **paired_kwargs)
+        with contextlib.ExitStack() as stack:
+            for iv in interventions:
+                stack.enter_context(iv.applied(model))
+            gen = model.generate(batch, max_new_tokens=max_new_tokens)
+        rows = [
+            {
+                "id": s.id,
+                "dataset": dataset,
+                "condition": cond.value,
+                "method": method,
+                "query": s.query,
+                "prompt": text,
+                "response": response,
+                "label": s.label,
+                "meta": s.meta,
+                "settings": settings,
+            }
+            for s, text, response in zip(chunk, batch.texts, gen.texts, strict=True)
+        ]
+        _append_atomic(path, [json.dumps(r, default=str) + "\n" for r in rows])
+        done.update((r["id"], r) for r in rows)
+        bar.update(len(chunk))
+    bar.close()
+    return [done[i] for i in ids]
