@@ -1,0 +1,128 @@
+"""Captions for ShiftDC's text twins: the VLM's own (query-conditioned), the dataset's, or any callable.
+
+ShiftDC compares an image input with a text-only twin ``"{query} Image Caption: {caption}"``. The
+paper has the VLM caption its own image, conditioned on the request
+(:data:`QUERY_CONDITIONED_PROMPT`); datasets such as VLSafe ship captions; any other captioner is a
+callable ``Sample -> str``. Captions can be cached in a JSON file (written atomically after every
+batch), so a long run resumes without captioning again.
+
+Example:
+    >>> from vlminterp import HookedVLM, Sample
+    >>> from vlminterp.interventions.captioning import caption_images
+    >>> from PIL import Image
+    >>> model = HookedVLM.tiny("llava")
+    >>> s = Sample(id="a", query="what is this ?", image=Image.new("RGB", (32, 32), "red"))
+    >>> [c.caption for c in caption_images(model, [s], source=lambda sample: "a red square")]
+    ['a red square']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vlminterp.prompts import Condition, PromptBatch, Sample
+
+if TYPE_CHECKING:
+    from vlminterp.models.hooked_vlm import HookedVLM
+
+__all__ = ["QUERY_CONDITIONED_PROMPT", "CAPTION_SOURCES", "Captioner", "caption_images"]
+
+#: The ShiftDC paper's captioning prompt; ``{query}`` is the user's request.
+QUERY_CONDITIONED_PROMPT = "Based on the given Request, describe the image. Request: {query}."
+#: ``"self"``: the model captions its own image; ``"sample"``: ``Sample.caption`` as given.
+CAPTION_SOURCES = ("self", "sample")
+#: An external captioner: the sample (with its image) in, the caption out.
+Captioner = Callable[[Sample], str]
+
+
+def _load_cache(path: Path | None) -> dict[str, str]:
+    if path is None or not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"Caption cache {str(path)!r} must hold a JSON object of captions; delete it to start over."
+        )
+    return data
+
+
+def _save_cache(path: Path, cache: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def caption_images(
+    model: HookedVLM | None,
+    samples: Sequence[Sample],
+    prompt: str = QUERY_CONDITIONED_PROMPT,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    source: str | Captioner = "self",
+    cache: str | Path | None = None,
+) -> list[Sample]:
+    """``samples`` with ``caption`` set for every sample that has an image (the others unchanged).
+
+    Args:
+        model: The VLM that captions its own images (``source="self"``; may be None otherwise).
+        samples: The samples to caption.
+        prompt: Captioning request; ``{query}`` is replaced by the sample's query (a prompt without
+            it, such as ``"describe the image"``, is used as is).
+        max_new_tokens: Caption length limit (greedy decoding).
+        batch_size: Samples per generation batch.
+        source: ``"self"``, ``"sample"`` (keep ``Sample.caption``) or a callable ``Sample -> str``.
+        cache: JSON file of captions by key (model id, prompt, length, sample id); read first and
+            updated after every batch.
+
+    Returns:
+        New Sample objects (the inputs are not changed).
+
+    Raises:
+        ValueError: an unknown ``source``, ``source="sample"`` with samples lacking captions, or
+            ``source="self"`` without a model.
+    """
+    if isinstance(source, str) and source not in CAPTION_SOURCES:
+        raise ValueError(
+            f"source={source!r} is not supported. Choose from {list(CAPTION_SOURCES)} or pass a callable."
+        )
+    with_image = [s for s in samples if s.image is not None]
+    if source == "sample":
+        missing = [s.id for s in with_image if not s.caption]
+        if missing:
+            raise ValueError(
+                f"caption source 'sample' needs Sample.caption, missing for {len(missing)} samples "
+                f"(first: {missing[:5]}). Use source='self' to caption them with the model."
+            )
+        return list(samples)
+    captions: dict[str, str] = {}
+    if callable(source):
+        captions = {s.id: str(source(s)) for s in with_image}
+    else:
+        if model is None:
+            raise ValueError("caption source 'self' needs the model: caption_images(model, samples, ...).")
+        path = None if cache is None else Path(cache)
+        stored = _load_cache(path)
+
+        def key(s: Sample) -> str:
+            return json.dumps([model.cfg.model_id, prompt, max_new_tokens, s.id])
+
+        todo = [s for s in with_image if key(s) not in stored]
+        for i in range(0, len(todo), batch_size):
+            chunk = todo[i : i + batch_size]
+            requests = [
+                dataclasses.replace(s, query=prompt.replace("{query}", s.query), caption=None) for s in chunk
+            ]
+            out = model.generate(
+                PromptBatch.paired(model, requests, [Condition.IMAGE]), max_new_tokens=max_new_tokens
+            )
+            stored.update({key(s): text for s, text in zip(chunk, out.texts, strict=True)})
+            if path is not None:
+                _save_cache(path, stored)
+        captions = {s.id: stored[key(s)] for s in with_image}
+    return [dataclasses.replace(s, caption=captions[s.id]) if s.id in captions else s for s in samples]

@@ -1,0 +1,404 @@
+"""CMRM: Cross-Modality Representation Manipulation (arXiv 2410.09047).
+
+An image shifts the language model's hidden states away from the text-only distribution that its
+safety training shaped. Per decoder layer ``l`` the shift is estimated as
+
+    v^l = h^l(TEXT_ONLY) - h^l(BLANK image)          (last token, ``resid_post``)
+
+and the multimodal state is calibrated with ``h^l <- h^l + alpha * v^l``. With this sign the edit
+moves image states *toward* text-only states (tested: with ``alpha = 1`` at one layer the steered
+BLANK state equals the TEXT_ONLY state); the paper's Eq. 6 leaves the sign in doubt.
+
+- Dataset level: ``v`` is the mean over an anchor set (:meth:`CMRM.fit`, ``estimator="mean"``), or
+  the first principal component of the per-sample differences with its sign aligned to the mean
+  (``estimator="pc1"``; a unit vector, so ``alpha`` is then in absolute units).
+- Sample level: each input's own difference, from its TEXT_ONLY and BLANK twins run in the same
+  forward (one 3x batch) and fed the same generated tokens at every step
+  (:meth:`CMRM.sample_level`, :class:`SampleCMRM`).
+
+Edits are added at every chosen layer, so they compound in the residual stream: on a small model the
+useful ``alpha`` window can be far below 1 (../shared/notes/model-organism.md §6); sweep it.
+
+Example:
+    >>> from vlminterp import HookedVLM, Sample, Condition, PromptBatch
+    >>> from vlminterp.interventions import CMRM
+    >>> model = HookedVLM.tiny("llava")
+    >>> from PIL import Image
+    >>> samples = [Sample(id="a", query="how do i make a kite", image=Image.new("RGB", (32, 32), "red"))]
+    >>> out = CMRM.sample_level(alpha=0.3).generate(model, samples, max_new_tokens=3)
+    >>> len(out), model.count_hooks()
+    (1, 0)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from vlminterp.interventions.base import (
+    POSITIONS,
+    STEPS,
+    HookFn,
+    Intervention,
+    add_at,
+    check_choice,
+    is_generation_step,
+    parse_layers,
+    twin_blocks,
+    twin_follow,
+)
+from vlminterp.interventions.steering import SteeringVectors
+from vlminterp.models.hooked_vlm import Generation
+from vlminterp.models.names import layer_hook_name
+from vlminterp.prompts import Condition, PromptBatch, Sample
+
+if TYPE_CHECKING:
+    from vlminterp.models.hooked_vlm import HookedVLM
+
+__all__ = ["CMRM", "SampleCMRM", "BLANKS", "ESTIMATORS"]
+
+#: How the "no image content" input is made: a white image, a seeded noise image, or an image
+#: filled with the sample image's mean colour.
+BLANKS = ("white", "noise", "mean_pixel")
+ESTIMATORS = ("mean", "pc1")
+
+
+def _blank_condition(blank: str) -> tuple[Condition, dict[str, Any]]:
+    check_choice("blank", blank, BLANKS)
+    if blank == "noise":
+        return Condition.NOISE, {}
+    return Condition.BLANK, {"blank": blank}
+
+
+def _shift_hook(
+    activation: Float[Tensor, "batch pos d_model"],
+    hook: Any,
+    *,
+    delta: Float[Tensor, " d_model"],
+    positions: str,
+    steps: str,
+) -> Float[Tensor, "batch pos d_model"]:
+    if steps == "prefill" and is_generation_step(activation):
+        return activation
+    return add_at(activation, delta.to(activation.device, activation.dtype), positions)
+
+
+def _sample_shift_hook(
+    activation: Float[Tensor, "batch pos d_model"], hook: Any, *, n: int, alpha: float, steps: str
+) -> Float[Tensor, "batch pos d_model"]:
+    if activation.shape[0] != 3 * n:
+        raise ValueError(
+            f"Sample-level CMRM was set up for a batch of 3 x {n} rows but runs on {activation.shape[0]} rows; "
+            "run the batch given to applied(model, batch)."
+        )
+    if steps == "prefill" and is_generation_step(activation):
+        return activation
+    shift = activation[n : 2 * n, -1] - activation[2 * n :, -1]
+    return add_at(activation, alpha * shift, "last", rows=slice(0, n))
+
+
+def _as_list(layers: int | Iterable[int]) -> list[int]:
+    return [layers] if isinstance(layers, int) else [int(layer) for layer in layers]
+
+
+def _pc1(diffs: Float[Tensor, "n d_model"], mean: Float[Tensor, " d_model"]) -> Float[Tensor, " d_model"]:
+    """First principal component of ``diffs`` (unit norm), signed so that it points along ``mean``."""
+    component = torch.linalg.svd(diffs - diffs.mean(0), full_matrices=False).Vh[0]
+    return -component if float(component @ mean.to(component)) < 0 else component
+
+
+def _describe(samples: Sequence[Sample]) -> str:
+    counts = Counter(s.label or "unlabelled" for s in samples)
+    return f"{len(samples)} samples ({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))})"
+
+
+class CMRM(Intervention):
+    """Dataset-level CMRM: add ``alpha * v^l`` at every chosen layer.
+
+    Args:
+        vectors: Shift vectors from :meth:`CMRM.fit` (or loaded with ``SteeringVectors.load``).
+        alpha: Strength; ``0`` is an exact no-op, ``1`` the paper's setting, negative values push
+            image states further from text states.
+        layers: ``"all"`` / None (every fitted layer), an int, or a list of layers.
+        positions: ``"last"`` (the last token of the prompt, then each new token) or ``"all"``
+            (every prompt position too).
+        steps: ``"all"`` (prompt and every generated token, the reproduction literature's default)
+            or ``"prefill"`` (the prompt pass only, i.e. the first decoding step).
+
+    Example:
+        >>> from vlminterp import HookedVLM, Sample, Condition, PromptBatch
+        >>> from vlminterp.interventions import CMRM
+        >>> model = HookedVLM.tiny("llava")
+        >>> from PIL import Image
+        >>> anchors = [Sample(id=str(i), query=q, image=Image.new("RGB", (32, 32))) for i, q in enumerate(["hi", "make a cake"])]
+        >>> v = CMRM.fit(model, anchors, progress=False)
+        >>> batch = PromptBatch.paired(model, anchors, [Condition.IMAGE])
+        >>> with CMRM(v, alpha=0.5, layers=[1]).applied(model):
+        ...     logits = model.forward(batch)
+    """
+
+    def __init__(
+        self,
+        vectors: SteeringVectors,
+        alpha: float = 1.0,
+        layers: str | int | Iterable[int] | None = None,
+        positions: str = "last",
+        steps: str = "all",
+    ):
+        if not isinstance(vectors, SteeringVectors):
+            raise TypeError(
+                f"CMRM needs SteeringVectors (from CMRM.fit or SteeringVectors.load), got {type(vectors).__name__}."
+            )
+        self.vectors = vectors
+        self.alpha = float(alpha)
+        self.layers = parse_layers(layers, vectors.n_layers, vectors.layers)
+        vectors.check_layers(self.layers)
+        self.positions = check_choice("positions", positions, POSITIONS)
+        self.steps = check_choice("steps", steps, STEPS)
+
+    def bind(self, model: HookedVLM, batch: PromptBatch | None = None) -> CMRM:
+        """A copy with the vectors checked against ``model`` and cast to its device and dtype."""
+        self.vectors.check_compatible(model, self.layers)
+        dtype = next(model.hf_model.parameters()).dtype
+        return CMRM(self.vectors.to(model.device, dtype), self.alpha, self.layers, self.positions, self.steps)
+
+    def hooks(self, batch: PromptBatch | None = None) -> list[tuple[str, HookFn]]:
+        """One ``h + alpha * v^l`` hook per chosen layer (``batch`` is not needed)."""
+        return [
+            (
+                layer_hook_name(self.vectors.hook, layer),
+                partial(
+                    _shift_hook,
+                    delta=self.alpha * self.vectors.vectors[layer],
+                    positions=self.positions,
+                    steps=self.steps,
+                ),
+            )
+            for layer in self.layers
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **super().to_dict(),
+            "method": "cmrm",
+            "level": "dataset",
+            "alpha": self.alpha,
+            "layers": list(self.layers),
+            "positions": self.positions,
+            "vectors": self.vectors.metadata(),
+        }
+
+    # ------------------------------------------------------------------ fitting
+    @staticmethod
+    def fit(
+        model: HookedVLM,
+        anchor_samples: Sequence[Sample],
+        level: str = "dataset",
+        estimator: str = "mean",
+        blank: str = "white",
+        layers: str | int | Iterable[int] = "all",
+        hook: str = "resid_post",
+        positions: str = "last",
+        batch_size: int = 8,
+        progress: bool = True,
+        out_dir: str | Path | None = None,
+    ) -> SteeringVectors:
+        """Shift vectors ``h_text_only - h_blank`` per layer over an anchor set.
+
+        Args:
+            model: The model to read.
+            anchor_samples: Anchor requests; their mix (harmful / benign) changes the vectors and
+                is recorded in the metadata. Images are not needed (``blank="mean_pixel"`` excepted).
+            level: ``"dataset"`` (per-input vectors are :meth:`sample_level`).
+            estimator: ``"mean"`` (difference of means) or ``"pc1"`` (first principal component of
+                the per-sample differences, unit norm, sign aligned with the mean difference).
+            blank: The no-content image: ``"white"``, ``"noise"`` or ``"mean_pixel"``.
+            layers: Layers to fit (``"all"``, an int or a list).
+            hook: Hook kind to read and later steer (``"resid_post"``).
+            positions: Positions to read (``"last"``, ``"last_instruction"``, ``"mean_text"``).
+            batch_size: Prompts per forward (memory only; results do not depend on it).
+            progress: Show a progress bar.
+            out_dir: Keep the collection here (resumable); default in memory (``"pc1"``: a temp dir).
+
+        Returns:
+            ``SteeringVectors`` (``method="cmrm"``); rows of layers not fitted are zero.
+        """
+        from vlminterp.cache import ActivationStore
+
+        if level != "dataset":
+            raise ValueError(
+                f"CMRM.fit(level={level!r}) is not supported: fit gives dataset-level vectors. For per-input "
+                "vectors use CMRM.sample_level(alpha=..., layers=...)."
+            )
+        check_choice("estimator", estimator, ESTIMATORS)
+        if not anchor_samples:
+            raise ValueError("CMRM.fit needs at least one anchor sample.")
+        blank_cond, options = _blank_condition(blank)
+        chosen = parse_layers(layers, model.cfg.n_layers, range(model.cfg.n_layers))
+        conditions = [Condition.TEXT_ONLY, blank_cond]
+        with contextlib.ExitStack() as stack:
+            if estimator == "pc1" and out_dir is None:
+                out_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="vlminterp-cmrm-"))
+            store = ActivationStore.collect(
+                model,
+                anchor_samples,
+                conditions,
+                hooks=(hook,),
+                layers=list(chosen),
+                positions=positions,
+                batch_size=batch_size,
+                out_dir=out_dir,
+                keep="stats" if estimator == "mean" else "both",
+                progress=progress,
+                **options,
+            )
+            vectors = torch.zeros(model.cfg.n_layers, model.cfg.d_model, dtype=torch.float64)
+            mean_diff = store.diff_in_means(*conditions)
+            for i, layer in enumerate(chosen):
+                if estimator == "mean":
+                    vectors[layer] = mean_diff[i]
+                else:
+                    text, blanks = (store.vectors(c, layer).double() for c in conditions)
+                    vectors[layer] = _pc1(text - blanks, mean_diff[i])
+        return SteeringVectors.from_model(
+            model,
+            vectors.float(),
+            hook=hook,
+            positions=positions,
+            method="cmrm",
+            anchor=_describe(anchor_samples),
+            alpha=None,
+            layers=chosen,
+            meta={
+                "level": "dataset",
+                "estimator": estimator,
+                "blank": blank,
+                "n_anchor": len(anchor_samples),
+            },
+        )
+
+    @staticmethod
+    def sample_level(
+        alpha: float = 1.0,
+        layers: str | int | Iterable[int] = "all",
+        hook: str = "resid_post",
+        steps: str = "all",
+        blank: str = "white",
+    ) -> SampleCMRM:
+        """Sample-level CMRM: each input steered by its own ``h_text_only - h_blank`` (see :class:`SampleCMRM`)."""
+        return SampleCMRM(alpha=alpha, layers=layers, hook=hook, steps=steps, blank=blank)
+
+
+class SampleCMRM(Intervention):
+    """Sample-level CMRM: ``h^l <- h^l + alpha * (h^l(TEXT_ONLY twin) - h^l(BLANK twin))``, last position.
+
+    The twins run in the same forward as the steered prompts: the batch is three condition-major
+    blocks ``[steered x n, TEXT_ONLY x n, BLANK x n]`` (:meth:`prompts`), and in generation the twins
+    are fed the steered row's tokens (``follow=``), so at every step each input's vector is
+    recomputed on prompts carrying the same generated suffix. The twins are never steered, so
+    every layer's vector comes from unsteered states.
+
+    Two ways to run it:
+
+    - ``out = sl.generate(model, samples, max_new_tokens=64)`` builds the 3x batch, generates and
+      returns the steered rows' :class:`~vlminterp.Generation` only;
+    - ``batch = sl.prompts(model, samples)``; ``with sl.applied(model, batch): model.generate(batch,
+      follow=sl.follow(batch))`` (or ``model.run_with_cache(batch)``) to look inside.
+
+    Args:
+        alpha: Strength (``0`` = exact no-op).
+        layers: ``"all"``, an int or a list of layers.
+        hook: Hook kind to read and steer (``"resid_post"``).
+        steps: ``"all"`` (every decoding step) or ``"prefill"`` (the prompt pass only).
+        blank: The no-content image: ``"white"``, ``"noise"`` or ``"mean_pixel"``.
+    """
+
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        layers: str | int | Iterable[int] = "all",
+        hook: str = "resid_post",
+        steps: str = "all",
+        blank: str = "white",
+    ):
+        self.alpha = float(alpha)
+        if isinstance(layers, str):
+            check_choice("layers", layers, ("all",))
+        self.layers: str | tuple[int, ...] = layers if isinstance(layers, str) else tuple(_as_list(layers))
+        self.hook = hook
+        self.steps = check_choice("steps", steps, STEPS)
+        self.blank = blank
+        self.blank_condition, self._blank_options = _blank_condition(blank)
+        self._twins = ({Condition.TEXT_ONLY}, {self.blank_condition})
+
+    def bind(self, model: HookedVLM, batch: PromptBatch | None = None) -> SampleCMRM:
+        """A copy with ``layers`` resolved and checked for ``model``."""
+        layers = parse_layers(self.layers, model.cfg.n_layers, ())
+        return SampleCMRM(self.alpha, layers, self.hook, self.steps, self.blank)
+
+    def prompts(
+        self, model: HookedVLM, samples: Sequence[Sample], condition: Condition | str = Condition.IMAGE
+    ) -> PromptBatch:
+        """The 3x batch ``[condition x n, TEXT_ONLY x n, BLANK x n]`` for ``samples``."""
+        conditions = [Condition.parse(condition), Condition.TEXT_ONLY, self.blank_condition]
+        return PromptBatch.paired(model, samples, conditions, **self._blank_options)
+
+    def follow(self, batch: PromptBatch) -> list[int | None]:
+        """``follow=`` for :meth:`HookedVLM.generate`: twins take their steered row's tokens."""
+        twin_blocks(batch, self._twins, "SampleCMRM")
+        return twin_follow(batch, 3)
+
+    def hooks(self, batch: PromptBatch | None = None) -> list[tuple[str, HookFn]]:
+        """One hook per layer steering block 0 of ``batch`` with its twins' difference."""
+        if batch is None:
+            raise ValueError(
+                "Sample-level CMRM needs the batch it will run on: hooks(batch) / applied(model, batch)."
+            )
+        if isinstance(self.layers, str):
+            raise ValueError(
+                "SampleCMRM(layers='all') needs the model's layer count: use bind(model).hooks(batch)."
+            )
+        n = twin_blocks(batch, self._twins, "SampleCMRM")
+        fn = partial(_sample_shift_hook, n=n, alpha=self.alpha, steps=self.steps)
+        return [(layer_hook_name(self.hook, layer), fn) for layer in self.layers]
+
+    def generate(
+        self,
+        model: HookedVLM,
+        samples: Sequence[Sample],
+        max_new_tokens: int = 32,
+        condition: Condition | str = Condition.IMAGE,
+        **generate_kwargs: Any,
+    ) -> Generation:
+        """Steered generation for ``samples`` under ``condition``; returns those rows only.
+
+        ``generate_kwargs`` go to :meth:`HookedVLM.generate` (``do_sample``, ``temperature``, ...).
+        """
+        batch = self.prompts(model, samples, condition)
+        with self.applied(model, batch):
+            out = model.generate(
+                batch, max_new_tokens=max_new_tokens, follow=self.follow(batch), **generate_kwargs
+            )
+        n = len(samples)
+        return Generation(tokens=out.tokens[:n], texts=out.texts[:n], batch=batch.select(range(n)))
+
+    def to_dict(self) -> dict[str, Any]:
+        layers = self.layers if isinstance(self.layers, str) else list(self.layers)
+        return {
+            **super().to_dict(),
+            "method": "cmrm",
+            "level": "sample",
+            "alpha": self.alpha,
+            "layers": layers,
+            "hook": self.hook,
+            "blank": self.blank,
+        }

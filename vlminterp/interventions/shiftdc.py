@@ -1,0 +1,431 @@
+"""ShiftDC: Activation Shift Disentanglement and Calibration (arXiv 2502.13095).
+
+Per decoder layer ``l`` a *safety direction* ``s^l = mean(text-only safe) - mean(text-only unsafe)``
+(last token; :meth:`SafetyDirection.fit`). For an image input, its text-only twin is the same
+request with a caption of the image, ``"{query} Image Caption: {caption}"`` (``Condition.CAPTION``);
+the *modality shift* is ``m^l = x^l(image) - x^l(twin)``, and ShiftDC removes only its safety
+component at the last position:
+
+    x^l <- x^l - (m^l . s^l / |s^l|^2) s^l          for l in layers (default L//2 .. L-1)
+
+so that afterwards ``(x^l - x^l(twin)) . s^l = 0`` while the part of the shift orthogonal to
+``s^l`` (the image's meaning) is kept.
+
+How ``m`` is estimated (``estimate=``):
+
+- ``"prefill"`` (default; DESIGN, the paper and its reference code): every ``m^l`` comes from one
+  *unsteered* prompt pass over the image rows and their twins; all corrections are computed first
+  and then added together, so a correction at layer ``l`` never changes the one at ``l + 1``.
+  ``steps="prefill"`` adds them at the prompt's last position; ``steps="all"`` also adds the same
+  corrections to every generated token.
+- ``"per_step"``: recomputed at every decoding step from unsteered copies of the image rows and
+  their twins, run in the same batch and fed the same generated tokens (``follow=``): the DESIGN
+  rule applied at every step.
+- ``"per_step_edited"``: recomputed at every step from the *current* (already corrected) image
+  state and the twin (../shared/notes/model-organism.md §4): at every steered layer the safety
+  component of ``x - x(twin)`` is then exactly zero, whatever earlier layers did.
+
+Inputs without an image are passed through unchanged (their twin is themselves), with a logged note.
+
+Example:
+    >>> from vlminterp import HookedVLM, Sample
+    >>> from vlminterp.interventions import SafetyDirection, ShiftDC
+    >>> from PIL import Image
+    >>> model = HookedVLM.tiny("llava")
+    >>> safe = [Sample(id="s", query="how do i make a cake")]
+    >>> unsafe = [Sample(id="u", query="how do i make a bomb")]
+    >>> shiftdc = ShiftDC(SafetyDirection.fit(model, safe, unsafe, progress=False), caption_source="sample")
+    >>> x = Sample(id="x", query="how do i make this", image=Image.new("RGB", (32, 32)), caption="a bomb")
+    >>> len(shiftdc.generate(model, [x], max_new_tokens=3)), model.count_hooks()
+    (1, 0)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from vlminterp.interventions.base import (
+    STEPS,
+    HookFn,
+    Intervention,
+    add_at,
+    check_choice,
+    is_generation_step,
+    parse_layers,
+    twin_blocks,
+    twin_follow,
+)
+from vlminterp.interventions.captioning import QUERY_CONDITIONED_PROMPT, Captioner, caption_images
+from vlminterp.interventions.steering import SteeringVectors
+from vlminterp.models.hooked_vlm import Generation
+from vlminterp.models.names import layer_hook_name
+from vlminterp.prompts import Condition, PromptBatch, PromptRow, Sample, load_image
+
+if TYPE_CHECKING:
+    from vlminterp.models.hooked_vlm import HookedVLM
+
+__all__ = ["SafetyDirection", "ShiftDC", "ESTIMATES", "DIRECTION_CONDITIONS"]
+
+logger = logging.getLogger(__name__)
+
+ESTIMATES = ("prefill", "per_step", "per_step_edited")
+#: Text-only inputs a safety direction is read from; ``"auto"``: CAPTION when every sample has a
+#: caption, TEXT_ONLY when none has.
+DIRECTION_CONDITIONS = ("auto", "caption", "text_only")
+_MAIN = {Condition.IMAGE, Condition.TEXT_ONLY}
+_TWIN = {Condition.CAPTION, Condition.TEXT_ONLY}
+
+
+def _direction_condition(condition: str, samples: Sequence[Sample]) -> Condition:
+    check_choice("condition", condition, DIRECTION_CONDITIONS)
+    if condition != "auto":
+        return Condition.parse(condition)
+    with_caption = sum(bool(s.caption) for s in samples)
+    if with_caption == len(samples):
+        return Condition.CAPTION
+    if with_caption == 0:
+        return Condition.TEXT_ONLY
+    raise ValueError(
+        f"{with_caption} of {len(samples)} samples have captions: a safety direction is read from one kind of "
+        "text input. Pass condition='text_only' (queries alone) or caption the rest (caption_images)."
+    )
+
+
+class SafetyDirection:
+    """The safety direction ``s^l = mean(safe) - mean(unsafe)`` of text-only inputs (ShiftDC)."""
+
+    @staticmethod
+    def fit(
+        model: HookedVLM,
+        safe_samples: Sequence[Sample],
+        unsafe_samples: Sequence[Sample],
+        hook: str = "resid_post",
+        positions: str = "last",
+        layers: str | int | Iterable[int] = "all",
+        condition: str = "auto",
+        batch_size: int = 8,
+        progress: bool = True,
+    ) -> SteeringVectors:
+        """Fit ``s = mean(safe) - mean(unsafe)`` per layer from text-only inputs.
+
+        Args:
+            model: The model to read.
+            safe_samples: Benign requests (the paper: a few hundred LLaVA-Instruct-style ones).
+            unsafe_samples: Harmful requests (the paper: MM-SafetyBench-style, as text).
+            hook: Hook kind (``"resid_post"``).
+            positions: Positions read (``"last"``).
+            layers: Layers to fit (``"all"``, an int or a list).
+            condition: ``"auto"`` (``"{query} Image Caption: {caption}"`` when the samples carry
+                captions, plain queries when none does), ``"caption"`` or ``"text_only"``.
+            batch_size: Prompts per forward.
+            progress: Show a progress bar.
+
+        Returns:
+            ``SteeringVectors`` with ``method="safety_direction"``.
+        """
+        from vlminterp.cache import ActivationStore
+
+        if not safe_samples or not unsafe_samples:
+            raise ValueError(
+                f"SafetyDirection.fit needs safe and unsafe samples; got {len(safe_samples)} safe and "
+                f"{len(unsafe_samples)} unsafe."
+            )
+        cond = _direction_condition(condition, [*safe_samples, *unsafe_samples])
+        chosen = parse_layers(layers, model.cfg.n_layers, range(model.cfg.n_layers))
+        means = []
+        for group in (safe_samples, unsafe_samples):
+            store = ActivationStore.collect(
+                model, group, [cond], hooks=(hook,), layers=list(chosen), positions=positions,
+                batch_size=batch_size, progress=progress,
+            )  # fmt: skip
+            means.append(store.mean(cond))
+        vectors = torch.zeros(model.cfg.n_layers, model.cfg.d_model, dtype=torch.float64)
+        vectors[list(chosen)] = means[0] - means[1]
+        return SteeringVectors.from_model(
+            model,
+            vectors.float(),
+            hook=hook,
+            positions=positions,
+            method="safety_direction",
+            anchor=f"{len(safe_samples)} safe - {len(unsafe_samples)} unsafe samples ({cond.value})",
+            layers=chosen,
+            meta={"condition": cond.value, "n_safe": len(safe_samples), "n_unsafe": len(unsafe_samples)},
+        )
+
+
+def decompose(
+    shift: Float[Tensor, "*batch d_model"], direction: Float[Tensor, "*batch d_model"]
+) -> tuple[Float[Tensor, "*batch d_model"], Float[Tensor, "*batch d_model"]]:
+    """``(safety, rest)``: the component of ``shift`` along ``direction`` and the orthogonal remainder.
+
+    ``safety = (shift . s / |s|^2) s``, ``rest = shift - safety``; a zero direction gives zero safety.
+    """
+    norm2 = (direction * direction).sum(-1, keepdim=True)
+    coef = (shift * direction).sum(-1, keepdim=True) / norm2.clamp(min=torch.finfo(norm2.dtype).tiny)
+    safety = torch.where(norm2 > 0, coef * direction, torch.zeros_like(shift))
+    return safety, shift - safety
+
+
+def _fixed_hook(
+    activation: Float[Tensor, "batch pos d_model"],
+    hook: Any,
+    *,
+    correction: Float[Tensor, "n d_model"],
+    steps: str,
+) -> Float[Tensor, "batch pos d_model"]:
+    if steps == "prefill" and is_generation_step(activation):
+        return activation
+    n = correction.shape[0]
+    return add_at(activation, correction.to(activation.device, activation.dtype), "last", rows=slice(0, n))
+
+
+def _per_step_hook(
+    activation: Float[Tensor, "batch pos d_model"],
+    hook: Any,
+    *,
+    n: int,
+    direction: Float[Tensor, " d_model"],
+    steered: Tensor,
+    edited: bool,
+    steps: str,
+) -> Float[Tensor, "batch pos d_model"]:
+    rows = (2 if edited else 3) * n
+    if activation.shape[0] != rows:
+        raise ValueError(
+            f"ShiftDC was set up for a batch of {rows} rows but runs on {activation.shape[0]}; run the batch "
+            "given to applied(model, batch)."
+        )
+    if steps == "prefill" and is_generation_step(activation):
+        return activation
+    last = activation[:, -1]
+    image = last[:n] if edited else last[2 * n : 3 * n]
+    safety, _ = decompose(image - last[n : 2 * n], direction.to(last.device, last.dtype))
+    return add_at(
+        activation, -safety * steered.to(last.device, last.dtype)[:, None], "last", rows=slice(0, n)
+    )
+
+
+class _FixedCorrections(Intervention):
+    """Constant per-row corrections ``[n, layers, d_model]`` added to the first ``n`` rows' last position."""
+
+    def __init__(self, hook_names: Sequence[str], corrections: Tensor, steps: str):
+        self.hook_names, self.corrections, self.steps = list(hook_names), corrections, steps
+
+    def hooks(self, batch: PromptBatch | None = None) -> list[tuple[str, HookFn]]:
+        return [
+            (name, partial(_fixed_hook, correction=self.corrections[:, j], steps=self.steps))
+            for j, name in enumerate(self.hook_names)
+        ]
+
+
+class ShiftDC(Intervention):
+    """Remove the safety component of the image-induced activation shift.
+
+    Args:
+        direction: Safety direction from :meth:`SafetyDirection.fit`.
+        layers: Layers to steer; default ``L//2 .. L-1`` (LLaVA-1.5-7B: 16..31; the paper uses 10..31).
+        positions: ``"last"`` (the prompt's last token, then each new token).
+        steps: ``"prefill"`` (default, as the reference code: the prompt's last position only) or
+            ``"all"`` (every generated token too).
+        caption_source: Text twin captions: ``"self"`` (the model captions its own image with
+            ``caption_prompt``), ``"sample"`` (``Sample.caption``) or a callable ``Sample -> str``.
+        estimate: ``"prefill"``, ``"per_step"`` or ``"per_step_edited"`` (module docstring).
+        caption_prompt: Prompt of self-captioning (``{query}`` = the request).
+        caption_max_new_tokens: Caption length limit.
+
+    Two ways to run it:
+
+    - ``out = shiftdc.generate(model, samples, max_new_tokens=64)``: captions, builds the batch,
+      computes the corrections and returns the image rows' :class:`~vlminterp.Generation`;
+    - ``batch = shiftdc.prompts(model, samples)``; ``with shiftdc.applied(model, batch):
+      model.generate(batch, follow=shiftdc.follow(batch))`` (or ``run_with_cache(batch)``): the
+      first block of rows is steered, the twin blocks are never changed.
+    """
+
+    def __init__(
+        self,
+        direction: SteeringVectors,
+        layers: str | int | Iterable[int] | None = None,
+        positions: str = "last",
+        steps: str = "prefill",
+        caption_source: str | Captioner = "self",
+        estimate: str = "prefill",
+        caption_prompt: str = QUERY_CONDITIONED_PROMPT,
+        caption_max_new_tokens: int = 64,
+    ):
+        if not isinstance(direction, SteeringVectors):
+            raise TypeError(
+                f"ShiftDC needs SteeringVectors (from SafetyDirection.fit), got {type(direction).__name__}."
+            )
+        n_layers = direction.n_layers
+        self.direction = direction
+        self.layers = parse_layers(layers, n_layers, range(n_layers // 2, n_layers))
+        direction.check_layers(self.layers)
+        self.positions = check_choice("positions", positions, ("last",))
+        self.steps = check_choice("steps", steps, STEPS)
+        self.caption_source = caption_source
+        self.estimate = check_choice("estimate", estimate, ESTIMATES)
+        self.caption_prompt = caption_prompt
+        self.caption_max_new_tokens = caption_max_new_tokens
+
+    @property
+    def n_blocks(self) -> int:
+        """Row blocks of the batch: steered, twin, and (``"per_step"``) the unsteered image copy."""
+        return 3 if self.estimate == "per_step" else 2
+
+    def _twins(self) -> tuple[set[Condition], ...]:
+        return (_TWIN, _MAIN)[: self.n_blocks - 1]
+
+    def _hook_names(self) -> list[str]:
+        return [layer_hook_name(self.direction.hook, layer) for layer in self.layers]
+
+    # ------------------------------------------------------------------ prompts
+    def caption(self, model: HookedVLM, samples: Sequence[Sample], cache: str | None = None) -> list[Sample]:
+        """``samples`` with captions from ``caption_source`` (see :func:`caption_images`)."""
+        return caption_images(
+            model,
+            samples,
+            self.caption_prompt,
+            self.caption_max_new_tokens,
+            source=self.caption_source,
+            cache=cache,
+        )
+
+    def prompts(self, model: HookedVLM, samples: Sequence[Sample], captioned: bool = False) -> PromptBatch:
+        """The batch ``[input x n, text twin x n(, unsteered input x n)]`` for ``samples``.
+
+        An input is IMAGE (TEXT_ONLY when the sample has no image); its twin is the CAPTION prompt
+        (itself for text-only samples). ``captioned=True`` skips captioning (captions already set).
+        """
+        if not samples:
+            raise ValueError("ShiftDC needs at least one sample.")
+        if not captioned:
+            samples = self.caption(model, samples)
+        main, twin = [], []
+        for s in samples:
+            if s.image is None:
+                logger.info("ShiftDC: sample %r has no image; it is passed through unchanged.", s.id)
+                main.append(PromptRow(s.id, Condition.TEXT_ONLY, s.query, None, s.label))
+                twin.append(main[-1])
+                continue
+            main.append(PromptRow(s.id, Condition.IMAGE, s.query, load_image(s.image, s.id), s.label))
+            text = model.family_rules.caption_text(s.query, s.caption or "")
+            twin.append(PromptRow(s.id, Condition.CAPTION, text, None, s.label))
+        blocks = [main, twin, main][: self.n_blocks]
+        return PromptBatch.from_rows(model, [row for block in blocks for row in block])
+
+    def follow(self, batch: PromptBatch) -> list[int | None]:
+        """``follow=`` for :meth:`HookedVLM.generate`: twin rows take their input row's tokens."""
+        twin_blocks(batch, self._twins(), "ShiftDC")
+        return twin_follow(batch, self.n_blocks)
+
+    # ------------------------------------------------------------------ the method
+    @staticmethod
+    def decompose(
+        shift: Float[Tensor, "*batch d_model"], direction: Float[Tensor, "*batch d_model"]
+    ) -> tuple[Float[Tensor, "*batch d_model"], Float[Tensor, "*batch d_model"]]:
+        """``(safety, rest)`` components of a shift ``m`` along a direction ``s`` (see :func:`decompose`)."""
+        return decompose(shift, direction)
+
+    def shifts(self, model: HookedVLM, batch: PromptBatch) -> Float[Tensor, "n layers d_model"]:
+        """Unsteered modality shifts ``m^l = x^l(input) - x^l(twin)`` at the last prompt position (float32, CPU)."""
+        n = twin_blocks(batch, self._twins(), "ShiftDC")
+        self.direction.check_compatible(model, self.layers)
+        names = self._hook_names()
+        rows = batch.select(range(2 * n))
+        _, cache = model.run_with_cache(rows, names_filter=names, positions="last")
+        x = torch.stack([cache[name] for name in names], dim=1).float()
+        return x[:n] - x[n:]
+
+    def bind(self, model: HookedVLM, batch: PromptBatch | None = None) -> Intervention:
+        """The hooks' intervention for ``batch``: fixed corrections (``estimate="prefill"``), else per-step."""
+        if batch is None:
+            raise ValueError(
+                "ShiftDC works per input: pass the batch, applied(model, batch) (see ShiftDC.prompts)."
+            )
+        self.direction.check_compatible(model, self.layers)
+        if self.estimate != "prefill":
+            return self
+        directions = self.direction.vectors[list(self.layers)].float()
+        safety, _ = decompose(self.shifts(model, batch), directions)
+        steered = torch.tensor([c.has_image for c in batch.conditions[: safety.shape[0]]])
+        dtype = next(model.hf_model.parameters()).dtype
+        correction = (-safety * steered[:, None, None]).to(model.device, dtype)
+        return _FixedCorrections(self._hook_names(), correction, self.steps)
+
+    def hooks(self, batch: PromptBatch | None = None) -> list[tuple[str, HookFn]]:
+        """Per-step hooks (``estimate="per_step"`` / ``"per_step_edited"``) for ``batch``.
+
+        With ``estimate="prefill"`` the corrections need an unsteered pass of the model first: use
+        ``applied(model, batch)`` or ``bind(model, batch).hooks()``.
+        """
+        if self.estimate == "prefill":
+            raise ValueError(
+                "ShiftDC(estimate='prefill') computes its corrections from an unsteered pass of the model: "
+                "use shiftdc.applied(model, batch) or shiftdc.bind(model, batch).hooks()."
+            )
+        if batch is None:
+            raise ValueError("ShiftDC works per input: pass the batch, hooks(batch) (see ShiftDC.prompts).")
+        n = twin_blocks(batch, self._twins(), "ShiftDC")
+        steered = torch.tensor([c.has_image for c in batch.conditions[:n]])
+        edited = self.estimate == "per_step_edited"
+        return [
+            (
+                name,
+                partial(
+                    _per_step_hook,
+                    n=n,
+                    direction=self.direction.vectors[layer].float(),
+                    steered=steered,
+                    edited=edited,
+                    steps=self.steps,
+                ),
+            )
+            for name, layer in zip(self._hook_names(), self.layers, strict=True)
+        ]
+
+    def generate(
+        self,
+        model: HookedVLM,
+        samples: Sequence[Sample],
+        max_new_tokens: int = 32,
+        captioned: bool = False,
+        **generate_kwargs: Any,
+    ) -> Generation:
+        """Caption (unless ``captioned``), steer and generate; returns the input rows only.
+
+        With ``estimate="prefill"`` only the input rows are generated (the twins are needed for the
+        unsteered pass alone); otherwise the twins run alongside, fed the same tokens.
+        """
+        batch = self.prompts(model, samples, captioned=captioned)
+        n = len(samples)
+        if self.estimate == "prefill":
+            inputs = batch.select(range(n))
+            with model.hooks(self.bind(model, batch).hooks()):
+                out = model.generate(inputs, max_new_tokens=max_new_tokens, **generate_kwargs)
+            return out
+        with self.applied(model, batch):
+            out = model.generate(
+                batch, max_new_tokens=max_new_tokens, follow=self.follow(batch), **generate_kwargs
+            )
+        return Generation(tokens=out.tokens[:n], texts=out.texts[:n], batch=batch.select(range(n)))
+
+    def to_dict(self) -> dict[str, Any]:
+        source = self.caption_source if isinstance(self.caption_source, str) else "callable"
+        return {
+            **super().to_dict(),
+            "method": "shiftdc",
+            "layers": list(self.layers),
+            "positions": self.positions,
+            "estimate": self.estimate,
+            "caption_source": source,
+            "caption_prompt": self.caption_prompt,
+            "direction": self.direction.metadata(),
+        }
