@@ -229,8 +229,8 @@ def read_shard_tensor(path: Path, key: str) -> Tensor:
 
 # ---------------------------------------------------------------------- manifest
 def check_config(out_dir: Path, stored: dict[str, Any], requested: dict[str, Any]) -> None:
-    """Raise :class:`ManifestMismatchError` naming the first field where the two configs differ."""
-    for field in sorted(set(stored) | set(requested)):
+    """Raise :class:`ManifestMismatchError` naming the first field (in ``requested`` order) that differs."""
+    for field in [*requested, *(f for f in stored if f not in requested)]:
         if stored.get(field) != requested.get(field):
             raise ManifestMismatchError(out_dir, field, stored.get(field), requested.get(field))
 

@@ -227,7 +227,6 @@ def _config(model: Any, plan: _Plan, samples: Sequence[Sample]) -> dict[str, Any
         "n_layers": model.cfg.n_layers,
         "d_model": model.cfg.d_model,
         "hooks": list(plan.hooks),
-        "hook_names": {k: list(v) for k, v in plan.names.items()},
         "layers": list(plan.layers),
         "positions": plan.positions,
         "conditions": [c.value for c in plan.conditions],
@@ -239,6 +238,9 @@ def _config(model: Any, plan: _Plan, samples: Sequence[Sample]) -> dict[str, Any
         "samples_digest": _samples_digest(samples),
         "prompt_options": json.loads(json.dumps(plan.prompt_options, default=list)),
         "vlminterp_version": _version(),
+        "hook_names": {
+            k: list(v) for k, v in plan.names.items()
+        },  # derived: last, so the cause is named first
     }
 
 
