@@ -7,4 +7,10 @@ from vlminterp.cache.running_stats import RunningStats  # noqa: E402
 from vlminterp.cache.shards import IncompleteStoreError, ManifestMismatchError, ShardCorruptError  # noqa: E402
 from vlminterp.cache.store import ActivationStore  # noqa: E402
 
-__all__ += ["ActivationStore", "RunningStats", "ManifestMismatchError", "ShardCorruptError", "IncompleteStoreError"]
+__all__ += [
+    "ActivationStore",
+    "RunningStats",
+    "ManifestMismatchError",
+    "ShardCorruptError",
+    "IncompleteStoreError",
+]
