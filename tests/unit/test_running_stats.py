@@ -110,3 +110,42 @@ def test_bad_inputs_raise_specific_errors():
         RunningStats.from_state({"mean": torch.zeros(2)})
     with pytest.raises(ValueError, match="positive sizes"):
         RunningStats((0,))
+
+
+def test_all_reduce_over_simulated_processes_equals_one_shot(monkeypatch):
+    """RunningStats.all_reduce on 3 'ranks' (threads with a summing all_reduce), one of them empty."""
+    import threading
+
+    import torch.distributed as dist
+
+    world = 3
+    barrier = threading.Barrier(world)
+    slots: list[torch.Tensor | None] = [None] * world
+    rank_of = {}
+
+    def fake_all_reduce(tensor, group=None):
+        slots[rank_of[threading.get_ident()]] = tensor.clone()
+        barrier.wait()
+        total = sum(slots[1:], slots[0].clone())
+        barrier.wait()
+        tensor.copy_(total)
+
+    monkeypatch.setattr(dist, "all_reduce", fake_all_reduce)
+    x = torch.randn(30, 2, 4, dtype=torch.float64) + 5.0
+    parts = [x[:17], x[17:], x[:0]]
+    results: list[RunningStats] = [RunningStats((2, 4), covariance=True).update(p) for p in parts]
+
+    def run(rank):
+        rank_of[threading.get_ident()] = rank
+        results[rank].all_reduce()
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    mean, cov = one_shot(x)
+    for stats in results:
+        assert stats.count == 30
+        torch.testing.assert_close(stats.mean, mean, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(stats.cov(), cov, rtol=1e-10, atol=1e-13)
