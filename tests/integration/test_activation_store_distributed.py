@@ -65,13 +65,10 @@ def worker(rank: int, world: int, tmp: str) -> None:
 @pytest.mark.slow
 def test_two_gloo_processes_equal_one_process(tiny_model, tmp_path):
     mp.spawn(worker, args=(2, str(tmp_path)), nprocs=2, join=True)
-    torch.set_num_threads(1)  # the same kernels as the workers, so float32 activations match bit for bit
-    try:
-        single = ActivationStore.collect(
-            tiny_model, make_samples(), CONDS, out_dir=tmp_path / "single", keep="both", **KWARGS
-        )
-    finally:
-        torch.set_num_threads(torch.get_num_threads())
+    torch.set_num_threads(1)  # the workers' kernels (restored by _restore_threads)
+    single = ActivationStore.collect(
+        tiny_model, make_samples(), CONDS, out_dir=tmp_path / "single", keep="both", **KWARGS
+    )
     expected = summarise(single)
     for rank in (0, 1):
         got = torch.load(tmp_path / f"rank{rank}.pt")
