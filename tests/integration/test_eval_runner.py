@@ -146,3 +146,44 @@ def test_bad_inputs(tiny_model, tmp_path):
         generate_responses(
             tiny_model, [Sample("a", "x")], "text_only", tmp_path / "bad.jsonl", progress=False
         )
+
+
+def test_eval_main_end_to_end(tmp_path, capsys):
+    from pathlib import Path
+
+    from vlminterp.eval import EvalConfig, eval_main
+
+    shared = Path(__file__).resolve().parents[3] / "shared" / "data"
+    if not shared.is_dir():
+        pytest.skip("shared/data not present")
+    argv = [
+        "--model",
+        "tiny:llava",
+        "--dataset",
+        "jailbreakllms",
+        "--root",
+        str(shared / "jailbreak_llms"),
+        "--out",
+        str(tmp_path),
+        "--condition",
+        "text_only",
+        "--limit",
+        "3",
+        "--max-new-tokens",
+        "2",
+        "--judge",
+        "keyword:gcg",
+        "--judges-dir",
+        str(shared / "judges"),
+    ]
+    assert eval_main(argv) == 0
+    assert "unsafe_rate" in capsys.readouterr().out
+    metrics = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert metrics[0] == "dataset,condition,method,judge,metric,value,n,ci_low,ci_high" and len(metrics) == 3
+    assert len(read_responses(tmp_path / "responses.jsonl")) == 3
+    cfg = EvalConfig.from_dict(json.loads((tmp_path / "config.json").read_text()))
+    assert cfg == EvalConfig.from_dict(cfg.to_dict()) and cfg.limit == 3
+    with pytest.raises(ValueError, match="Valid names"):
+        EvalConfig(model="tiny:llava", dataset="nope", root=".", out=".")
+    with pytest.raises(ValueError, match="keyword:<preset>"):
+        EvalConfig(model="tiny:llava", dataset="figstep", root=".", out=".", judge="gpt4")

@@ -25,6 +25,7 @@ from vlminterp.eval.metrics import (
     scienceqa_accuracy,
     wilson_interval,
 )
+from vlminterp.eval.pipeline import EvalConfig, eval_main, run_eval
 from vlminterp.eval.runner import generate_responses, read_responses
 
 __all__ = [
@@ -44,4 +45,7 @@ __all__ = [
     "extract_letter",
     "generate_responses",
     "read_responses",
+    "EvalConfig",
+    "run_eval",
+    "eval_main",
 ]

@@ -232,7 +232,7 @@ class LLMJudge(Judge):
         cache: Verdicts by (judge name, sha256 of prompt); reused across calls.
 
     Example:
-        >>> judge = LLMJudge(lambda prompts: ["unsafe\\nS2" for _ in prompts], name="fake")
+        >>> judge = LLMJudge(lambda prompts: ["unsafe" for _ in prompts], template=MMSB_TEMPLATE, name="fake")
         >>> judge.judge(None, ["Step 1: ..."])[0].unsafe
         True
     """
