@@ -131,3 +131,27 @@ def family_for_config(config: Any) -> Family:
 
 
 LLAVA = register_family(Family(name="llava", model_types=("llava",), chat_template=LLAVA_15_CHAT_TEMPLATE))
+
+# The shipped model organism (a llava checkpoint, config.vlminterp_family = "organism"): renders
+# "user : <image>{text} ? assistant :"; the tokenizer prepends BOS. Its CAPTION condition puts the
+# caption sentence before the query, where the image tokens would be.
+ORGANISM_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['content'] is string %}{% set items = [{'type': 'text', 'text': message['content']}] %}"
+    "{% else %}{% set items = message['content'] %}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ 'user : ' }}"
+    "{% for item in items | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}"
+    "{% for item in items | selectattr('type', 'equalto', 'text') %}{{ item['text'] }}{% endfor %}"
+    "{{ ' ?' }}{% else %}{{ ' assistant : ' }}"
+    "{% for item in items | selectattr('type', 'equalto', 'text') %}{{ item['text'] }}{% endfor %}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ ' assistant :' }}{% endif %}"
+)
+ORGANISM = register_family(
+    Family(
+        name="organism",
+        model_types=(),
+        chat_template=ORGANISM_CHAT_TEMPLATE,
+        caption_template="image shows {caption} {query}",
+    )
+)
