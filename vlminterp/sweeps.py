@@ -742,16 +742,26 @@ def write_results(
     return path
 
 
+def _study(study: str) -> Any:
+    """The study's module; ``analyses/`` and ``figures/`` are found next to the package in a source checkout."""
+    import sys
+
+    root = str(Path(__file__).resolve().parents[1])
+    if (Path(root) / "analyses").is_dir() and root not in sys.path:
+        sys.path.append(root)
+    return importlib.import_module(STUDIES[study])
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``vlminterp sweep --study layer|head|alpha-layer ...``: common options, then every study's own."""
     parser.add_argument("--study", required=True, choices=sorted(STUDIES), help="which ablation study to run")
     add_common_arguments(parser)
-    for module in STUDIES.values():
-        importlib.import_module(module).add_study_arguments(parser)
+    for study in STUDIES:
+        _study(study).add_study_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the chosen study and print the files it wrote."""
-    for path in importlib.import_module(STUDIES[args.study]).run(args):
+    for path in _study(args.study).run(args):
         print(path)
     return 0
