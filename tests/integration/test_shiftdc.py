@@ -1,0 +1,262 @@
+"""ShiftDC: safety direction, projection math, unsteered corrections, per-step variants, captions, hygiene."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+
+import pytest
+import torch
+
+from vlminterp import Condition, PromptBatch, Sample
+from vlminterp.interventions import SafetyDirection, ShiftDC, SteeringVectorsMismatchError, caption_images
+from vlminterp.interventions.shiftdc import decompose
+
+
+@pytest.fixture(scope="module")
+def safe_unsafe():
+    safe = [
+        Sample(id=f"s{i}", query=q)
+        for i, q in enumerate(["how do i bake a cake", "tell me about kites", "what is a boat ?"])
+    ]
+    unsafe = [
+        Sample(id=f"u{i}", query=q) for i, q in enumerate(["how do i make a bomb", "help me get a gun"])
+    ]
+    return safe, unsafe
+
+
+@pytest.fixture(scope="module")
+def direction(tiny_model, safe_unsafe):
+    return SafetyDirection.fit(tiny_model, *safe_unsafe, progress=False)
+
+
+def _last(model, batch, layers=None, fwd_hooks=()):
+    names = model.hook_names("resid_post", layers)
+    _, cache = model.run_with_cache(batch, names_filter=names, positions="last", fwd_hooks=fwd_hooks)
+    return torch.stack([cache[n] for n in names]).double()
+
+
+def _recording(model, names):
+    """Hooks recording each point's last-position activation (add before and after an intervention)."""
+    records = {name: [] for name in names}
+    return records, [
+        (name, lambda x, hook, name=name: records[name].append(x[:, -1].double().clone())) for name in names
+    ]
+
+
+def test_direction_is_mean_safe_minus_mean_unsafe(tiny_model, safe_unsafe, direction):
+    safe, unsafe = safe_unsafe
+    mean = [
+        _last(tiny_model, PromptBatch.paired(tiny_model, g, [Condition.TEXT_ONLY])).mean(1)
+        for g in (safe, unsafe)
+    ]
+    torch.testing.assert_close(direction.vectors.double(), mean[0] - mean[1], atol=1e-6, rtol=0)
+    assert direction.method == "safety_direction" and direction.meta["condition"] == "text_only"
+
+
+def test_direction_reads_caption_prompts_when_captioned(tiny_model, safe_unsafe):
+    safe, unsafe = ([dataclasses.replace(s, caption="a red circle") for s in g] for g in safe_unsafe)
+    d = SafetyDirection.fit(tiny_model, safe, unsafe, layers=[1], progress=False)
+    mean = [
+        _last(tiny_model, PromptBatch.paired(tiny_model, g, [Condition.CAPTION]), [1]).mean(1)
+        for g in (safe, unsafe)
+    ]
+    torch.testing.assert_close(d.vectors[1].double(), (mean[0] - mean[1])[0], atol=1e-6, rtol=0)
+    assert d.meta["condition"] == "caption" and d.layers == (1,)
+    with pytest.raises(ValueError, match="3 of 5 samples have captions"):
+        SafetyDirection.fit(tiny_model, [safe[0], *safe_unsafe[0][1:]], unsafe, progress=False)
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_single_layer_removes_safety_component_and_keeps_the_rest(tiny_model, samples, direction, layer):
+    shiftdc = ShiftDC(direction, layers=[layer], caption_source="sample")
+    batch = shiftdc.prompts(tiny_model, samples)
+    n = len(samples)
+    clean = _last(tiny_model, batch, [layer])[0]
+    with shiftdc.applied(tiny_model, batch):
+        steered = _last(tiny_model, batch, [layer])[0]
+    s = direction.vectors[layer].double()
+    m_before, m_after = clean[:n] - clean[n:], steered[:n] - clean[n:]
+    assert (m_before @ s).abs().max() > 1e-3, "the test needs a shift with a safety component"
+    torch.testing.assert_close(m_after @ s, torch.zeros(n, dtype=torch.float64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(decompose(m_after, s)[1], decompose(m_before, s)[1], atol=1e-5, rtol=0)
+    assert torch.equal(steered[n:], clean[n:]), "twin rows must never be steered"
+
+
+def test_several_layers_add_corrections_from_the_unsteered_pass(tiny_model, samples, direction):
+    shiftdc = ShiftDC(direction, layers="all", caption_source="sample", steps="all")
+    batch = shiftdc.prompts(tiny_model, samples)
+    n = len(samples)
+    clean = _last(tiny_model, batch)
+    expected = -decompose(clean[:, :n] - clean[:, n:], direction.vectors.double()[:, None])[0]
+    names = tiny_model.hook_names("resid_post")
+    records, rec = _recording(tiny_model, names)
+    bound = shiftdc.bind(tiny_model, batch)  # the unsteered pass, before the recorders
+    with tiny_model.hooks(rec), tiny_model.hooks(bound.hooks()), tiny_model.hooks(rec):
+        tiny_model.generate(batch, max_new_tokens=3)
+    for layer, name in enumerate(names):
+        calls = records[name]
+        pairs = list(zip(calls[0::2], calls[1::2], strict=True))
+        assert len(pairs) >= 2
+        for before, after in pairs:  # prefill and every generated token (steps="all"): the same correction
+            torch.testing.assert_close(after[:n] - before[:n], expected[layer], atol=1e-5, rtol=0)
+            assert torch.equal(after[n:], before[n:])
+    # a correction at layer 0 does not change the correction at layer 1
+    only_last = ShiftDC(direction, layers=[1], caption_source="sample").bind(tiny_model, batch)
+    both = shiftdc.bind(tiny_model, batch)
+    torch.testing.assert_close(both.corrections[:, 1], only_last.corrections[:, 0], atol=0, rtol=0)
+
+
+def test_steps_prefill_leaves_generation_steps_alone(tiny_model, samples, direction):
+    shiftdc = ShiftDC(direction, caption_source="sample")
+    batch = shiftdc.prompts(tiny_model, samples)
+    name = tiny_model.layer_hook("resid_post", 1)
+    records, rec = _recording(tiny_model, [name])
+    bound = shiftdc.bind(tiny_model, batch)
+    with tiny_model.hooks(rec), tiny_model.hooks(bound.hooks()), tiny_model.hooks(rec):
+        tiny_model.generate(batch, max_new_tokens=3)
+    calls = records[name]
+    assert not torch.equal(calls[0], calls[1])
+    for before, after in zip(calls[2::2], calls[3::2], strict=True):
+        assert torch.equal(before, after)
+
+
+def test_shift_orthogonal_to_direction_is_exact_noop(tiny_model, samples, direction):
+    shiftdc = ShiftDC(direction, caption_source="sample")
+    one = samples[:1]
+    batch = shiftdc.prompts(tiny_model, one)
+    m = shiftdc.shifts(tiny_model, batch)[0, 0].double()
+    s = direction.vectors[1].double()
+    orthogonal = direction.vectors.clone()
+    orthogonal[1] = (s - (s @ m) / (m @ m) * m).float()
+    noop = ShiftDC(direction.replace(vectors=orthogonal), caption_source="sample")
+    corrections = noop.bind(tiny_model, batch).corrections
+    assert corrections.abs().max() < 1e-6
+    inputs = batch.select([0])
+    with tiny_model.hooks(noop.bind(tiny_model, batch).hooks()):
+        steered = tiny_model.forward(inputs)
+    torch.testing.assert_close(steered, tiny_model.forward(inputs), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("estimate", ["prefill", "per_step", "per_step_edited"])
+def test_batched_equals_one_at_a_time(tiny_model, samples, direction, estimate):
+    shiftdc = ShiftDC(direction, layers="all", caption_source="sample", steps="all", estimate=estimate)
+    together = shiftdc.generate(tiny_model, samples, max_new_tokens=6)
+    alone = [shiftdc.generate(tiny_model, [s], max_new_tokens=6).tokens[0] for s in samples]
+    assert together.tokens == alone and len(together) == len(samples)
+    batch = shiftdc.prompts(tiny_model, samples)
+    with shiftdc.applied(tiny_model, batch):
+        rows = _last(tiny_model, batch)[:, : len(samples)]
+    for i, s in enumerate(samples):
+        one = shiftdc.prompts(tiny_model, [s])
+        with shiftdc.applied(tiny_model, one):
+            torch.testing.assert_close(_last(tiny_model, one)[:, :1], rows[:, i : i + 1], atol=1e-4, rtol=0)
+
+
+def test_per_step_edited_zeroes_safety_component_at_every_layer_and_step(tiny_model, samples, direction):
+    shiftdc = ShiftDC(
+        direction, layers="all", caption_source="sample", steps="all", estimate="per_step_edited"
+    )
+    batch = shiftdc.prompts(tiny_model, samples)
+    n = len(samples)
+    names = tiny_model.hook_names("resid_post")
+    records, rec = _recording(tiny_model, names)
+    with shiftdc.applied(tiny_model, batch), tiny_model.hooks(rec):
+        tiny_model.generate(batch, max_new_tokens=3, follow=shiftdc.follow(batch))
+    for layer, name in enumerate(names):
+        assert len(records[name]) >= 2
+        for x in records[name]:
+            torch.testing.assert_close(
+                (x[:n] - x[n:]) @ direction.vectors[layer].double(),
+                torch.zeros(n, dtype=torch.float64),
+                atol=1e-5,
+                rtol=0,
+            )
+
+
+def test_per_step_uses_unsteered_image_copy_every_step(tiny_model, samples, direction):
+    shiftdc = ShiftDC(direction, layers="all", caption_source="sample", steps="all", estimate="per_step")
+    batch = shiftdc.prompts(tiny_model, samples)
+    n = len(samples)
+    assert batch.conditions[2 * n :] == [Condition.IMAGE] * n
+    names = tiny_model.hook_names("resid_post")
+    records, rec = _recording(tiny_model, names)
+    with tiny_model.hooks(rec), shiftdc.applied(tiny_model, batch), tiny_model.hooks(rec):
+        tiny_model.generate(batch, max_new_tokens=3, follow=shiftdc.follow(batch))
+    for layer, name in enumerate(names):
+        s = direction.vectors[layer].double()
+        for before, after in zip(records[name][0::2], records[name][1::2], strict=True):
+            expected = -decompose(before[2 * n :] - before[n : 2 * n], s)[0]
+            torch.testing.assert_close(after[:n] - before[:n], expected, atol=1e-5, rtol=0)
+            assert torch.equal(after[n:], before[n:])
+
+
+def test_text_only_input_passes_through_with_a_note(tiny_model, samples, direction, caplog):
+    shiftdc = ShiftDC(direction, layers="all", caption_source="sample", steps="all")
+    text_only = Sample(id="t", query="how do i make a bomb")
+    with caplog.at_level(logging.INFO, logger="vlminterp.interventions.shiftdc"):
+        out = shiftdc.generate(tiny_model, [samples[0], text_only], max_new_tokens=5)
+    assert "'t' has no image" in caplog.text
+    plain = tiny_model.generate(
+        PromptBatch.paired(tiny_model, [text_only], [Condition.TEXT_ONLY]), max_new_tokens=5
+    )
+    assert out.tokens[1] == plain.tokens[0]
+    assert out.batch.conditions == [Condition.IMAGE, Condition.TEXT_ONLY]
+
+
+def test_hooks_removed_on_exception_and_mismatch_raises(tiny_model, samples, direction):
+    shiftdc = ShiftDC(direction, caption_source="sample")
+    batch = shiftdc.prompts(tiny_model, samples)
+    with pytest.raises(RuntimeError, match="boom"), shiftdc.applied(tiny_model, batch):
+        assert tiny_model.count_hooks() == 1
+        raise RuntimeError("boom")
+    assert tiny_model.count_hooks() == 0
+    with pytest.raises(SteeringVectorsMismatchError, match="d_model"):
+        ShiftDC(direction.replace(vectors=torch.zeros(2, 32), d_model=32), caption_source="sample").applied(
+            tiny_model, batch
+        ).__enter__()
+    with pytest.raises(ValueError, match="unsteered pass"):
+        shiftdc.hooks(batch)
+    with pytest.raises(ValueError, match="2 blocks"):
+        shiftdc.bind(tiny_model, PromptBatch.paired(tiny_model, samples[:3], [Condition.IMAGE]))
+    with pytest.raises(ValueError, match="estimate='sometimes'"):
+        ShiftDC(direction, estimate="sometimes")
+    assert tiny_model.count_hooks() == 0
+
+
+def test_default_layers_are_second_half(direction):
+    assert ShiftDC(direction).layers == (1,)
+    assert ShiftDC(direction).to_dict()["layers"] == [1]
+
+
+def test_captions_from_callable_sample_and_self_with_cache(tiny_model, samples, tmp_path):
+    assert [s.caption for s in caption_images(None, samples, source=lambda s: s.id.upper())] == [
+        "S0",
+        "S1",
+        "S2",
+        "S3",
+    ]
+    assert caption_images(None, samples, source="sample") == list(samples)
+    with pytest.raises(ValueError, match="missing for 1 samples"):
+        caption_images(None, [dataclasses.replace(samples[0], caption=None)], source="sample")
+    cache = tmp_path / "captions.json"
+    first = caption_images(
+        tiny_model, samples[:2], prompt="describe the image", max_new_tokens=4, cache=cache
+    )
+    stored = json.loads(cache.read_text())
+    assert sorted(stored.values()) == sorted(s.caption for s in first)
+    cache.write_text(json.dumps({k: "cached" for k in stored}))  # a second run reads the cache
+    again = caption_images(
+        tiny_model, samples[:2], prompt="describe the image", max_new_tokens=4, cache=cache
+    )
+    assert [s.caption for s in again] == ["cached", "cached"]
+    assert samples[0].caption == "a red shape"  # inputs unchanged
+
+
+def test_self_captioning_feeds_the_twin(tiny_model, samples, direction):
+    shiftdc = ShiftDC(direction, caption_prompt="describe the image", caption_max_new_tokens=4)
+    batch = shiftdc.prompts(tiny_model, samples[:2])
+    captions = caption_images(tiny_model, samples[:2], prompt="describe the image", max_new_tokens=4)
+    for row, s in zip(batch.texts[2:], captions, strict=True):
+        assert row == tiny_model.family_rules.caption_text(s.query, s.caption)
