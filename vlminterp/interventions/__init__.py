@@ -26,3 +26,12 @@ __all__ = [
     "caption_images",
     "QUERY_CONDITIONED_PROMPT",
 ]
+from vlminterp.interventions.ablation import (  # noqa: E402
+    ActivationPatch,
+    DirectionAddition,
+    DirectionalAblation,
+    HeadAblation,
+    mean_z,
+)
+
+__all__ += ["HeadAblation", "DirectionalAblation", "DirectionAddition", "ActivationPatch", "mean_z"]

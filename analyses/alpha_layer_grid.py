@@ -1,0 +1,95 @@
+"""Study: CMRM strength α × starting layer (steering layers ``l .. L-1``).
+
+Dataset-level CMRM vectors are fitted on ``--anchor-split``; for every (α, start layer) the IMAGE
+inputs are steered and measured without generation: ``refusal_score`` on harmful inputs and
+``kl_to_unsteered`` on benign inputs (utility cost). The notes on the organism report that α's
+useful window can be narrow; this grid shows where it is and how it moves with the start layer.
+Files in ``--out``: ``rows.jsonl`` (resumable), ``results.json``, ``manifest.json``, heatmaps by
+``figures/ablation_heatmap.py``.
+
+Usage::
+
+    python analyses/alpha_layer_grid.py --model organism --alphas 0,0.5,1,1.5,2
+    vlminterp sweep --study alpha-layer --model organism
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from vlminterp import HookedVLM
+from vlminterp.interventions import CMRM
+from vlminterp.sweeps import (
+    KLToUnsteered,
+    RefusalScore,
+    add_common_arguments,
+    load_model,
+    load_study_samples,
+    sweep,
+    write_results,
+)
+
+NAME = "alpha_layer_grid"
+
+
+def add_study_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of this study (names unique across the sweep studies)."""
+    group = parser.add_argument_group(NAME)
+    group.add_argument("--alphas", default="0,0.5,1,1.5,2", help="comma-separated CMRM strengths")
+
+
+def parse_alphas(text: str) -> list[float]:
+    """``"0,0.5,1"`` -> ``[0.0, 0.5, 1.0]``; a bad entry raises naming it."""
+    try:
+        alphas = [float(a) for a in text.split(",") if a.strip()]
+    except ValueError:
+        raise ValueError(f"--alphas {text!r} must be comma-separated numbers, e.g. 0,0.5,1.") from None
+    if not alphas:
+        raise ValueError("--alphas is empty; give at least one strength.")
+    return alphas
+
+
+def run(args: argparse.Namespace, model: HookedVLM | None = None) -> list[Path]:
+    """Run (or resume) the study; returns the files written."""
+    out = Path(args.out or f"results/{NAME}")
+    alphas = parse_alphas(args.alphas)
+    model = model or load_model(args.model)
+    n_layers = model.cfg.n_layers
+    samples = [s for s in load_study_samples(args.dataset, args.split, args.n_harmful, args.n_benign, args.data_root)
+               if s.image is not None]  # fmt: skip
+    anchors = load_study_samples(
+        args.dataset, args.anchor_split, args.n_harmful, args.n_benign, args.data_root
+    )
+    progress = not args.no_progress
+    vectors = CMRM.fit(model, anchors, progress=progress)
+
+    def make(alpha: float, layer: int) -> CMRM:
+        return CMRM(vectors, alpha=alpha, layers=range(layer, n_layers))
+
+    grid = {"alpha": alphas, "layer": list(range(n_layers))}
+    got = sweep(model, samples, make, grid, [RefusalScore(), KLToUnsteered()], out / "rows.jsonl", progress,
+                dataset=args.dataset, method="cmrm", max_rows=args.max_rows)  # fmt: skip
+    rows = [{**r, "analysis": NAME, "scope": "from"} for r in got]
+    config = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    results = write_results(out, rows, {**config, "study": NAME, "model_id": model.cfg.model_id})
+    from figures.ablation_heatmap import draw
+
+    return [results, *draw(results, out)]
+
+
+def main(argv: Sequence[str] | None = None) -> list[Path]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_arguments(parser)
+    add_study_arguments(parser)
+    written = run(parser.parse_args(argv))
+    for path in written:
+        print(path)
+    return written
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `figures` next to `analyses`
+    main(sys.argv[1:])
