@@ -275,8 +275,14 @@ def _versions() -> dict[str, str]:
     return {m.__name__: m.__version__ for m in mods}
 
 
-def run(cfg: RepresentationGapConfig, *, force: bool = False) -> Path:
-    """Run (or resume) the study; returns the output directory."""
+def run(cfg: RepresentationGapConfig, *, force: bool = False, model: HookedVLM | None = None) -> Path:
+    """Run (or resume) the study; returns the output directory.
+
+    Args:
+        cfg: The configuration.
+        force: Recompute even when ``manifest.json`` matches ``cfg``.
+        model: An already loaded model to use instead of loading ``cfg.model`` (tests, notebooks).
+    """
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     results, manifest_path = out / "results.json", out / "manifest.json"
@@ -287,7 +293,7 @@ def run(cfg: RepresentationGapConfig, *, force: bool = False) -> Path:
         )
     else:
         t0 = time.perf_counter()
-        model = load_model(cfg.model)
+        model = model if model is not None else load_model(cfg.model)
         samples = load_samples(cfg)
         acts = collect(model, samples, cfg)
         rows = analyse(acts, cfg, {s.id: str(s.meta.get("variant", "all")) for s in samples})

@@ -1,0 +1,117 @@
+"""The representation_gap study end to end on the tiny llava: rows, manifest, resume, figures."""
+
+import importlib.util
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vlminterp import viz
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load_study():
+    spec = importlib.util.spec_from_file_location(
+        "representation_gap", ROOT / "analyses" / "representation_gap.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+study = _load_study()
+
+
+@pytest.fixture
+def no_png(monkeypatch):
+    monkeypatch.setattr(viz, "png_unavailable_reason", lambda: "disabled in tests (speed)")
+
+
+def test_collection_batched_equals_one_sample_at_a_time(tiny_model):
+    samples = study.demo_samples(4)
+    cfg = study.RepresentationGapConfig(limit=None, batch_size=4)
+    one = study.collect(tiny_model, samples, study.RepresentationGapConfig(batch_size=1))
+    batched = study.collect(tiny_model, samples, cfg)
+    for cond in cfg.conditions:
+        assert one.sample_ids[cond] == batched.sample_ids[cond]
+        np.testing.assert_allclose(one.get(cond), batched.get(cond), atol=1e-4)
+    assert batched.get("image").shape == (4, tiny_model.cfg.n_layers, tiny_model.cfg.d_model)
+
+
+def test_study_end_to_end(tiny_model, tmp_path, no_png, capsys):
+    out = tmp_path / "rg"
+    cfg = study.RepresentationGapConfig(limit=12, n_splits=3, out=str(out))
+    study.run(cfg, model=tiny_model)
+    rows = json.loads((out / "results.json").read_text())
+    assert all({"model", "dataset", "analysis", "layer", "metric", "value"} <= set(r) for r in rows)
+    assert all(isinstance(r["value"], float) and np.isfinite(r["value"]) for r in rows)
+    analyses = {r["analysis"] for r in rows}
+    assert analyses == {
+        "pca",
+        "gap",
+        "gap_closed",
+        "probe",
+        "direction",
+        "projection",
+        "distortion",
+        "distortion_summary",
+    }
+    pairs = {(r["train"], r["test"]) for r in rows if r["analysis"] == "probe"}
+    assert pairs == {
+        ("text_only", "text_only"),
+        ("image", "image"),
+        ("text_only", "image"),
+        ("text_only", "caption"),
+    }
+    closed = {r["shift"] for r in rows if r["analysis"] == "gap_closed"}
+    assert closed == {"cmrm_mean", "cmrm_first_pc"}
+    n_pc = sum(r["analysis"] == "pca" and r["metric"] == "pc1" for r in rows)
+    assert n_pc == 12 * 4 * tiny_model.cfg.n_layers  # samples x conditions x layers
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config_hash"] == cfg.hash() and manifest["n_rows"] == len(rows)
+    assert study.RepresentationGapConfig.from_dict(manifest["config"]) == cfg
+    for name in viz.FIGURES:
+        assert (out / f"{name}.html").is_file()
+
+    # A matching manifest resumes without touching the model.
+    capsys.readouterr()
+    study.run(cfg, model=object())
+    assert "is up to date" in capsys.readouterr().out
+    assert json.loads((out / "results.json").read_text()) == rows
+
+
+def test_figure_script_runs_on_the_study_json(tiny_model, tmp_path, no_png, monkeypatch):
+    out = tmp_path / "rg"
+    study.run(
+        study.RepresentationGapConfig(limit=10, n_splits=2, out=str(out), conditions=("image", "text_only")),
+        model=tiny_model,
+    )
+    argv = [str(out / "results.json"), "--out", str(tmp_path / "fig")]
+    monkeypatch.setattr(sys, "argv", ["probe_accuracy.py", *argv])
+    runpy.run_path(str(ROOT / "figures" / "probe_accuracy.py"), run_name="__main__")
+    assert (tmp_path / "fig.html").is_file()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"conditions": ("image", "blank")}, "must include 'text_only'"),
+        ({"conditions": ("image", "text_only", "photo")}, "Unknown condition 'photo'"),
+        ({"limit": 6}, "use --limit >= 10"),
+        ({"dataset": "mm-safetybench"}, "needs --data-root"),
+        ({"n_splits": 1}, "n_splits must be >= 2"),
+    ],
+)
+def test_config_rejects_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        study.RepresentationGapConfig(**kwargs)
+
+
+def test_bad_layer_names_the_range(tiny_model):
+    with pytest.raises(ValueError, match=r"layers \[7\] do not exist; the model has layers 0..1"):
+        study.collect(tiny_model, study.demo_samples(2), study.RepresentationGapConfig(layers=(7,)))
