@@ -19,7 +19,7 @@ Example:
     >>> from vlminterp import viz
     >>> rows = [{"layer": l, "head": h, "value": l * h} for l in range(2) for h in range(3)]
     >>> fig = viz.heatmap(rows, x="head", y="layer")
-    >>> fig.data[0].z.tolist()
+    >>> [list(row) for row in fig.data[0].z]
     [[0, 0, 0], [0, 1, 2]]
 """
 
