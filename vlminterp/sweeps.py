@@ -58,6 +58,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from vlminterp.interventions.base import HookFn, Intervention
+from vlminterp.io import write_text_atomic
 from vlminterp.prompts import Condition, PromptBatch, Sample
 
 if TYPE_CHECKING:
@@ -472,7 +473,7 @@ class _RowsFile:
                     f"{path.name} and {self.manifest_path.name} to start over."
                 )
         else:
-            _write_atomic(self.manifest_path, json.dumps(manifest, indent=2, sort_keys=True))
+            write_text_atomic(self.manifest_path, json.dumps(manifest, indent=2, sort_keys=True))
         self.rows = self._load(metric_names)
 
     def _load(self, metric_names: list[str]) -> list[dict[str, Any]]:
@@ -496,7 +497,7 @@ class _RowsFile:
         complete = {p for p, m in metrics.items() if m >= set(metric_names)}
         kept = [r for r in rows if r["point"] in complete]
         if torn or len(kept) != len(rows):
-            _write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+            write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         return kept
 
     def done(self) -> set[str]:
@@ -508,12 +509,6 @@ class _RowsFile:
             f.flush()
             os.fsync(f.fileno())
         self.rows.extend(rows)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def sweep(
@@ -725,7 +720,7 @@ def write_results(
 
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
-    _write_atomic(path, json.dumps(rows, indent=1))
+    write_text_atomic(path, json.dumps(rows, indent=1))
     manifest = {
         "config": dict(config),
         "config_hash": hashlib.sha256(
@@ -738,7 +733,7 @@ def write_results(
         },
         "files": sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith(".")),
     }
-    _write_atomic(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True, default=str))
+    write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True, default=str))
     return path
 
 

@@ -23,11 +23,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +31,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
+
+from vlminterp.io import atomic_path as _atomic_path
+from vlminterp.io import read_json, write_json_atomic
 
 __all__ = [
     "ManifestMismatchError",
@@ -113,34 +111,6 @@ class ShardRecord:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ShardRecord:
         return cls(**{k: d[k] for k in ("index", "file", "sample_ids", "labels", "bytes", "sha256")})
-
-
-# ---------------------------------------------------------------------- atomic files
-@contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path next to ``path``; moved onto ``path`` when the block finishes without error."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write ``data`` as indented JSON to ``path`` atomically (temp file + ``os.replace``)."""
-    with _atomic_path(Path(path)) as tmp:
-        tmp.write_text(json.dumps(data, indent=1) + "\n")
-
-
-def read_json(path: str | Path) -> Any:
-    """The JSON value in ``path``."""
-    return json.loads(Path(path).read_text())
 
 
 def file_sha256(path: str | Path) -> str:

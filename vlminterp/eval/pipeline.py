@@ -18,7 +18,6 @@ import argparse
 import csv
 import dataclasses
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from vlminterp import data
 from vlminterp.eval.judges import KEYWORD_PRESETS, KeywordJudge
 from vlminterp.eval.metrics import rate_table
 from vlminterp.eval.runner import generate_responses
+from vlminterp.io import atomic_path, write_text_atomic
 from vlminterp.prompts import Condition
 
 __all__ = ["EvalConfig", "run_eval", "eval_main"]
@@ -102,12 +102,6 @@ def _load_model(spec: str):
     return HookedVLM.from_pretrained(spec)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def run_eval(
     config: EvalConfig, model=None, interventions: Sequence[Any] | None = None
 ) -> list[dict[str, Any]]:
@@ -132,7 +126,7 @@ def run_eval(
     model = model if model is not None else _load_model(config.model)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "config.json", json.dumps(config.to_dict(), indent=2, default=str))
+    write_text_atomic(out / "config.json", json.dumps(config.to_dict(), indent=2, default=str))
     rows = generate_responses(
         model,
         samples,
@@ -158,15 +152,13 @@ def run_eval(
         }
         for r, v in zip(rows, verdicts, strict=True)
     ]
-    _write_atomic(out / "verdicts.jsonl", "".join(json.dumps(j) + "\n" for j in judged))
+    write_text_atomic(out / "verdicts.jsonl", "".join(json.dumps(j) + "\n" for j in judged))
     by = ["dataset", "condition", "method", "judge"]
     metrics = rate_table(judged, "unsafe", by) + rate_table(judged, "refused", by)
-    tmp = out / f".metrics.csv.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
+    with atomic_path(out / "metrics.csv") as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[*by, "metric", "value", "n", "ci_low", "ci_high"])
         writer.writeheader()
         writer.writerows(metrics)
-    tmp.replace(out / "metrics.csv")
     return metrics
 
 

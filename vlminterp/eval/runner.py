@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tqdm.auto import tqdm
 
+from vlminterp.io import write_text_atomic
 from vlminterp.prompts import Condition, PromptBatch, Sample
 
 if TYPE_CHECKING:
@@ -66,15 +66,8 @@ def _describe(interventions: Sequence[Any]) -> list[dict[str, Any]]:
 
 
 def _append_atomic(path: Path, lines: list[str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as out:
-        if path.is_file():
-            with open(path, encoding="utf-8") as old:
-                out.write(old.read())
-        out.writelines(lines)
-        out.flush()
-        os.fsync(out.fileno())
-    tmp.replace(path)
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    write_text_atomic(path, old + "".join(lines))
 
 
 def generate_responses(
