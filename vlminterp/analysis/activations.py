@@ -148,6 +148,41 @@ class ConditionActivations:
 
     # ------------------------------------------------------------------ construction
     @classmethod
+    def from_store(
+        cls,
+        store: Any,
+        conditions: Sequence[Condition | str] | None = None,
+        hook: str | None = None,
+        *,
+        model: str = "",
+        dataset: str = "",
+    ) -> ConditionActivations:
+        """Per-sample vectors of an :class:`~vlminterp.cache.ActivationStore` (collected with vectors kept).
+
+        Args:
+            store: The store.
+            conditions: Conditions to read; default every collected condition.
+            hook: Hook kind, needed when the store holds several.
+            model: Model id for result rows (default the store's).
+            dataset: Dataset name for result rows.
+        """
+        conds = [condition_key(c) for c in (conditions or store.conditions)]
+        layers = list(store.layers)
+        x = {
+            c: np.stack([store.vectors(c, layer, hook).float().numpy() for layer in layers], axis=1)
+            for c in conds
+        }
+        ids, labels = [str(i) for i in store.sample_ids()], list(store.labels())
+        return cls(
+            x,
+            sample_ids=dict.fromkeys(conds, ids),
+            labels=dict.fromkeys(conds, labels),
+            layers=layers,
+            model=model or str(store.config.get("model_id", "")),
+            dataset=dataset,
+        )
+
+    @classmethod
     def from_cache(
         cls,
         cache: ActivationCache | Sequence[ActivationCache],
