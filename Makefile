@@ -3,11 +3,15 @@
 # would pull a multi-GB CUDA build.
 PY := .venv/bin/python
 STAMP := .venv/.installed
+# glibc keeps freed activation buffers instead of returning them to the OS and faulting them back
+# in (measured: up to 40% of a CPU forward; see benchmarks/README section in README.md).
 export MALLOC_MMAP_THRESHOLD_ ?= 33554432
 export MALLOC_TRIM_THRESHOLD_ ?= 17179869184
 export MALLOC_TOP_PAD_ ?= 1073741824
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-slow bench lint clean
+.PHONY: install fonts demo test test-slow bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -16,22 +20,32 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev,notebooks]"
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) fonts
 
-demo: $(STAMP)
+# FigStep / MM-SafetyBench typography fonts (Debian). Best effort: without them those generators
+# raise a clear error and their tests skip.
+fonts:
+	@if ! fc-list 2>/dev/null | grep -q FreeMonoBold && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get install -y -q fonts-freefont-ttf fonts-liberation >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q fonts-freefont-ttf fonts-liberation >/dev/null 2>&1)) || \
+		echo "note: could not install fonts-freefont-ttf/fonts-liberation; typography tests will skip"; \
+	fi
+
+demo: install
 	.venv/bin/vlminterp demo
 
-test: $(STAMP)
+test: install
 	$(PY) -m pytest -n 2 -q
 
-test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+test-slow: install
+	$(PY) -m pytest -q -m slow -s
 
-bench: $(STAMP)
+bench: install
 	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done
 
-lint: $(STAMP)
+lint: install
 	.venv/bin/ruff check vlminterp tests benchmarks analyses figures
+	.venv/bin/ruff format --check vlminterp tests benchmarks analyses figures
 
 clean:
-	rm -rf .venv results/demo .pytest_cache
+	rm -rf .venv results .pytest_cache
