@@ -32,9 +32,9 @@ from vlminterp import Condition, HookedVLM, PromptBatch
 from vlminterp.interventions.ablation import ActivationPatch, HeadAblation, mean_z
 from vlminterp.sweeps import (
     RefusalScore,
-    add_common_arguments,
     load_model,
     load_study_samples,
+    study_main,
     sweep,
     write_results,
 )
@@ -157,13 +157,7 @@ def run(args: argparse.Namespace, model: HookedVLM | None = None) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> list[Path]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_common_arguments(parser)
-    add_study_arguments(parser)
-    written = run(parser.parse_args(argv))
-    for path in written:
-        print(path)
-    return written
+    return study_main(__doc__, add_study_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,28 @@ import statistics
 import time
 from collections.abc import Callable
 
+#: Sizes of the benchmark llava: about 100M parameters (full) and a quick variant (< 1 minute).
+LLAVA_100M = dict(
+    d_model=768,
+    n_layers=12,
+    n_heads=12,
+    n_kv_heads=12,
+    d_mlp=3072,
+    vision_d_model=256,
+    image_size=224,
+    patch_size=14,
+)
+LLAVA_QUICK = dict(
+    d_model=256,
+    n_layers=4,
+    n_heads=8,
+    n_kv_heads=8,
+    d_mlp=1024,
+    vision_d_model=64,
+    image_size=224,
+    patch_size=14,
+)
+
 MALLOC_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 
 

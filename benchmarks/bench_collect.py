@@ -25,28 +25,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, interleaved_medians, malloc_settings  # noqa: E402
+from _common import LLAVA_100M, LLAVA_QUICK, emit, interleaved_medians, malloc_settings  # noqa: E402
 
-FULL = dict(
-    d_model=768,
-    n_layers=12,
-    n_heads=12,
-    n_kv_heads=12,
-    d_mlp=3072,
-    vision_d_model=256,
-    image_size=224,
-    patch_size=14,
-)
-QUICK = dict(
-    d_model=256,
-    n_layers=4,
-    n_heads=8,
-    n_kv_heads=8,
-    d_mlp=1024,
-    vision_d_model=64,
-    image_size=112,
-    patch_size=14,
-)
+FULL = LLAVA_100M
+QUICK = {**LLAVA_QUICK, "image_size": 112}
 BATCH = 8
 
 

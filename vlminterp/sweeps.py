@@ -692,6 +692,22 @@ def load_study_samples(
     return chosen
 
 
+def study_main(
+    doc: str | None,
+    add_study_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], list[Path]],
+    argv: Sequence[str] | None = None,
+) -> list[Path]:
+    """The shared ``main(argv)`` of the ablation studies: parse common + study options, run, list files."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    add_common_arguments(parser)
+    add_study_arguments(parser)
+    written = run(parser.parse_args(argv))
+    for path in written:
+        print(path)
+    return written
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Options every ablation study shares."""
     parser.add_argument(
