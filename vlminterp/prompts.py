@@ -153,6 +153,49 @@ class PromptRow:
                 "image tokens. Drop the image, or use Condition.IMAGE / BLANK / NOISE."
             )
 
+    @classmethod
+    def from_sample(
+        cls,
+        model: HookedVLM,
+        sample: Sample,
+        condition: Condition | str,
+        *,
+        blank: str | tuple[int, int, int] = "white",
+        noise_seed: int = 0,
+        caption_template: str | None = None,
+    ) -> PromptRow:
+        """The row of ``sample`` under ``condition`` (see :meth:`PromptBatch.paired` for the options)."""
+        cond = Condition.parse(condition)
+        image: Image.Image | None = None
+        text = sample.query
+        if cond is Condition.IMAGE:
+            if sample.image is None:
+                raise ValueError(
+                    f"Sample {sample.id!r} has no image, so Condition.IMAGE cannot be built. Give it an image, or use "
+                    "Condition.BLANK / NOISE / TEXT_ONLY."
+                )
+            image = load_image(sample.image, sample.id)
+        elif cond in (Condition.BLANK, Condition.NOISE):
+            reference = load_image(sample.image, sample.id) if sample.image is not None else None
+            size = reference.size if reference is not None else _default_image_size(model)
+            image = (
+                _blank_image(size, blank, reference)
+                if cond is Condition.BLANK
+                else _noise_image(size, noise_seed, sample.id)
+            )
+        elif cond is Condition.CAPTION:
+            if not sample.caption:
+                raise ValueError(
+                    f"Sample {sample.id!r} has no caption, so Condition.CAPTION cannot be built. Set sample.caption "
+                    "(a dataset caption, or one from vlminterp's captioning step)."
+                )
+            text = (
+                caption_template.format(query=sample.query, caption=sample.caption)
+                if caption_template
+                else model.family_rules.caption_text(sample.query, sample.caption)
+            )
+        return cls(sample_id=sample.id, condition=cond, text=text, image=image, label=sample.label)
+
 
 @dataclass
 class PromptBatch:
@@ -217,11 +260,8 @@ class PromptBatch:
             raise ValueError(
                 f"PromptBatch.paired needs at least one condition; choose from {list(Condition)}."
             )
-        template = caption_template or model.family_rules.caption_template
-        rows = []
-        for cond in conds:
-            for s in samples:
-                rows.append(_make_row(model, s, cond, blank, noise_seed, template))
+        options = {"blank": blank, "noise_seed": noise_seed, "caption_template": caption_template}
+        rows = [PromptRow.from_sample(model, s, cond, **options) for cond in conds for s in samples]
         return cls.from_rows(model, rows)
 
     @classmethod
@@ -375,41 +415,6 @@ def _default_image_size(model: HookedVLM) -> tuple[int, int]:
             if "shortest_edge" in size:
                 return int(size["shortest_edge"]), int(size["shortest_edge"])
     return 336, 336
-
-
-def _make_row(
-    model: HookedVLM,
-    sample: Sample,
-    cond: Condition,
-    blank: str | tuple[int, int, int],
-    noise_seed: int,
-    caption_template: str,
-) -> PromptRow:
-    image: Image.Image | None = None
-    text = sample.query
-    if cond is Condition.IMAGE:
-        if sample.image is None:
-            raise ValueError(
-                f"Sample {sample.id!r} has no image, so Condition.IMAGE cannot be built. Give it an image, or use "
-                "Condition.BLANK / NOISE / TEXT_ONLY."
-            )
-        image = load_image(sample.image, sample.id)
-    elif cond in (Condition.BLANK, Condition.NOISE):
-        reference = load_image(sample.image, sample.id) if sample.image is not None else None
-        size = reference.size if reference is not None else _default_image_size(model)
-        image = (
-            _blank_image(size, blank, reference)
-            if cond is Condition.BLANK
-            else _noise_image(size, noise_seed, sample.id)
-        )
-    elif cond is Condition.CAPTION:
-        if not sample.caption:
-            raise ValueError(
-                f"Sample {sample.id!r} has no caption, so Condition.CAPTION cannot be built. Set sample.caption "
-                "(a dataset caption, or one from vlminterp's captioning step)."
-            )
-        text = caption_template.format(query=sample.query, caption=sample.caption)
-    return PromptRow(sample_id=sample.id, condition=cond, text=text, image=image, label=sample.label)
 
 
 def _render(model: HookedVLM, text: str, with_image: bool) -> str:

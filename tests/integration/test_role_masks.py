@@ -6,6 +6,7 @@ import pytest
 
 from vlminterp import Condition, PromptBatch
 from vlminterp.models.families import LLAVA_15_CHAT_TEMPLATE, get_family
+from vlminterp.prompts import PromptRow
 
 
 def _tokens(model, batch, i, mask):
@@ -64,16 +65,14 @@ def test_conditions_differ_only_in_image_part(tiny_model, samples):
 
 
 def test_blank_and_noise_images_match_the_real_size(tiny_model, samples):
-    from vlminterp.prompts import _make_row
-
     for s in samples:
-        blank = _make_row(tiny_model, s, Condition.BLANK, "white", 0, "{query}")
-        noise = _make_row(tiny_model, s, Condition.NOISE, "white", 0, "{query}")
+        blank = PromptRow.from_sample(tiny_model, s, Condition.BLANK, noise_seed=0)
+        noise = PromptRow.from_sample(tiny_model, s, Condition.NOISE, noise_seed=0)
         assert blank.image.size == s.image.size == noise.image.size
         assert blank.image.getextrema() == ((255, 255),) * 3
-    again = _make_row(tiny_model, samples[0], Condition.NOISE, "white", 0, "{query}")
-    other = _make_row(tiny_model, samples[0], Condition.NOISE, "white", 1, "{query}")
-    first = _make_row(tiny_model, samples[0], Condition.NOISE, "white", 0, "{query}")
+    again = PromptRow.from_sample(tiny_model, samples[0], Condition.NOISE, noise_seed=0)
+    other = PromptRow.from_sample(tiny_model, samples[0], Condition.NOISE, noise_seed=1)
+    first = PromptRow.from_sample(tiny_model, samples[0], Condition.NOISE, noise_seed=0)
     assert again.image.tobytes() == first.image.tobytes() != other.image.tobytes()
 
 

@@ -66,7 +66,7 @@ from vlminterp.interventions.captioning import QUERY_CONDITIONED_PROMPT, Caption
 from vlminterp.interventions.steering import SteeringVectors
 from vlminterp.models.hooked_vlm import Generation
 from vlminterp.models.names import layer_hook_name
-from vlminterp.prompts import Condition, PromptBatch, PromptRow, Sample, load_image
+from vlminterp.prompts import Condition, PromptBatch, PromptRow, Sample
 
 if TYPE_CHECKING:
     from vlminterp.models.hooked_vlm import HookedVLM
@@ -312,12 +312,11 @@ class ShiftDC(Intervention):
         for s in samples:
             if s.image is None:
                 logger.info("ShiftDC: sample %r has no image; it is passed through unchanged.", s.id)
-                main.append(PromptRow(s.id, Condition.TEXT_ONLY, s.query, None, s.label))
+                main.append(PromptRow.from_sample(model, s, Condition.TEXT_ONLY))
                 twin.append(main[-1])
                 continue
-            main.append(PromptRow(s.id, Condition.IMAGE, s.query, load_image(s.image, s.id), s.label))
-            text = model.family_rules.caption_text(s.query, s.caption or "")
-            twin.append(PromptRow(s.id, Condition.CAPTION, text, None, s.label))
+            main.append(PromptRow.from_sample(model, s, Condition.IMAGE))
+            twin.append(PromptRow.from_sample(model, s, Condition.CAPTION))
         blocks = [main, twin, main][: self.n_blocks]
         return PromptBatch.from_rows(model, [row for block in blocks for row in block])
 
