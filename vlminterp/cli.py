@@ -1,4 +1,4 @@
-"""The ``vlminterp`` command: ``demo``, ``collect``, ``gap``, ``eval``, ``sweep``.
+"""The ``vlminterp`` command: ``demo``, ``collect``, ``gap``, ``eval``, ``steer``, ``sweep``.
 
 Each subcommand lives in the module of its idea and parses its own arguments: the module has
 either ``main(argv)`` or the pair ``add_arguments(parser)`` / ``run(args)``. This file only
@@ -7,7 +7,7 @@ dispatches, so ``main(argv)`` is importable and testable.
 Example:
     >>> from vlminterp.cli import SUBCOMMANDS
     >>> sorted(SUBCOMMANDS)
-    ['collect', 'demo', 'eval', 'gap', 'sweep']
+    ['collect', 'demo', 'eval', 'gap', 'steer', 'sweep']
 """
 
 from __future__ import annotations
@@ -31,6 +31,11 @@ SUBCOMMANDS: dict[str, tuple[str, str | None, str]] = {
     ),
     "eval": ("vlminterp.eval.pipeline", "eval_main", "generate responses for a benchmark and judge them"),
     "sweep": ("vlminterp.sweeps", None, "layer / head / alpha-layer ablation studies"),
+    "steer": (
+        "vlminterp.steer_cli",
+        "main",
+        "one command: fit CMRM / ShiftDC, generate, judge, tabulate refusal rates",
+    ),
 }
 
 

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from tests.conftest import SHARED_DATA
 from vlminterp import Condition, PromptBatch, Sample
 from vlminterp.eval import generate_responses, read_responses
 
@@ -149,11 +150,10 @@ def test_bad_inputs(tiny_model, tmp_path):
 
 
 def test_eval_main_end_to_end(tmp_path, capsys):
-    from pathlib import Path
 
     from vlminterp.eval import EvalConfig, eval_main
 
-    shared = Path(__file__).resolve().parents[3] / "shared" / "data"
+    shared = SHARED_DATA
     if not shared.is_dir():
         pytest.skip("shared/data not present")
     argv = [

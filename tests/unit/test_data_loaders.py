@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.conftest import SHARED_DATA
 from vlminterp import data
 from vlminterp.data import DatasetFormatError, MissingImageError
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+DATA = SHARED_DATA
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="shared/data benchmark copies not present")
 
 

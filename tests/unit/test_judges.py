@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
+from tests.conftest import SHARED_DATA
 from vlminterp import Sample
 from vlminterp.eval import KEYWORD_PRESETS, LLAMA_GUARD_TEMPLATE, MMSB_TEMPLATE, KeywordJudge, LLMJudge
 
-JUDGES = Path(__file__).resolve().parents[3] / "shared" / "data" / "judges"
+JUDGES = SHARED_DATA / "judges"
 needs_lists = pytest.mark.skipif(not JUDGES.is_dir(), reason="shared/data/judges not present")
 
 
