@@ -40,8 +40,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tqdm.auto import tqdm
-
 from vlminterp.eval.judges import KEYWORD_PRESETS, Judge, KeywordJudge, Verdict
 from vlminterp.eval.metrics import rate_table
 from vlminterp.eval.runner import generate_responses, read_responses
@@ -203,54 +201,25 @@ class Run:
         condition: Condition,
         method: str = "none",
         intervention=None,
+        respond: Callable[[list[Sample]], Generation] | None = None,
+        respond_info: dict[str, Any] | None = None,
     ) -> list[dict[str, Any]]:
-        """Responses under ``condition`` with an optional batch-free intervention (:func:`generate_responses`)."""
+        """Responses under ``condition``, resumably (:func:`generate_responses`).
+
+        Either a batch-free ``intervention`` (dataset-level CMRM) or, for per-input methods
+        (sample-level CMRM, ShiftDC), ``respond(chunk)`` returning the steered rows' generation.
+        """
         before = self._done(dataset, condition.value, method)
         start = time.perf_counter()
         rows = generate_responses(
             self.model, samples, condition, self.responses, [intervention] if intervention else None,
             max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, method=method, dataset=dataset,
-            progress=self.progress,
+            progress=self.progress, respond=respond, respond_info=respond_info,
         )  # fmt: skip
         self._time(
             dataset, condition.value, method, start, len(samples) - len(before & {s.id for s in samples})
         )
         return rows
-
-    def per_input(
-        self, samples: list[Sample], dataset: str, method: str, generate: Callable[[list[Sample]], Generation],
-        settings: dict[str, Any],
-    ) -> list[dict[str, Any]]:  # fmt: skip
-        """Responses of a per-input method (sample-level CMRM, ShiftDC) to IMAGE inputs, resumably.
-
-        ``generate(chunk)`` returns the steered rows' generation; rows are appended per batch (atomic).
-        """
-        condition = Condition.IMAGE.value
-        done = {
-            r["id"]: r for r in read_responses(self.responses) if self._key(r) == (dataset, condition, method)
-        }
-        todo = [s for s in samples if s.id not in done]
-        start = time.perf_counter()
-        bar = tqdm(
-            total=len(samples), initial=len(samples) - len(todo), disable=not self.progress, desc=method
-        )
-        for i in range(0, len(todo), self.batch_size):
-            chunk = todo[i : i + self.batch_size]
-            out = generate(chunk)
-            rows = [
-                {"id": s.id, "dataset": dataset, "condition": condition, "method": method, "query": s.query,
-                 "prompt": prompt, "response": text, "label": s.label, "meta": s.meta,
-                 "settings": {"model_id": self.model.cfg.model_id, "max_new_tokens": self.max_new_tokens,
-                              "do_sample": False, "interventions": [settings]}}
-                for s, prompt, text in zip(chunk, out.batch.texts, out.texts, strict=True)
-            ]  # fmt: skip
-            old = self.responses.read_text(encoding="utf-8") if self.responses.is_file() else ""
-            write_text_atomic(self.responses, old + "".join(json.dumps(r, default=str) + "\n" for r in rows))
-            done.update((r["id"], r) for r in rows)
-            bar.update(len(chunk))
-        bar.close()
-        self._time(dataset, condition, method, start, len(todo))
-        return [done[s.id] for s in samples]
 
     @staticmethod
     def _key(row: dict[str, Any]) -> tuple[Any, Any, Any]:
@@ -456,7 +425,9 @@ def run_cmrm(args: argparse.Namespace, run: Run, judge: Judge, sets: dict[str, t
 
         def steered(name: str, chunk: list[Sample]) -> list[dict[str, Any]]:
             gen = lambda c: sample_level.generate(model, c, max_new_tokens=run.max_new_tokens)  # noqa: E731
-            return run.per_input(chunk, name, method, gen, sample_level.to_dict())
+            return run.plain(
+                chunk, name, Condition.IMAGE, method, respond=gen, respond_info=sample_level.to_dict()
+            )
 
     responses = _baselines(run, samples, eval_name) + steered(eval_name, samples)
     everything = list(samples)
@@ -512,7 +483,14 @@ def run_shiftdc(args: argparse.Namespace, run: Run, judge: Judge, sets: dict[str
                                            "layer": layer, "metric": metric, "value": float(value)})  # fmt: skip
         gen = lambda c: shiftdc.generate(model, c, max_new_tokens=run.max_new_tokens, captioned=True)  # noqa: E731
         by_id = {s.id: s for s in captioned}
-        return run.per_input([by_id[s.id] for s in chunk], name, method, gen, shiftdc.to_dict())
+        return run.plain(
+            [by_id[s.id] for s in chunk],
+            name,
+            Condition.IMAGE,
+            method,
+            respond=gen,
+            respond_info=shiftdc.to_dict(),
+        )
 
     responses = _baselines(run, samples, eval_name) + steered(eval_name, samples)
     everything = list(samples)

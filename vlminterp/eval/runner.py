@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -26,7 +26,7 @@ from vlminterp.io import write_text_atomic
 from vlminterp.prompts import Condition, PromptBatch, Sample
 
 if TYPE_CHECKING:
-    from vlminterp.models.hooked_vlm import HookedVLM
+    from vlminterp.models.hooked_vlm import Generation, HookedVLM
 
 __all__ = ["Intervention", "generate_responses", "read_responses"]
 
@@ -82,6 +82,8 @@ def generate_responses(
     method: str | None = None,
     dataset: str | None = None,
     progress: bool = True,
+    respond: Callable[[list[Sample]], Generation] | None = None,
+    respond_info: dict[str, Any] | None = None,
     **paired_kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Generate (greedy) a response per sample and append it to ``out_path`` as JSON lines; resumes.
@@ -99,6 +101,10 @@ def generate_responses(
         method: Name recorded per row (default: the interventions' class names joined by ``+``, or ``"none"``).
         dataset: Dataset name recorded per row.
         progress: Show a tqdm bar.
+        respond: For per-input methods that build their own prompts (sample-level CMRM, ShiftDC):
+            ``respond(chunk)`` returns the steered rows' Generation; replaces prompts +
+            ``interventions`` + ``model.generate``.
+        respond_info: Metadata of ``respond`` recorded in each row's settings.
         **paired_kwargs: Passed to :meth:`PromptBatch.paired` (``blank=``, ``caption_template=``, ...).
 
     Returns:
@@ -120,7 +126,7 @@ def generate_responses(
         "model_id": model.cfg.model_id,
         "max_new_tokens": max_new_tokens,
         "do_sample": False,
-        "interventions": _describe(interventions),
+        "interventions": _describe(interventions) + ([respond_info] if respond_info else []),
     }
     path = Path(out_path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,11 +144,15 @@ def generate_responses(
     )
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
-        batch = PromptBatch.paired(model, chunk, [cond], **paired_kwargs)
-        with contextlib.ExitStack() as stack:
-            for iv in interventions:
-                stack.enter_context(iv.applied(model))
-            gen = model.generate(batch, max_new_tokens=max_new_tokens)
+        if respond is not None:
+            gen = respond(chunk)
+        else:
+            with contextlib.ExitStack() as stack:
+                for iv in interventions:
+                    stack.enter_context(iv.applied(model))
+                gen = model.generate(
+                    PromptBatch.paired(model, chunk, [cond], **paired_kwargs), max_new_tokens=max_new_tokens
+                )
         rows = [
             {
                 "id": s.id,
@@ -156,7 +166,7 @@ def generate_responses(
                 "meta": s.meta,
                 "settings": settings,
             }
-            for s, text, response in zip(chunk, batch.texts, gen.texts, strict=True)
+            for s, text, response in zip(chunk, gen.batch.texts, gen.texts, strict=True)
         ]
         _append_atomic(path, [json.dumps(r, default=str) + "\n" for r in rows])
         done.update((r["id"], r) for r in rows)
