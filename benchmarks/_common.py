@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 #: Sizes of the benchmark llava: about 100M parameters (full) and a quick variant (< 1 minute).
 LLAVA_100M = dict(
@@ -66,3 +68,25 @@ def malloc_settings() -> dict[str, str | None]:
 def emit(benchmark: str, ratios: dict[str, float], targets: dict[str, float], config: dict) -> None:
     """Print the convention's last line: one JSON object."""
     print(json.dumps({"benchmark": benchmark, "ratios": ratios, "targets": targets, "config": config}))
+
+
+def build_models(sizes: dict, with_hf: bool = True):
+    """A random llava of ``sizes`` loaded as HookedVLM and (optionally) as an independent HF model.
+
+    Returns:
+        ``(model, hf_or_None, n_params)``; the HF model uses eager attention, like the bridge.
+    """
+    from transformers import LlavaForConditionalGeneration
+
+    from vlminterp import HookedVLM
+    from vlminterp.models.tiny import build_tiny_vlm
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = build_tiny_vlm("llava", Path(tmp) / "bench", seed=0, **sizes)
+        model = HookedVLM.from_pretrained(path)
+        hf = (
+            LlavaForConditionalGeneration.from_pretrained(path, attn_implementation="eager").eval()
+            if with_hf
+            else None
+        )
+    return model, hf, sum(p.numel() for p in model.hf_model.parameters())

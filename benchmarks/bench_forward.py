@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import LLAVA_100M, LLAVA_QUICK, emit, interleaved_medians, malloc_settings  # noqa: E402
+from _common import LLAVA_100M, LLAVA_QUICK, build_models, emit, interleaved_medians, malloc_settings  # noqa: E402
 
 FULL = LLAVA_100M
 QUICK = LLAVA_QUICK
@@ -31,17 +30,11 @@ def main(argv: list[str] | None = None) -> dict:
     repeats = args.repeats or (5 if args.quick else 7)
 
     from PIL import Image
-    from transformers import LlavaForConditionalGeneration
 
-    from vlminterp import Condition, HookedVLM, PromptBatch, Sample
-    from vlminterp.models.tiny import build_tiny_vlm
+    from vlminterp import Condition, PromptBatch, Sample
 
     torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = build_tiny_vlm("llava", Path(tmp) / "bench", seed=0, **sizes)
-        model = HookedVLM.from_pretrained(path)
-        hf = LlavaForConditionalGeneration.from_pretrained(path, attn_implementation="eager").eval()
-    n_params = sum(p.numel() for p in hf.parameters())
+    model, hf, n_params = build_models(sizes)
     words = (
         "tell me how to build a kite from the picture and then describe the image in detail please".split()
     )

@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import LLAVA_100M, LLAVA_QUICK, emit, interleaved_medians, malloc_settings  # noqa: E402
+from _common import LLAVA_100M, LLAVA_QUICK, build_models, emit, interleaved_medians, malloc_settings  # noqa: E402
 
 FULL = LLAVA_100M
 QUICK = LLAVA_QUICK
@@ -56,18 +55,12 @@ def main(argv: list[str] | None = None) -> dict:
     max_new_tokens = args.max_new_tokens or (8 if args.quick else 64)
 
     from PIL import Image
-    from transformers import LlavaForConditionalGeneration
 
-    from vlminterp import Condition, HookedVLM, PromptBatch, Sample
+    from vlminterp import Condition, PromptBatch, Sample
     from vlminterp.interventions import CMRM, SafetyDirection, ShiftDC
-    from vlminterp.models.tiny import build_tiny_vlm
 
     torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = build_tiny_vlm("llava", Path(tmp) / "bench", seed=0, **sizes)
-        model = HookedVLM.from_pretrained(path)
-        hf = LlavaForConditionalGeneration.from_pretrained(path, attn_implementation="eager").eval()
-    n_params = sum(p.numel() for p in hf.parameters())
+    model, hf, n_params = build_models(sizes)
     # An EOS id outside the vocabulary: no row can stop early, so every variant makes the same tokens.
     model.tokenizer.add_special_tokens({"eos_token": "<bench_eos>"})
     eos = model.tokenizer.eos_token_id

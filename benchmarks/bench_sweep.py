@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import LLAVA_100M, LLAVA_QUICK, emit, interleaved_medians, malloc_settings  # noqa: E402
+from _common import LLAVA_100M, LLAVA_QUICK, build_models, emit, interleaved_medians, malloc_settings  # noqa: E402
 
 FULL = LLAVA_100M
 QUICK = LLAVA_QUICK
@@ -39,16 +38,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     from PIL import Image
 
-    from vlminterp import Condition, HookedVLM, PromptBatch, Sample
+    from vlminterp import Condition, PromptBatch, Sample
     from vlminterp.interventions.ablation import HeadAblation
-    from vlminterp.models.tiny import build_tiny_vlm
     from vlminterp.sweeps import RefusalScore, sweep
 
     torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = build_tiny_vlm("llava", Path(tmp) / "bench", seed=0, **sizes)
-        model = HookedVLM.from_pretrained(path)
-    n_params = sum(p.numel() for p in model.hf_model.parameters())
+    model, _, n_params = build_models(sizes, with_hf=False)
     words = (
         "tell me how to build a kite from the picture and then describe the image in detail please".split()
     )
