@@ -25,11 +25,11 @@ from vlminterp.interventions import CMRM
 from vlminterp.sweeps import (
     KLToUnsteered,
     RefusalScore,
+    finish_study,
     load_model,
     load_study_samples,
     study_main,
     sweep,
-    write_results,
 )
 
 NAME = "alpha_layer_grid"
@@ -73,11 +73,7 @@ def run(args: argparse.Namespace, model: HookedVLM | None = None) -> list[Path]:
     got = sweep(model, samples, make, grid, [RefusalScore(), KLToUnsteered()], out / "rows.jsonl", progress,
                 dataset=args.dataset, method="cmrm", max_rows=args.max_rows)  # fmt: skip
     rows = [{**r, "analysis": NAME, "scope": "from"} for r in got]
-    config = {k: v for k, v in vars(args).items() if not k.startswith("_")}
-    results = write_results(out, rows, {**config, "study": NAME, "model_id": model.cfg.model_id})
-    from figures.ablation_heatmap import draw
-
-    return [results, *draw(results, out)]
+    return finish_study(out, rows, args, NAME, model.cfg.model_id)
 
 
 def main(argv: Sequence[str] | None = None) -> list[Path]:

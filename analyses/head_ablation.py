@@ -32,11 +32,11 @@ from vlminterp import Condition, HookedVLM, PromptBatch
 from vlminterp.interventions.ablation import ActivationPatch, HeadAblation, mean_z
 from vlminterp.sweeps import (
     RefusalScore,
+    finish_study,
     load_model,
     load_study_samples,
     study_main,
     sweep,
-    write_results,
 )
 
 NAME = "head_ablation"
@@ -149,11 +149,7 @@ def run(args: argparse.Namespace, model: HookedVLM | None = None) -> list[Path]:
             for r in got
         ]  # fmt: skip
 
-    config = {k: v for k, v in vars(args).items() if not k.startswith("_")}
-    results = write_results(out, rows, {**config, "study": NAME, "model_id": c.model_id})
-    from figures.ablation_heatmap import draw
-
-    return [results, *draw(results, out)]
+    return finish_study(out, rows, args, NAME, c.model_id)
 
 
 def main(argv: Sequence[str] | None = None) -> list[Path]:

@@ -30,11 +30,11 @@ from vlminterp.interventions import CMRM, SafetyDirection, ShiftDC
 from vlminterp.sweeps import (
     KLToUnsteered,
     RefusalScore,
+    finish_study,
     load_model,
     load_study_samples,
     study_main,
     sweep,
-    write_results,
 )
 
 NAME = "layer_ablation"
@@ -128,11 +128,7 @@ def run(args: argparse.Namespace, model: HookedVLM | None = None) -> list[Path]:
         alpha = args.cmrm_alpha if method == "cmrm" else None
         rows += [{**r, "alpha": alpha, "analysis": NAME, "window": args.window} for r in got]
 
-    config = {k: v for k, v in vars(args).items() if not k.startswith("_")}
-    results = write_results(out, rows, {**config, "study": NAME, "model_id": model.cfg.model_id})
-    from figures.ablation_heatmap import draw
-
-    return [results, *draw(results, out)]
+    return finish_study(out, rows, args, NAME, model.cfg.model_id)
 
 
 def main(argv: Sequence[str] | None = None) -> list[Path]:

@@ -692,6 +692,17 @@ def load_study_samples(
     return chosen
 
 
+def finish_study(
+    out: Path, rows: list[dict[str, Any]], args: argparse.Namespace, name: str, model_id: str
+) -> list[Path]:
+    """Write a study's ``results.json`` + manifest (config from ``args``) and draw its heatmaps from the file."""
+    config = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    results = write_results(out, rows, {**config, "study": name, "model_id": model_id})
+    from figures.ablation_heatmap import draw
+
+    return [results, *draw(results, out)]
+
+
 def study_main(
     doc: str | None,
     add_study_arguments: Callable[[argparse.ArgumentParser], None],
