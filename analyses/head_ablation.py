@@ -35,6 +35,7 @@ from vlminterp.sweeps import (
     finish_study,
     load_model,
     load_study_samples,
+    parse_choices,
     study_main,
     sweep,
 )
@@ -84,10 +85,7 @@ def top_heads(rows: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
 def run(args: argparse.Namespace, model: HookedVLM | None = None) -> list[Path]:
     """Run (or resume) the study; returns the files written."""
     out = Path(args.out or f"results/{NAME}")
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    bad = sorted(set(modes) - set(MODES))
-    if bad or not modes:
-        raise ValueError(f"--modes {bad or modes} not supported; choose from {list(MODES)}.")
+    modes = parse_choices("--modes", args.modes, MODES)
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}.")
     model = model or load_model(args.model)

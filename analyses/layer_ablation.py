@@ -33,6 +33,7 @@ from vlminterp.sweeps import (
     finish_study,
     load_model,
     load_study_samples,
+    parse_choices,
     study_main,
     sweep,
 )
@@ -81,10 +82,7 @@ def baseline_rows(
 def run(args: argparse.Namespace, model: HookedVLM | None = None) -> list[Path]:
     """Run (or resume) the study; returns the files written."""
     out = Path(args.out or f"results/{NAME}")
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    bad = sorted(set(methods) - set(METHODS))
-    if bad or not methods:
-        raise ValueError(f"--methods {bad or methods} not supported; choose from {list(METHODS)}.")
+    methods = parse_choices("--methods", args.methods, METHODS)
     if args.window < 1:
         raise ValueError(f"--window must be >= 1, got {args.window}.")
     model = model or load_model(args.model)

@@ -692,6 +692,19 @@ def load_study_samples(
     return chosen
 
 
+def parse_choices(option: str, text: str, allowed: Sequence[str]) -> list[str]:
+    """Comma-separated ``text`` of a study option as a list, each item one of ``allowed``.
+
+    Raises:
+        ValueError: an unknown item, or nothing given; the message names ``option`` and the choices.
+    """
+    items = [m.strip() for m in text.split(",") if m.strip()]
+    bad = sorted(set(items) - set(allowed))
+    if bad or not items:
+        raise ValueError(f"{option} {bad or items} not supported; choose from {list(allowed)}.")
+    return items
+
+
 def finish_study(
     out: Path, rows: list[dict[str, Any]], args: argparse.Namespace, name: str, model_id: str
 ) -> list[Path]:
