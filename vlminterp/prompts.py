@@ -209,6 +209,8 @@ class PromptBatch:
         attention_mask: 1 for real tokens, 0 for padding.
         masks: Role masks ``image``, ``instruction``, ``template``, ``generated``.
         row_images: Per row, the processor's image tensors (``pixel_values``, ...) or None.
+        token_inputs: Per-token processor outputs the family's model takes (``token_type_ids``,
+            ``mm_token_type_ids``), left-padded with 0 like ``input_ids``.
         conditions: Condition of every row.
         sample_ids: Sample id of every row.
         labels: Sample label of every row.
@@ -220,6 +222,7 @@ class PromptBatch:
     attention_mask: Int[Tensor, "batch pos"]
     masks: dict[str, Bool[Tensor, "batch pos"]]
     row_images: list[dict[str, Tensor] | None]
+    token_inputs: dict[str, Int[Tensor, "batch pos"]]
     conditions: list[Condition]
     sample_ids: list[str]
     labels: list[str | None]
@@ -267,6 +270,8 @@ class PromptBatch:
     @classmethod
     def from_rows(cls, model: HookedVLM, rows: Sequence[PromptRow]) -> PromptBatch:
         """Tokenise explicit rows with the model's processor and pad them on the left."""
+        if not rows:
+            raise ValueError("PromptBatch.from_rows needs at least one row.")
         encoded = [_encode_row(model, r) for r in rows]
         length = max(len(e[0]) for e in encoded)
         pad = model.tokenizer.pad_token_id
@@ -278,19 +283,23 @@ class PromptBatch:
         ids = torch.full((n, length), pad, dtype=torch.long)
         attn = torch.zeros((n, length), dtype=torch.long)
         masks = {k: torch.zeros((n, length), dtype=torch.bool) for k in ROLE_NAMES}
+        tokens = {k: torch.zeros((n, length), dtype=torch.long) for k in model.family_rules.token_kwargs}
         images: list[dict[str, Tensor] | None] = []
-        for i, (row_ids, row_masks, row_images) in enumerate(encoded):
+        for i, (row_ids, row_masks, row_images, row_tokens) in enumerate(encoded):
             t = len(row_ids)
             ids[i, length - t :] = row_ids
             attn[i, length - t :] = 1
             for k, m in row_masks.items():
                 masks[k][i, length - t :] = m
+            for k, v in row_tokens.items():
+                tokens[k][i, length - t :] = v
             images.append(row_images)
         return cls(
             input_ids=ids,
             attention_mask=attn,
             masks=masks,
             row_images=images,
+            token_inputs=tokens,
             conditions=[r.condition for r in rows],
             sample_ids=[r.sample_id for r in rows],
             labels=[r.label for r in rows],
@@ -332,11 +341,15 @@ class PromptBatch:
         present = [r for r in self.row_images if r is not None]
         if not present:
             return {}
-        return {k: torch.cat([r[k] for r in present], dim=0) for k in present[0]}
+        return {k: _cat_padded([r[k] for r in present]) for k in present[0]}
 
     def model_kwargs(self) -> dict[str, Tensor]:
         """Keyword arguments for the HF/bridge forward (except ``input_ids``)."""
-        kwargs: dict[str, Tensor] = {"attention_mask": self.attention_mask, **self.image_inputs}
+        kwargs: dict[str, Tensor] = {
+            "attention_mask": self.attention_mask,
+            **self.image_inputs,
+            **self.token_inputs,
+        }
         if self.explicit_position_ids:
             kwargs["position_ids"] = self.position_ids
         return kwargs
@@ -360,6 +373,7 @@ class PromptBatch:
             input_ids=self.input_ids[t][:, cols],
             attention_mask=attn[:, cols],
             masks={k: m[t][:, cols] for k, m in self.masks.items()},
+            token_inputs={k: v[t][:, cols] for k, v in self.token_inputs.items()},
             row_images=[self.row_images[i] for i in idx],
             conditions=[self.conditions[i] for i in idx],
             sample_ids=[self.sample_ids[i] for i in idx],
@@ -382,17 +396,20 @@ class PromptBatch:
         ids = torch.full((n, t + extra), self.pad_token_id, dtype=torch.long)
         attn = torch.zeros((n, t + extra), dtype=torch.long)
         masks = {k: torch.zeros((n, t + extra), dtype=torch.bool) for k in ROLE_NAMES}
+        tokens = {k: torch.zeros((n, t + extra), dtype=v.dtype) for k, v in self.token_inputs.items()}
         for i, s in enumerate(suffix):
             shift = extra - len(s)  # left-pad shorter suffixes so every row ends at the last column
             ids[i, shift : shift + t] = self.input_ids[i]
             attn[i, shift : shift + t] = self.attention_mask[i]
             for k in ROLE_NAMES:
                 masks[k][i, shift : shift + t] = self.masks[k][i]
+            for k, v in self.token_inputs.items():
+                tokens[k][i, shift : shift + t] = v[i]
             if s:
                 ids[i, t + shift :] = torch.as_tensor(list(s), dtype=torch.long)
                 attn[i, t + shift :] = 1
                 masks["generated"][i, t + shift :] = True
-        return replace(self, input_ids=ids, attention_mask=attn, masks=masks)
+        return replace(self, input_ids=ids, attention_mask=attn, masks=masks, token_inputs=tokens)
 
     def to_dict(self) -> dict[str, Any]:
         """Row metadata (no tensors) for results files."""
@@ -405,6 +422,22 @@ class PromptBatch:
 
 
 # ---------------------------------------------------------------------- helpers
+def _cat_padded(tensors: Sequence[Tensor]) -> Tensor:
+    """Concatenate per-image tensors on dim 0, zero-padding every other dim to the largest.
+
+    Processors pad a batch the same way (LLaVA-NeXT tiles, Idefics3 crops, Pixtral height and
+    width); the models drop the padding using ``image_sizes`` / all-zero crops.
+    """
+    shape = [max(t.shape[d] for t in tensors) for d in range(1, tensors[0].dim())]
+    padded = []
+    for t in tensors:
+        pad: list[int] = []
+        for d in reversed(range(1, t.dim())):
+            pad += [0, shape[d - 1] - t.shape[d]]
+        padded.append(torch.nn.functional.pad(t, pad) if any(pad) else t)
+    return torch.cat(padded, dim=0)
+
+
 def _default_image_size(model: HookedVLM) -> tuple[int, int]:
     ip = getattr(model.processor, "image_processor", None)
     for attr in ("crop_size", "size"):
@@ -426,8 +459,9 @@ def _render(model: HookedVLM, text: str, with_image: bool) -> str:
 
 def _encode_row(
     model: HookedVLM, row: PromptRow
-) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor] | None]:
-    """Token ids, role masks and image tensors of one row."""
+) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor] | None, dict[str, Tensor]]:
+    """Token ids, role masks, image tensors and per-token kwargs (``token_type_ids``, ...) of one row."""
+    rules = model.family_rules
     with_image = row.image is not None
     prefix, _, suffix = _render(model, _SENTINEL, with_image).partition(_SENTINEL)
     full = prefix + row.text + suffix
@@ -436,36 +470,61 @@ def _encode_row(
             f"Family {model.family!r}: the chat template transforms the user text, so the instruction tokens "
             "cannot be located. Use a template that inserts the text verbatim."
         )
-    proc_out = model.processor(text=[full], images=[row.image] if with_image else None, return_tensors="pt")
+    proc_out = model.processor(text=[full], images=[[row.image]] if with_image else None, return_tensors="pt")
     ids = proc_out["input_ids"][0]
-    images = (
-        {k: proc_out[k] for k in model.family_rules.image_kwargs if k in proc_out} if with_image else None
-    )
+    images = {k: proc_out[k] for k in rules.image_kwargs if k in proc_out} if with_image else None
+    tokens = {k: proc_out[k][0] for k in rules.token_kwargs if k in proc_out}
+    missing = [k for k in rules.token_kwargs if k not in tokens]
+    if missing:
+        raise RuntimeError(
+            f"Family {model.family!r}: the processor returned no {missing}; the model needs them. Load the "
+            "checkpoint's own processor (HookedVLM.from_pretrained does)."
+        )
 
     plain = model.tokenizer(full, return_offsets_mapping=True)
-    plain_ids, offsets = plain["input_ids"], plain["offset_mapping"]
-    image_id = model.image_token_id
-    is_image = ids == image_id
-    # Collapse each run of image tokens to one placeholder: that is the unexpanded prompt.
-    starts = is_image & ~torch.cat([torch.zeros(1, dtype=torch.bool), is_image[:-1]])
-    keep = ~is_image | starts
-    if ids[keep].tolist() != list(plain_ids):
-        raise RuntimeError(
-            f"Family {model.family!r}: the processor's image-token expansion is not a run of "
-            f"{model.tokenizer.convert_ids_to_tokens(image_id)!r} tokens; role masks for this family need a "
-            "family-specific expansion rule."
-        )
+    plain_ids, offsets = list(plain["input_ids"]), plain["offset_mapping"]
     q0, q1 = len(prefix), len(prefix) + len(row.text)
-    instruction_plain = torch.tensor(
-        [(b > a) and a < q1 and b > q0 for a, b in offsets], dtype=torch.bool
-    ) & (torch.tensor(plain_ids) != image_id)
-    # Map unexpanded positions to expanded ones.
-    instruction = torch.zeros_like(is_image)
-    instruction[keep.nonzero().squeeze(-1)] = instruction_plain
+    instruction_plain = [(b > a) and a < q1 and b > q0 for a, b in offsets]
+    instruction = torch.zeros(len(ids), dtype=torch.bool)
+    instruction[_expanded_positions(ids.tolist(), plain_ids, instruction_plain, model)] = True
+    is_image = ids == model.image_token_id
     masks = {
         "image": is_image,
         "instruction": instruction,
         "template": ~is_image & ~instruction,
         "generated": torch.zeros_like(is_image),
     }
-    return ids, masks, images
+    return ids, masks, images, tokens
+
+
+def _expanded_positions(
+    expanded: list[int], plain: list[int], wanted: list[bool], model: HookedVLM
+) -> list[int]:
+    """Positions in the processor's ids of the ``wanted`` tokens of the unexpanded prompt.
+
+    The processor replaces the image placeholder with the family's image block (a run of image
+    tokens, or image tokens between row / break / boundary markers), so the two id lists share a
+    prefix and a suffix. Every wanted token must lie in them.
+    """
+    p = 0
+    while p < min(len(plain), len(expanded)) and plain[p] == expanded[p]:
+        p += 1
+    s = 0
+    while s < min(len(plain), len(expanded)) - p and plain[-1 - s] == expanded[-1 - s]:
+        s += 1
+    shift = len(expanded) - len(plain)
+    out = []
+    for i, w in enumerate(wanted):
+        if not w:
+            continue
+        if i < p:
+            out.append(i)
+        elif i >= len(plain) - s:
+            out.append(i + shift)
+        else:
+            raise RuntimeError(
+                f"Family {model.family!r}: the processor changed the prompt's text tokens (token {i}, "
+                f"{model.tokenizer.convert_ids_to_tokens(plain[i])!r}), not only the image placeholder; role masks "
+                "cannot be located. Check the family's chat template and processor."
+            )
+    return out

@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ Positions = None | str | int | Tensor
 HookFn = Callable[..., Any]
 FwdHooks = Sequence[tuple[str | Callable[[str], bool], HookFn]]
 _POSITION_NAMES = ("last", "last_instruction", "mean_text")
+logger = logging.getLogger(__name__)
 
 
 class ProcessorLoadError(RuntimeError):
@@ -154,39 +156,24 @@ class HookedVLM:
             ProcessorLoadError: the processor cannot be loaded.
         """
         from transformer_lens.model_bridge import TransformerBridge
-        from transformers import AutoConfig, AutoProcessor
+        from transformers import AutoConfig
 
         source = str(name_or_dir)
         config = AutoConfig.from_pretrained(source)
-        if family is None:
-            rules = family_for_config(config)
-        else:
-            rules = get_family(family)
-            declared = getattr(config, "vlminterp_family", None)
-            if declared != rules.name and config.model_type not in rules.model_types:
-                raise ValueError(
-                    f"Family {rules.name!r} does not match checkpoint {source!r} (model_type="
-                    f"{config.model_type!r}, vlminterp_family={declared!r}); family {rules.name!r} handles "
-                    f"model types {list(rules.model_types)}. Omit family= to detect it."
-                )
-        try:
-            processor = AutoProcessor.from_pretrained(source)
-        except Exception as err:
-            raise ProcessorLoadError(
-                f"Could not load the processor of {source!r}: {type(err).__name__}: {err}. vlminterp never installs "
-                "packages at run time; save a processor with a PIL image processor (*ImageProcessorPil) next to "
-                "the weights, or install what the error names yourself."
-            ) from err
-        if not hasattr(processor, "image_processor"):
-            raise ProcessorLoadError(
-                f"{source!r} loaded a {type(processor).__name__}, not a multimodal processor with an image processor."
-            )
+        rules = _choose_family(config, family, source)
+        processor = _load_processor(source, rules)
         boot_kwargs: dict[str, Any] = {"dtype": dtype or torch.float32}
         if device_map is not None:
             boot_kwargs["device_map"] = device_map
         else:
             boot_kwargs["device"] = str(device)
+        if rules.model_class is not None:
+            import transformers
+
+            boot_kwargs["model_class"] = getattr(transformers, rules.model_class)
         bridge = TransformerBridge.boot_transformers(source, **boot_kwargs)
+        if rules.prepare is not None:
+            rules.prepare(bridge)
         bridge.processor = processor
         bridge.eval()
         return cls(bridge, processor, rules, model_id=getattr(config, "_name_or_path", "") or source)
@@ -392,7 +379,10 @@ class HookedVLM:
         eos = self.tokenizer.eos_token_id
         step_input = batch.input_ids.to(device)
         mask = batch.attention_mask.to(device)
-        first: dict[str, Tensor] = {k: v.to(device) for k, v in batch.image_inputs.items()}
+        # Image tensors and per-token kwargs (token_type_ids, ...) describe the prompt: first step only.
+        first: dict[str, Tensor] = {
+            k: v.to(device) for k, v in {**batch.image_inputs, **batch.token_inputs}.items()
+        }
         positions = batch.position_ids.to(device) if batch.explicit_position_ids else None
         done = torch.zeros(n, dtype=torch.bool, device=device)
         chosen: list[Tensor] = []
@@ -422,6 +412,60 @@ class HookedVLM:
             tokens.append(row[: row.index(eos)] if eos in row else row)
         texts = self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
         return Generation(tokens=tokens, texts=[t.strip() for t in texts], batch=batch)
+
+
+def _choose_family(config: Any, family: str | None, source: str) -> Family:
+    """The checkpoint's family: detected from the config, or the one named by ``family=``."""
+    if family is None:
+        return family_for_config(config)
+    rules = get_family(family)
+    declared = getattr(config, "vlminterp_family", None)
+    model_type = getattr(config, "model_type", None)
+    if declared is not None and declared != rules.name:
+        raise ValueError(
+            f"Family {rules.name!r} does not match checkpoint {source!r}, which declares vlminterp_family="
+            f"{declared!r} in its config. Omit family= to use it."
+        )
+    if declared is None and rules.model_types and model_type not in rules.model_types:
+        try:
+            detected = family_for_config(config).name
+        except ValueError:
+            detected = None
+        if detected is not None:
+            raise ValueError(
+                f"Family {rules.name!r} does not match checkpoint {source!r} (model_type={model_type!r} is "
+                f"family {detected!r}; {rules.name!r} handles model types {list(rules.model_types)}). Omit family= "
+                "to detect it."
+            )
+        logger.info(
+            "%s: model_type=%r is not a registered family; using the prompt rules of family %r as asked.",
+            source,
+            model_type,
+            rules.name,
+        )
+    return rules
+
+
+def _load_processor(source: str, rules: Family) -> Any:
+    """The checkpoint's processor: ``AutoProcessor``, else the family's own loader (no torchvision)."""
+    from transformers import AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(source)
+        if not hasattr(processor, "image_processor") and rules.load_processor is not None:
+            processor = rules.load_processor(source)
+    except Exception as err:
+        raise ProcessorLoadError(
+            f"Could not load the processor of {source!r}: {type(err).__name__}: {err}. vlminterp never installs "
+            "packages at run time; save a processor with a PIL image processor (*ImageProcessorPil) next to "
+            "the weights, or install what the error names yourself."
+        ) from err
+    if not hasattr(processor, "image_processor"):
+        raise ProcessorLoadError(
+            f"{source!r} loaded a {type(processor).__name__}, not a multimodal processor with an image processor, "
+            f"and family {rules.name!r} has no load_processor of its own."
+        )
+    return processor
 
 
 def _leaders(follow: Sequence[int | None] | None, n: int) -> Int[Tensor, " batch"]:

@@ -19,12 +19,23 @@ import hashlib
 import json
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import Tensor
 
-__all__ = ["make_word_tokenizer", "build_tiny_vlm", "tiny_vlm_dir", "TINY_WORDS", "TINY_BUILDERS"]
+__all__ = [
+    "make_word_tokenizer",
+    "build_tiny_vlm",
+    "tiny_vlm_dir",
+    "tiny_families",
+    "save_tiny",
+    "TinySizes",
+    "TINY_WORDS",
+]
 
 #: Words of the tiny models' vocabulary: enough English for test prompts and dataset queries.
 TINY_WORDS: tuple[str, ...] = tuple(
@@ -204,8 +215,6 @@ TINY_WORDS: tuple[str, ...] = tuple(
     ]
 )
 
-_LLAVA_SPECIAL = ("<image>",)
-
 
 def make_word_tokenizer(
     words: Sequence[str],
@@ -260,93 +269,94 @@ def make_word_tokenizer(
     return tokenizer
 
 
-def _build_llava(
-    out_dir: Path,
-    seed: int,
-    d_model: int = 64,
-    n_layers: int = 2,
-    n_heads: int = 4,
-    n_kv_heads: int = 2,
-    d_mlp: int = 128,
-    vision_d_model: int = 32,
-    vision_layers: int = 2,
-    image_size: int = 32,
-    patch_size: int = 8,
-    words: Sequence[str] = TINY_WORDS,
+@dataclass(frozen=True)
+class TinySizes:
+    """Sizes of a tiny random VLM (every family builder takes these as keyword overrides).
+
+    Attributes:
+        d_model, n_layers, n_heads, n_kv_heads, d_mlp: The text decoder (head_dim = d_model / n_heads).
+        vision_d_model, vision_layers: The vision tower (2 heads).
+        image_size, patch_size: The vision tower's input size and patch size in pixels.
+    """
+
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    d_mlp: int = 128
+    vision_d_model: int = 32
+    vision_layers: int = 2
+    image_size: int = 32
+    patch_size: int = 8
+
+    @classmethod
+    def parse(cls, family: str, sizes: dict[str, int]) -> TinySizes:
+        """``TinySizes(**sizes)``; an unknown key raises naming the valid ones."""
+        unknown = sorted(set(sizes) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(
+                f"Unknown tiny-model size(s) {unknown} for family {family!r}; valid: {[f.name for f in fields(cls)]}."
+            )
+        return cls(**sizes)
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def n_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    def text_config(self, tokenizer: Any, **extra: Any) -> dict[str, Any]:
+        """Keyword arguments of a Llama-style text config (Llama, Qwen2, Mistral, Gemma 3 take them)."""
+        return {
+            "hidden_size": self.d_model,
+            "intermediate_size": self.d_mlp,
+            "num_hidden_layers": self.n_layers,
+            "num_attention_heads": self.n_heads,
+            "num_key_value_heads": self.n_kv_heads,
+            "head_dim": self.d_head,
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": 2048,
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            **extra,
+        }
+
+    def vision_config(self, **extra: Any) -> dict[str, Any]:
+        """Keyword arguments of a ViT-style vision config (CLIP, SigLIP, Idefics3, Pixtral take them)."""
+        return {
+            "hidden_size": self.vision_d_model,
+            "intermediate_size": 2 * self.vision_d_model,
+            "num_hidden_layers": self.vision_layers,
+            "num_attention_heads": 2,
+            "image_size": self.image_size,
+            "patch_size": self.patch_size,
+            **extra,
+        }
+
+
+def save_tiny(
+    model: torch.nn.Module, processor: Any, out_dir: Path, *, reinit: Sequence[Tensor] = ()
 ) -> None:
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    """Save a freshly built tiny model and its processor; ``reinit`` tensors get N(0, 0.1) first.
 
-    from vlminterp.models.families import LLAVA_15_CHAT_TEMPLATE
-
-    tokenizer = make_word_tokenizer(
-        [*words, "USER", "ASSISTANT"],
-        special=_LLAVA_SPECIAL,
-        named={"image_token": "<image>"},
-        chat_template=LLAVA_15_CHAT_TEMPLATE,
-    )
-    image_id = tokenizer.convert_tokens_to_ids("<image>")
-    n_patches = (image_size // patch_size) ** 2
-    text = LlamaConfig(
-        hidden_size=d_model,
-        intermediate_size=d_mlp,
-        num_hidden_layers=n_layers,
-        num_attention_heads=n_heads,
-        num_key_value_heads=n_kv_heads,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=2048,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    vision = CLIPVisionConfig(
-        hidden_size=vision_d_model,
-        intermediate_size=2 * vision_d_model,
-        num_hidden_layers=vision_layers,
-        num_attention_heads=2,
-        image_size=image_size,
-        patch_size=patch_size,
-    )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=image_id,
-        image_seq_length=n_patches,
-        vision_feature_layer=-1,
-        vision_feature_select_strategy="default",
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).eval()
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessorPil(
-            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
-        ),
-        tokenizer=tokenizer,
-        patch_size=patch_size,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=LLAVA_15_CHAT_TEMPLATE,
-    )
-    model.save_pretrained(out_dir)
+    ``reinit`` is for parameters HF initialises to zeros (Gemma 3's projector), which would make the
+    image invisible to a random model.
+    """
+    with torch.no_grad():
+        for tensor in reinit:
+            tensor.normal_(std=0.1)
+    model.eval().save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
-
-
-#: family name -> builder(out_dir, seed, **sizes)
-TINY_BUILDERS: dict[str, Callable[..., None]] = {"llava": _build_llava}
 
 
 def build_tiny_vlm(family: str, out_dir: str | Path, seed: int = 0, **sizes: int) -> Path:
     """Build a tiny random VLM of ``family`` and save it (model, tokenizer, processor) to ``out_dir``.
 
     Args:
-        family: A family with a tiny builder (``TINY_BUILDERS``).
+        family: A family with a tiny builder (:func:`tiny_families`).
         out_dir: Directory to write; created if needed.
         seed: Seed of the random weights.
         **sizes: Overrides of the builder's sizes (``d_model``, ``n_layers``, ``n_heads``, ...).
@@ -354,12 +364,24 @@ def build_tiny_vlm(family: str, out_dir: str | Path, seed: int = 0, **sizes: int
     Returns:
         ``out_dir`` as a Path.
     """
-    if family not in TINY_BUILDERS:
-        raise ValueError(f"No tiny builder for family {family!r}. Available: {sorted(TINY_BUILDERS)}.")
+    from vlminterp.models.families import get_family
+
+    builder = get_family(family).build_tiny if family in tiny_families() else None
+    if builder is None:
+        raise ValueError(f"No tiny builder for family {family!r}. Available: {tiny_families()}.")
+    TinySizes.parse(family, sizes)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    TINY_BUILDERS[family](out, seed, **sizes)
+    torch.manual_seed(seed)
+    builder(out, seed, **sizes)
     return out
+
+
+def tiny_families() -> list[str]:
+    """Registered families that have a tiny offline builder."""
+    from vlminterp.models.families import family_names, get_family
+
+    return [name for name in family_names() if get_family(name).build_tiny is not None]
 
 
 def tiny_vlm_dir(family: str = "llava", seed: int = 0, **sizes: int) -> Path:

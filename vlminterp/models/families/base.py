@@ -1,8 +1,11 @@
-"""Per-family prompt rules: chat template, image token, image kwargs, CAPTION template.
+"""The :class:`Family` record and the family registry.
 
-A *family* is everything vlminterp must know about a VLM's prompt format to build paired
-conditions that differ only in the image part. Adding a family is one :class:`Family` entry passed
-to :func:`register_family`; nothing else in the pipeline special-cases a family.
+A *family* is everything vlminterp must know about a VLM checkpoint format to build paired
+conditions that differ only in the image part and to run it: chat template, image token, the
+processor outputs the model takes, how to load its processor without torchvision, patches the
+bridge needs, and a tiny offline builder for tests. Adding a family is one :class:`Family` entry
+passed to :func:`register_family` (see the sibling modules); nothing else in the pipeline
+special-cases a family.
 
 Families are keyed by the HF config's ``model_type``. A checkpoint may name its family explicitly
 with a ``vlminterp_family`` attribute in its ``config.json`` (the shipped organism does this: it is a
@@ -12,10 +15,13 @@ Example:
     >>> from vlminterp.models.families import get_family
     >>> get_family("llava").caption_template
     '{query} Image Caption: {caption}'
+    >>> get_family("gemma3").token_kwargs
+    ('token_type_ids',)
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,21 +29,6 @@ __all__ = ["Family", "register_family", "get_family", "family_for_config", "fami
 
 #: Default CAPTION-condition text: ShiftDC's text-only twin of an image input.
 SHIFTDC_CAPTION_TEMPLATE = "{query} Image Caption: {caption}"
-
-# The chat template shipped with llava-hf/llava-1.5-7b-hf (chat_template.json). It renders
-# "USER: <image>\n{text} ASSISTANT:"; the tokenizer prepends BOS.
-LLAVA_15_CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if message['role'] != 'system' %}"
-    "{{ message['role'].upper() + ': '}}{% endif %}"
-    "{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
-    "{{ '<image>\n' }}{% endfor %}"
-    "{# Render all text next #}{% if message['role'] != 'assistant' %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
-    "{{ content['text'] + ' '}}{% endfor %}{% else %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
-    "{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
-)
 
 
 @dataclass(frozen=True)
@@ -53,6 +44,14 @@ class Family:
         image_kwargs: Processor outputs (besides ``input_ids``/``attention_mask``) the model takes.
         explicit_position_ids: Pass ``position_ids`` derived from the attention mask (1-D RoPE
             families); False for families whose model derives positions itself (mRoPE).
+        token_kwargs: Per-token processor outputs (``[1, pos]``, e.g. Gemma 3's ``token_type_ids``)
+            the model takes; batches left-pad them with 0 and pass them at the first step only.
+        load_processor: ``f(source) -> processor`` used when ``AutoProcessor`` does not return a
+            processor with an image processor (classes that need torchvision for video).
+        prepare: ``f(bridge)`` run once after the bridge is booted (fixes for bridge pitfalls).
+        model_class: HF model class name to boot with, when the Auto classes do not map the config.
+        build_tiny: ``f(out_dir, seed, **sizes)`` writing a tiny random checkpoint of the family.
+        checkpoints: Real checkpoint ids of the family (README table, error messages).
     """
 
     name: str
@@ -62,6 +61,12 @@ class Family:
     image_token_attr: str = "image_token_index"
     image_kwargs: tuple[str, ...] = ("pixel_values",)
     explicit_position_ids: bool = True
+    token_kwargs: tuple[str, ...] = ()
+    load_processor: Callable[[str], Any] | None = None
+    prepare: Callable[[Any], None] | None = None
+    model_class: str | None = None
+    build_tiny: Callable[..., None] | None = None
+    checkpoints: tuple[str, ...] = ()
 
     def messages(self, text: str, with_image: bool) -> list[dict[str, Any]]:
         """One user turn in the HF multimodal chat format (image first, then text)."""
@@ -123,35 +128,10 @@ def family_for_config(config: Any) -> Family:
     for family in _FAMILIES.values():
         if model_type in family.model_types:
             return family
-    supported = {f.name: list(f.model_types) for f in _FAMILIES.values()}
+    supported = {f.name: list(f.model_types) for f in _FAMILIES.values() if f.model_types}
     raise ValueError(
         f"Unsupported VLM family: config.model_type={model_type!r}. Supported (family: model types): "
-        f"{supported}. Register one with vlminterp.models.families.register_family."
+        f"{supported}. If the checkpoint uses one of these prompt formats, pass family=<name> (a model "
+        "the TransformerLens bridge cannot wrap then runs through vlminterp's fallback adapter); otherwise "
+        "register a Family with vlminterp.models.families.register_family."
     )
-
-
-LLAVA = register_family(Family(name="llava", model_types=("llava",), chat_template=LLAVA_15_CHAT_TEMPLATE))
-
-# The shipped model organism (a llava checkpoint, config.vlminterp_family = "organism"): renders
-# "user : <image>{text} ? assistant :"; the tokenizer prepends BOS. Its CAPTION condition puts the
-# caption sentence before the query, where the image tokens would be.
-ORGANISM_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['content'] is string %}{% set items = [{'type': 'text', 'text': message['content']}] %}"
-    "{% else %}{% set items = message['content'] %}{% endif %}"
-    "{% if message['role'] == 'user' %}{{ 'user : ' }}"
-    "{% for item in items | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}"
-    "{% for item in items | selectattr('type', 'equalto', 'text') %}{{ item['text'] }}{% endfor %}"
-    "{{ ' ?' }}{% else %}{{ ' assistant : ' }}"
-    "{% for item in items | selectattr('type', 'equalto', 'text') %}{{ item['text'] }}{% endfor %}"
-    "{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ ' assistant :' }}{% endif %}"
-)
-ORGANISM = register_family(
-    Family(
-        name="organism",
-        model_types=(),
-        chat_template=ORGANISM_CHAT_TEMPLATE,
-        caption_template="image shows {caption} {query}",
-    )
-)
