@@ -452,20 +452,29 @@ def _load_processor(source: str, rules: Family) -> Any:
 
     try:
         processor = AutoProcessor.from_pretrained(source)
-        if not hasattr(processor, "image_processor") and rules.load_processor is not None:
-            processor = rules.load_processor(source)
     except Exception as err:
-        raise ProcessorLoadError(
-            f"Could not load the processor of {source!r}: {type(err).__name__}: {err}. vlminterp never installs "
-            "packages at run time; save a processor with a PIL image processor (*ImageProcessorPil) next to "
-            "the weights, or install what the error names yourself."
-        ) from err
+        if rules.load_processor is None:
+            raise _processor_error(source, err) from err
+        processor = None
+    if not hasattr(processor, "image_processor") and rules.load_processor is not None:
+        try:
+            processor = rules.load_processor(source)
+        except Exception as err:
+            raise _processor_error(source, err) from err
     if not hasattr(processor, "image_processor"):
         raise ProcessorLoadError(
             f"{source!r} loaded a {type(processor).__name__}, not a multimodal processor with an image processor, "
             f"and family {rules.name!r} has no load_processor of its own."
         )
     return processor
+
+
+def _processor_error(source: str, err: Exception) -> ProcessorLoadError:
+    return ProcessorLoadError(
+        f"Could not load the processor of {source!r}: {type(err).__name__}: {err}. vlminterp never installs "
+        "packages at run time; save a processor with a PIL image processor (*ImageProcessorPil) next to "
+        "the weights, or install what the error names yourself."
+    )
 
 
 def _leaders(follow: Sequence[int | None] | None, n: int) -> Int[Tensor, " batch"]:
