@@ -1,0 +1,183 @@
+"""Mistral 3 (``Mistral3ForConditionalGeneration``): Mistral decoder, Pixtral tower, any image size.
+
+Pixtral reads an image at its own size (longest edge capped, both sides rounded up to a multiple of
+``patch_size x spatial_merge_size``), so the number of image tokens depends on the aspect ratio. The
+prompt carries one ``[IMG]`` per image; the processor expands it row by row to
+``[IMG] x w + [IMG_BREAK]`` for each of the ``h`` rows, the last break replaced by ``[IMG_END]``.
+``[IMG_BREAK]`` / ``[IMG_END]`` are ordinary embedded tokens, so the image role mask holds the
+``[IMG]`` tokens only, and projector row r is the r-th ``[IMG]`` position in raster order. The model
+needs ``image_sizes`` (it raises without them) to crop the zero padding of a batch's
+``pixel_values`` [images, 3, H_max, W_max]. The Pixtral tower is delegated opaquely by the bridge:
+only ``vision_encoder.hook_in`` / ``hook_out`` exist (use PyTorch hooks on
+``hf_model.model.vision_tower.transformer.layers[j]`` for more).
+
+transformers' ``PixtralProcessor`` cannot be imported without torchvision, so this module ships
+:class:`PixtralImageOnlyProcessor`, the same processor (same config fields, same token expansion)
+on top of the PIL image processor; it is the family's ``load_processor``.
+
+Example:
+    >>> from vlminterp.models.families import get_family
+    >>> mistral = get_family("mistral3")
+    >>> mistral.image_kwargs, mistral.load_processor.__self__.__name__
+    (('pixel_values', 'image_sizes'), 'PixtralImageOnlyProcessor')
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from transformers import ProcessorMixin
+
+from vlminterp.models.families.base import Family, register_family
+from vlminterp.models.tiny import TINY_WORDS, TinySizes, make_word_tokenizer, save_tiny
+
+__all__ = ["MISTRAL3", "MISTRAL3_CHAT_TEMPLATE", "PixtralImageOnlyProcessor"]
+
+# mistralai/Mistral-Small-3.1-24B-Instruct-2503 style, without the checkpoint's long default system
+# prompt (real checkpoints ship their own template): "<s>[SYSTEM_PROMPT]..[/SYSTEM_PROMPT]" only when
+# a system turn is given, then "[INST][IMG]{text}[/INST]"; the answer follows [/INST] directly.
+MISTRAL3_CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{%- if message['content'] is string %}{%- set items = [{'type': 'text', 'text': message['content']}] %}"
+    "{%- else %}{%- set items = message['content'] %}{%- endif %}"
+    "{%- if message['role'] == 'system' %}{{- '[SYSTEM_PROMPT]' + items[0]['text'] + '[/SYSTEM_PROMPT]' }}"
+    "{%- elif message['role'] == 'user' %}{{- '[INST]' }}"
+    "{%- for item in items %}"
+    "{%- if item['type'] == 'text' %}{{- item['text'] }}"
+    "{%- elif item['type'] in ['image', 'image_url'] %}{{- '[IMG]' }}{%- endif %}"
+    "{%- endfor %}{{- '[/INST]' }}"
+    "{%- elif message['role'] == 'assistant' %}{{- items[0]['text'] + eos_token }}"
+    "{%- endif %}{%- endfor %}"
+)
+
+
+class PixtralImageOnlyProcessor(ProcessorMixin):
+    """transformers' ``PixtralProcessor`` without its torchvision import.
+
+    Same ``__init__`` fields as ``PixtralProcessor`` (so a hub ``processor_config.json`` loads) and
+    the same call: the image processor resizes to multiples of ``patch_size * spatial_merge_size``
+    and each ``[IMG]`` placeholder becomes ``h`` rows of ``w`` image tokens. Saved folders name
+    ``PixtralProcessor`` as their class, like real checkpoints.
+
+    Args:
+        image_processor: A Pixtral image processor (``PixtralImageProcessorPil``).
+        tokenizer: The checkpoint's tokenizer.
+        patch_size: The vision tower's patch size in pixels.
+        spatial_merge_size: Patches merged per side into one image token.
+        chat_template: Jinja chat template.
+        image_token, image_break_token, image_end_token: The image placeholder, row break and end tokens.
+
+    Example:
+        >>> from vlminterp.models.tiny import tiny_vlm_dir
+        >>> from PIL import Image
+        >>> proc = PixtralImageOnlyProcessor.from_pretrained(tiny_vlm_dir("mistral3"))
+        >>> out = proc(text=["[INST][IMG]hi[/INST]"], images=[[Image.new("RGB", (56, 40))]], return_tensors="pt")
+        >>> out["image_sizes"].tolist(), int((out["input_ids"] == proc.image_token_id).sum())
+        ([[48, 64]], 12)
+    """
+
+    def __init__(
+        self,
+        image_processor: Any = None,
+        tokenizer: Any = None,
+        patch_size: int = 16,
+        spatial_merge_size: int = 1,
+        chat_template: str | None = None,
+        image_token: str = "[IMG]",
+        image_break_token: str = "[IMG_BREAK]",
+        image_end_token: str = "[IMG_END]",
+        **kwargs: Any,
+    ):
+        super().__init__(image_processor, tokenizer, chat_template=chat_template)
+        self.patch_size = patch_size
+        self.spatial_merge_size = spatial_merge_size
+        self.image_token = image_token
+        self.image_break_token = image_break_token
+        self.image_end_token = image_end_token
+        self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+
+    def _process_images(self, images: Any, **images_kwargs: Any) -> Any:
+        images_kwargs["patch_size"] = self.patch_size * self.spatial_merge_size
+        return super()._process_images(images, **images_kwargs)
+
+    def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs: Any) -> str:
+        """The expansion of the ``image_idx``-th ``[IMG]``: rows of image tokens, breaks, an end token."""
+        step = self.patch_size * self.spatial_merge_size
+        height, width = (int(x) for x in image_inputs["image_sizes"][image_idx])
+        row = self.image_token * (width // step) + self.image_break_token
+        return (row * (height // step))[: -len(self.image_break_token)] + self.image_end_token
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return [*self.tokenizer.model_input_names, *self.image_processor.model_input_names]
+
+    def to_dict(self) -> dict[str, Any]:
+        # The saved config is PixtralProcessor's, so the folder loads with it where torchvision exists.
+        return {**super().to_dict(), "processor_class": "PixtralProcessor"}
+
+
+def _build_mistral3(out_dir: Path, seed: int, **sizes: int) -> None:
+    """Tiny ``Mistral3ForConditionalGeneration``: Mistral decoder, Pixtral tower, 2 x 2 patch merger.
+
+    Images are capped at a 64-px longest edge and read in 16-px cells (8-px patches merged 2 x 2):
+    a 40 x 56 (h x w) image becomes 48 x 64, i.e. 3 x 4 = 12 ``[IMG]`` tokens.
+    """
+    from transformers import (
+        Mistral3Config,
+        Mistral3ForConditionalGeneration,
+        MistralConfig,
+        PixtralVisionConfig,
+    )
+    from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
+
+    s = TinySizes.parse("mistral3", {"image_size": 64, **sizes})
+    merge = 2
+    image_tokens = ["[IMG]", "[IMG_BREAK]", "[IMG_END]"]
+    tok = make_word_tokenizer(
+        list(TINY_WORDS),
+        special=["[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", *image_tokens],
+        named={"image_token": "[IMG]"},
+        chat_template=MISTRAL3_CHAT_TEMPLATE,
+        bos="<s>",
+        eos="</s>",
+    )
+    # A text config passed as a dict would take Mistral 3's defaults (head_dim 128, rope_theta 1e9).
+    text = MistralConfig(**s.text_config(tok, sliding_window=None))
+    config = Mistral3Config(
+        vision_config=PixtralVisionConfig(**s.vision_config()),
+        text_config=text,
+        image_token_index=tok.convert_tokens_to_ids("[IMG]"),
+        spatial_merge_size=merge,
+        vision_feature_layer=-1,
+        multimodal_projector_bias=False,
+    )
+    step = s.patch_size * merge
+    processor = PixtralImageOnlyProcessor(
+        image_processor=PixtralImageProcessorPil(
+            patch_size={"height": step, "width": step}, size={"longest_edge": s.image_size}
+        ),
+        tokenizer=tok,
+        patch_size=s.patch_size,
+        spatial_merge_size=merge,
+        chat_template=MISTRAL3_CHAT_TEMPLATE,
+    )
+    save_tiny(Mistral3ForConditionalGeneration(config), processor, out_dir)
+
+
+MISTRAL3 = register_family(
+    Family(
+        name="mistral3",
+        model_types=("mistral3",),
+        chat_template=MISTRAL3_CHAT_TEMPLATE,
+        image_token_attr="image_token_index",
+        image_kwargs=("pixel_values", "image_sizes"),
+        load_processor=PixtralImageOnlyProcessor.from_pretrained,
+        build_tiny=_build_mistral3,
+        checkpoints=(
+            "mistralai/Mistral-Small-3.1-24B-Instruct-2503",
+            "mistralai/Mistral-Small-3.2-24B-Instruct-2506",
+        ),
+    )
+)
