@@ -219,8 +219,9 @@ def test_boot_never_starts_pip(monkeypatch):
 
 
 def test_processor_round_trip_and_hub_layout(model, tmp_path):
-    """save/from_pretrained round-trips; a hub-style folder (separate preprocessor_config.json, int patch
-    size, the torchvision image-processor name) loads through the same class and encodes identically."""
+    """save/from_pretrained round-trips; a hub-style folder (separate preprocessor_config.json holding the
+    tower's patch size and the torchvision image-processor name) loads through the same class and
+    encodes identically."""
     proc = model.processor
     assert json.loads((tiny_vlm_dir("mistral3") / "processor_config.json").read_text())[
         "processor_class"
@@ -230,7 +231,9 @@ def test_processor_round_trip_and_hub_layout(model, tmp_path):
     saved = json.loads((hub / "processor_config.json").read_text())
     image_cfg = saved.pop("image_processor")
     image_cfg.update(image_processor_type="PixtralImageProcessorFast", processor_class="PixtralProcessor")
-    image_cfg["patch_size"] = image_cfg["patch_size"]["height"]
+    image_cfg["patch_size"] = (
+        8  # hub configs store the tower's patch; the processor reads in patch x merge cells
+    )
     (hub / "preprocessor_config.json").write_text(json.dumps(image_cfg))
     (hub / "processor_config.json").write_text(json.dumps(saved))
     image = _noise((40, 56), 1)

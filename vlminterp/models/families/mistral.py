@@ -109,10 +109,6 @@ class PixtralImageOnlyProcessor(ProcessorMixin):
         row = self.image_token * (width // step) + self.image_break_token
         return (row * (height // step))[: -len(self.image_break_token)] + self.image_end_token
 
-    @property
-    def model_input_names(self) -> list[str]:
-        return [*self.tokenizer.model_input_names, *self.image_processor.model_input_names]
-
     def to_dict(self) -> dict[str, Any]:
         # The saved config is PixtralProcessor's, so the folder loads with it where torchvision exists.
         return {**super().to_dict(), "processor_class": "PixtralProcessor"}
