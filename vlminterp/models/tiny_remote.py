@@ -102,9 +102,10 @@ def build_tiny_remote_vlm(
 
 def tiny_remote_vlm_dir(seed: int = 0, **sizes: int) -> Path:
     """A cached directory holding the tiny remote-code VLM for (seed, sizes), built on first use."""
-    key = hashlib.sha1(
-        json.dumps([TINY_REMOTE_MODEL_TYPE, seed, sorted(sizes.items())]).encode()
-    ).hexdigest()[:12]
+    from vlminterp.models.remote_code import tiny_remote_vlm
+
+    source = Path(tiny_remote_vlm.__file__).read_bytes()  # an edited model file gets a fresh folder
+    key = hashlib.sha1(json.dumps([seed, sorted(sizes.items())]).encode() + source).hexdigest()[:12]
     path = Path(tempfile.gettempdir()) / "vlminterp-tiny" / f"remote-{key}"
     if not (path / "config.json").exists():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -223,7 +223,10 @@ class QWenModel(TinyRemoteVLMPreTrainedModel):
         hidden_states = self._embed(input_ids, pixel_values)
         key_pos = torch.arange(past_len + t, device=input_ids.device)
         query_pos = key_pos[past_len:]
-        allowed = (key_pos[None, :] <= query_pos[:, None])[None] & attention_mask.bool()[:, None, :]
+        # causal, no padding keys; a padding query sees only itself (never a later token)
+        causal = key_pos[None, :] <= query_pos[:, None]
+        itself = key_pos[None, :] == query_pos[:, None]
+        allowed = causal[None] & (attention_mask.bool()[:, None, :] | itself[None])
         bias = torch.zeros(allowed.shape, dtype=hidden_states.dtype, device=input_ids.device)
         bias = bias.masked_fill(~allowed, torch.finfo(hidden_states.dtype).min)[:, None]  # [b, 1, t, past+t]
         rotary = self._rotary(position_ids, hidden_states.dtype)
