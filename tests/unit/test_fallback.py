@@ -40,7 +40,7 @@ def fb(remote_dir):
 @pytest.fixture(scope="module")
 def inputs(remote_dir):
     """Two image prompts of different lengths, left-padded, with explicit position ids."""
-    processor = AutoProcessor.from_pretrained(remote_dir)
+    processor = AutoProcessor.from_pretrained(remote_dir, trust_remote_code=False)
     texts = [
         processor.apply_chat_template(
             [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
@@ -345,3 +345,46 @@ def test_keyword_hidden_states_and_bare_tensor_outputs_are_routed():
     torch.testing.assert_close(
         cache["blocks.0.hook_resid_post"], model.stack.blocks[0](hidden_states=h0), rtol=0, atol=0
     )
+
+
+# ---------------------------------------------------------------------- inside HookedVLM
+def test_hooked_vlm_runs_on_a_fallback_bridge(fb, remote_dir, samples):
+    """HookedVLM's cache, hooks and KV-cache generation work unchanged with a FallbackBridge."""
+    from vlminterp import Condition, HookedVLM, PromptBatch
+    from vlminterp.models.families import get_family
+
+    model = HookedVLM(
+        fb,
+        AutoProcessor.from_pretrained(remote_dir, trust_remote_code=False),
+        get_family("llava"),
+        model_id=str(remote_dir),
+    )
+    batch = PromptBatch.paired(model, samples[:2], [Condition.IMAGE, Condition.TEXT_ONLY])
+    logits, cache = model.run_with_cache(batch, names_filter=model.hook_names("resid_post"), positions="last")
+    _, full = run_cached(
+        fb, {"input_ids": batch.input_ids, **batch.model_kwargs()}, names=["blocks.1.hook_resid_post"]
+    )
+    torch.testing.assert_close(cache["blocks.1.hook_resid_post"], full["blocks.1.hook_resid_post"][:, -1])
+    generation = model.generate(batch, max_new_tokens=3)
+    ids, mask = batch.input_ids, batch.attention_mask
+    image = batch.model_kwargs()["pixel_values"]
+    with torch.no_grad():
+        for _ in range(3):  # greedy decoding by full recomputation, without a cache
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            token = fb(ids, attention_mask=mask, position_ids=pos, pixel_values=image)[:, -1].argmax(-1)
+            ids, mask = (
+                torch.cat([ids, token[:, None]], 1),
+                torch.cat([mask, torch.ones_like(mask[:, :1])], 1),
+            )
+    eos = model.tokenizer.eos_token_id
+    expected = ids[:, -3:].tolist()
+    assert generation.tokens == [row[: row.index(eos)] if eos in row else row for row in expected]
+    assert any(generation.tokens), "the check needs at least one generated token"
+
+    def boom(x, hook):
+        raise RuntimeError("hook failed")
+
+    with pytest.raises(RuntimeError, match="hook failed"):
+        model.generate(batch, max_new_tokens=2, fwd_hooks=[("blocks.0.attn.hook_z", boom)])
+    assert model.count_hooks() == 0
+    assert torch_hook_snapshot(fb) == {}

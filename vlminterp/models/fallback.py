@@ -345,6 +345,11 @@ class FallbackBridge(nn.Module):
         d_model = _first_attr(text, ("hidden_size", "n_embd", "d_model"))
         output = hf_model.get_output_embeddings() if hasattr(hf_model, "get_output_embeddings") else None
         d_vocab = output.weight.shape[0] if output is not None else _first_attr(text, ("vocab_size",))
+        if d_model is None or d_vocab is None:
+            raise ValueError(
+                f"{type(hf_model).__name__}: the text config has no hidden_size or vocab_size (and the model no "
+                "output embeddings); the fallback adapter needs both."
+            )
         cfg = FallbackConfig(
             n_layers=len(layers),
             d_model=int(d_model),
@@ -355,8 +360,8 @@ class FallbackBridge(nn.Module):
             layers_path=layers_path,
         )
         blocks = []
+        attn_path = attn_out_proj.rpartition(".")[0]
         for layer in layers:
-            attn_path = attn_out_proj.rpartition(".")[0]
             blocks.append(
                 _BlockHooks(
                     layer,
