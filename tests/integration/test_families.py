@@ -208,3 +208,30 @@ def test_hook_names_golden(family_model):
         f"no golden hook names for {family_model.family!r}; run with VLMINTERP_UPDATE_GOLDEN=1"
     )
     assert names == path.read_text().split(), f"hook names of {family_model.family!r} changed"
+
+
+def test_hook_z_is_the_input_of_the_output_projection(family_model, hf_model, batch):
+    """Per-head contributions: ``attn_out = o_proj(z.flatten(heads))``, so hook_z with W_O splits it by head."""
+    layer = family_model.cfg.n_layers - 1
+    name = family_model.layer_hook("z", layer)
+    _, cache = family_model.run_with_cache(batch, names_filter=name)
+    z = cache[name]
+    assert z.shape[-2:] == (family_model.cfg.n_heads, family_model.cfg.d_head)
+    o_proj = _decoder_layers(hf_model, family_model.cfg.n_layers)[layer].self_attn.o_proj
+    captured = {}
+    handle = o_proj.register_forward_hook(lambda m, i, o: captured.__setitem__("out", o))
+    try:
+        _hf_forward(hf_model, batch, family_model.cfg.n_layers)
+    finally:
+        handle.remove()
+    real = batch.attention_mask.bool()
+    with torch.no_grad():
+        torch.testing.assert_close(o_proj(z.flatten(-2))[real], captured["out"][real], atol=1e-4, rtol=0)
+
+
+def test_positions_refuse_vision_hooks(family_model, batch):
+    """TL's pos_slice cuts every cached tensor on dim 1, vision hooks included; positions= refuses them."""
+    vision = sorted(n for n in family_model.hook_dict if n.startswith("vision_encoder."))
+    assert vision, "every family exposes vision-tower hooks"
+    with pytest.raises(ValueError, match="decoder hooks"):
+        family_model.run_with_cache(batch, names_filter=vision[-1], positions="last")
