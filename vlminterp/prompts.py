@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -446,7 +447,10 @@ def _default_image_size(model: HookedVLM) -> tuple[int, int]:
             if "height" in size and "width" in size:
                 return int(size["width"]), int(size["height"])
             if "shortest_edge" in size:
-                return int(size["shortest_edge"]), int(size["shortest_edge"])
+                edge = int(size["shortest_edge"])
+                if getattr(ip, "merge_size", None):  # Qwen-style: sizes are pixel counts (min_pixels)
+                    edge = math.isqrt(edge)
+                return edge, edge
     return 336, 336
 
 
@@ -463,27 +467,35 @@ def _encode_row(
     """Token ids, role masks, image tensors and per-token kwargs (``token_type_ids``, ...) of one row."""
     rules = model.family_rules
     with_image = row.image is not None
+    text = row.text.strip()  # some templates (Gemma 3) trim the user text
     prefix, _, suffix = _render(model, _SENTINEL, with_image).partition(_SENTINEL)
-    full = prefix + row.text + suffix
-    if _render(model, row.text, with_image) != full:
+    full = prefix + text + suffix
+    if _render(model, text, with_image) != full:
         raise RuntimeError(
             f"Family {model.family!r}: the chat template transforms the user text, so the instruction tokens "
             "cannot be located. Use a template that inserts the text verbatim."
         )
-    proc_out = model.processor(text=[full], images=[[row.image]] if with_image else None, return_tensors="pt")
+    # Templates that begin with BOS already carry it: do not let the tokenizer add a second one
+    # (the rule of HF's own processor.apply_chat_template).
+    bos = model.tokenizer.bos_token
+    special = {"add_special_tokens": not (bos and full.startswith(bos))}
+    images_arg = [[row.image]] if with_image else None
+    proc_out = model.processor(text=[full], images=images_arg, return_tensors="pt", **special)
     ids = proc_out["input_ids"][0]
     images = {k: proc_out[k] for k in rules.image_kwargs if k in proc_out} if with_image else None
     tokens = {k: proc_out[k][0] for k in rules.token_kwargs if k in proc_out}
     missing = [k for k in rules.token_kwargs if k not in tokens]
+    if with_image:
+        missing += [k for k in rules.image_kwargs if k not in proc_out]
     if missing:
         raise RuntimeError(
             f"Family {model.family!r}: the processor returned no {missing}; the model needs them. Load the "
             "checkpoint's own processor (HookedVLM.from_pretrained does)."
         )
 
-    plain = model.tokenizer(full, return_offsets_mapping=True)
+    plain = model.tokenizer(full, return_offsets_mapping=True, **special)
     plain_ids, offsets = list(plain["input_ids"]), plain["offset_mapping"]
-    q0, q1 = len(prefix), len(prefix) + len(row.text)
+    q0, q1 = len(prefix), len(prefix) + len(text)
     instruction_plain = [(b > a) and a < q1 and b > q0 for a, b in offsets]
     instruction = torch.zeros(len(ids), dtype=torch.bool)
     instruction[_expanded_positions(ids.tolist(), plain_ids, instruction_plain, model)] = True

@@ -119,11 +119,6 @@ def test_tiny_decoder_has_a_full_attention_layer(gemma):
     assert gemma.hf_model.config.text_config.layer_types == ["sliding_attention", "full_attention"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: PromptBatch tokenises the rendered prompt with add_special_tokens=True although the chat "
-    "template already starts with BOS (Gemma 3, Idefics3); HF's processor.apply_chat_template passes False",
-)
 def test_prompt_has_one_bos(gemma, batch):
     bos = gemma.tokenizer.bos_token_id
     assert ((batch.input_ids == bos) & batch.attention_mask.bool()).sum(-1).tolist() == [1] * len(batch)

@@ -256,11 +256,6 @@ def test_processor_round_trip_and_hub_layout(model, tmp_path):
     assert sorted(no_image) == ["attention_mask", "input_ids"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: PromptBatch tokenises the rendered chat template with add_special_tokens=True, and the "
-    "Mistral template already starts with <s> (HF's apply_chat_template turns special tokens off then)",
-)
 def test_prompt_has_one_bos(model, batch):
     bos = model.tokenizer.bos_token_id
     for i in range(len(batch)):

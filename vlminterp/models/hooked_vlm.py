@@ -141,8 +141,15 @@ class HookedVLM:
         dtype: torch.dtype | None = None,
         device_map: str | dict[str, Any] | None = None,
         family: str | None = None,
+        trust_remote_code: bool = False,
+        **fallback_options: Any,
     ) -> HookedVLM:
         """Load a checkpoint (hub id or local directory) with its processor.
+
+        Checkpoints the TransformerLens bridge cannot wrap (remote-code models such as the original
+        Qwen-VL) run through :class:`~vlminterp.models.fallback.FallbackBridge`, chosen automatically
+        with a logged note: the same API and decoder hook names (``hook_resid_pre/mid/post``,
+        ``hook_attn_out``, ``hook_mlp_out``, ``attn.hook_z``), no vision or per-head q/k/v hooks.
 
         Args:
             name_or_dir: e.g. ``"llava-hf/llava-1.5-7b-hf"`` or a directory from ``save_pretrained``.
@@ -150,30 +157,46 @@ class HookedVLM:
             dtype: Weight dtype, default float32.
             device_map: accelerate placement (``"auto"``) for checkpoints larger than one device.
             family: Family name; default from the config (``vlminterp_family`` or ``model_type``).
+                Required for a checkpoint whose model type is not a registered family.
+            trust_remote_code: Run the checkpoint's own modeling code (remote-code VLMs).
+            **fallback_options: ``FallbackBridge.from_model`` keywords (``layers_path=``,
+                ``attn_out_proj=``, ``mlp=``, ...); passing any forces the fallback adapter.
 
         Raises:
-            ValueError: the family is unsupported or does not match the checkpoint.
+            ValueError: the family is unknown or does not match the checkpoint.
             ProcessorLoadError: the processor cannot be loaded.
         """
         from transformer_lens.model_bridge import TransformerBridge
         from transformers import AutoConfig
 
-        source = str(name_or_dir)
-        config = AutoConfig.from_pretrained(source)
-        rules = _choose_family(config, family, source)
-        processor = _load_processor(source, rules)
-        boot_kwargs: dict[str, Any] = {"dtype": dtype or torch.float32}
-        if device_map is not None:
-            boot_kwargs["device_map"] = device_map
-        else:
-            boot_kwargs["device"] = str(device)
-        if rules.model_class is not None:
-            import transformers
+        from vlminterp.models.fallback import bridge_supports, load_fallback
 
-            boot_kwargs["model_class"] = getattr(transformers, rules.model_class)
-        bridge = TransformerBridge.boot_transformers(source, **boot_kwargs)
-        if rules.prepare is not None:
-            rules.prepare(bridge)
+        source = str(name_or_dir)
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+        rules = _choose_family(config, family, source)
+        processor = _load_processor(source, rules, trust_remote_code)
+        if fallback_options or not bridge_supports(config):
+            bridge = load_fallback(
+                source,
+                dtype=dtype,
+                device=device,
+                device_map=device_map,
+                trust_remote_code=trust_remote_code,
+                **fallback_options,
+            )
+        else:
+            boot_kwargs: dict[str, Any] = {"dtype": dtype or torch.float32}
+            if device_map is not None:
+                boot_kwargs["device_map"] = device_map
+            else:
+                boot_kwargs["device"] = str(device)
+            if rules.model_class is not None:
+                import transformers
+
+                boot_kwargs["model_class"] = getattr(transformers, rules.model_class)
+            bridge = TransformerBridge.boot_transformers(source, **boot_kwargs)
+            if rules.prepare is not None:
+                rules.prepare(bridge)
         bridge.processor = processor
         bridge.eval()
         return cls(bridge, processor, rules, model_id=getattr(config, "_name_or_path", "") or source)
@@ -446,12 +469,12 @@ def _choose_family(config: Any, family: str | None, source: str) -> Family:
     return rules
 
 
-def _load_processor(source: str, rules: Family) -> Any:
+def _load_processor(source: str, rules: Family, trust_remote_code: bool = False) -> Any:
     """The checkpoint's processor: ``AutoProcessor``, else the family's own loader (no torchvision)."""
     from transformers import AutoProcessor
 
     try:
-        processor = AutoProcessor.from_pretrained(source)
+        processor = AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
     except Exception as err:
         if rules.load_processor is None:
             raise _processor_error(source, err) from err
