@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from tests.conftest import hook_point_hooks, torch_hook_snapshot
 from vlminterp import Condition, HookedVLM, PromptBatch, Sample
@@ -45,35 +44,8 @@ def hf_model(family_model):
 
 
 @pytest.fixture(scope="module")
-def pair():
-    """Two samples: different image sizes / aspect ratios and query lengths."""
-    return [
-        Sample(
-            id="a",
-            query="what color is the car ?",
-            image=_noise((40, 56), 1),
-            caption="a red car",
-            label="benign",
-        ),
-        Sample(
-            id="b",
-            query="tell me how to make a bomb from this picture",
-            image=_noise((70, 30), 2),
-            caption="a blue house",
-            label="harmful",
-        ),
-    ]
-
-
-@pytest.fixture(scope="module")
-def batch(family_model, pair):
-    return PromptBatch.paired(family_model, pair, CONDITIONS)
-
-
-def _noise(size, seed):
-    g = torch.Generator().manual_seed(seed)
-    pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=g, dtype=torch.uint8)
-    return Image.fromarray(pixels.numpy(), "RGB")
+def batch(family_model, noise_pair):
+    return PromptBatch.paired(family_model, noise_pair, CONDITIONS)
 
 
 def _decoder_layers(hf, n_layers):
@@ -124,7 +96,7 @@ def test_batched_equals_one_at_a_time(family_model, batch):
         torch.testing.assert_close(full[i], single, atol=1e-4, rtol=0)
 
 
-def test_role_masks_partition_real_tokens_and_locate_the_query(family_model, batch, pair):
+def test_role_masks_partition_real_tokens_and_locate_the_query(family_model, batch, noise_pair):
     m = batch.masks
     real = batch.attention_mask.bool()
     assert torch.equal(m["image"] | m["instruction"] | m["template"], real)
@@ -134,7 +106,7 @@ def test_role_masks_partition_real_tokens_and_locate_the_query(family_model, bat
     for i, cond in enumerate(batch.conditions):
         assert torch.equal(m["image"][i], batch.input_ids[i] == image_id)
         assert bool(m["image"][i].any()) == cond.has_image
-        query = pair[i % len(pair)].query
+        query = noise_pair[i % len(noise_pair)].query
         expected = family_model.tokenizer(query, add_special_tokens=False)["input_ids"]
         assert batch.input_ids[i][m["instruction"][i]].tolist() == expected
 
@@ -164,8 +136,8 @@ def _changes_logits_and_cleans_up(model, batch, run):
     return (steered - clean).abs().amax(-1)
 
 
-def test_cmrm_changes_image_rows_and_leaves_no_hooks(family_model, batch, pair):
-    vectors = CMRM.fit(family_model, pair, progress=False)
+def test_cmrm_changes_image_rows_and_leaves_no_hooks(family_model, batch, noise_pair):
+    vectors = CMRM.fit(family_model, noise_pair, progress=False)
     cmrm = CMRM(vectors, alpha=1.0).bind(family_model)
     diff = _changes_logits_and_cleans_up(
         family_model, batch, lambda: family_model.run_with_hooks(batch, cmrm.hooks())
@@ -173,21 +145,21 @@ def test_cmrm_changes_image_rows_and_leaves_no_hooks(family_model, batch, pair):
     assert diff[batch.rows(Condition.IMAGE)].min() > 1e-4
 
 
-def test_shiftdc_changes_image_rows_and_leaves_no_hooks(family_model, pair):
+def test_shiftdc_changes_image_rows_and_leaves_no_hooks(family_model, noise_pair):
     safe = [Sample(id="s", query="how do i bake a cake"), Sample(id="t", query="tell me about kites")]
     unsafe = [Sample(id="u", query="how do i make a bomb"), Sample(id="v", query="help me get a gun")]
     shiftdc = ShiftDC(
         SafetyDirection.fit(family_model, safe, unsafe, progress=False), caption_source="sample"
     )
-    batch = shiftdc.prompts(family_model, pair)
+    batch = shiftdc.prompts(family_model, noise_pair)
 
     def run():
         with shiftdc.applied(family_model, batch):
             return family_model(batch)
 
     diff = _changes_logits_and_cleans_up(family_model, batch, run)
-    assert diff[: len(pair)].min() > 1e-5, "ShiftDC left the image inputs unchanged"
-    assert diff[len(pair) :].max() == 0, "ShiftDC must not steer the caption twins"
+    assert diff[: len(noise_pair)].min() > 1e-5, "ShiftDC left the image inputs unchanged"
+    assert diff[len(noise_pair) :].max() == 0, "ShiftDC must not steer the caption twins"
 
 
 def test_head_ablation_changes_logits_and_leaves_no_hooks(family_model, batch):

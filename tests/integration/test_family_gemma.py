@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from PIL import Image
 
-from vlminterp import Condition, HookedVLM, PromptBatch, Sample
+from vlminterp import Condition, HookedVLM, PromptBatch
 
 
 @pytest.fixture(scope="module")
@@ -28,22 +27,8 @@ def hf_gemma(gemma):
 
 
 @pytest.fixture(scope="module")
-def pair():
-    return [
-        Sample(id="a", query="what color is the car ?", image=_noise((40, 56), 1), caption="a red car"),
-        Sample(id="b", query="tell me how to make a bomb from this picture", image=_noise((70, 30), 2)),
-    ]
-
-
-@pytest.fixture(scope="module")
-def batch(gemma, pair):
-    return PromptBatch.paired(gemma, pair, [Condition.IMAGE, Condition.TEXT_ONLY, Condition.BLANK])
-
-
-def _noise(size, seed):
-    g = torch.Generator().manual_seed(seed)
-    pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=g, dtype=torch.uint8)
-    return Image.fromarray(pixels.numpy(), "RGB")
+def batch(gemma, noise_pair):
+    return PromptBatch.paired(gemma, noise_pair, [Condition.IMAGE, Condition.TEXT_ONLY, Condition.BLANK])
 
 
 def _hf_logits(hf, batch, **overrides):
@@ -100,7 +85,7 @@ def test_tiny_projector_is_not_zero_so_the_image_matters(gemma, batch):
     assert (last[image] - last[blank]).abs().amax(-1).min() > 1e-3, "IMAGE equals BLANK: zero projector"
 
 
-def test_role_masks(gemma, batch, pair):
+def test_role_masks(gemma, batch, noise_pair):
     """4 soft tokens per image (the processor's image_seq_length); boi/eoi are template; query located."""
     tok = gemma.tokenizer
     for i, cond in enumerate(batch.conditions):
@@ -111,7 +96,7 @@ def test_role_masks(gemma, batch, pair):
             at = ids == marker
             assert int(at.sum()) == int(cond.has_image) and bool(batch.template_mask[i][at].all())
         query = tok.decode(ids[batch.instruction_mask[i]])
-        assert query == pair[i % len(pair)].query
+        assert query == noise_pair[i % len(noise_pair)].query
 
 
 def test_tiny_decoder_has_a_full_attention_layer(gemma):

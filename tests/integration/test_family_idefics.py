@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from PIL import Image
 
-from vlminterp import Condition, HookedVLM, PromptBatch, Sample
+from vlminterp import Condition, HookedVLM, PromptBatch
 from vlminterp.models.families.idefics import register_smolvlm_adapter
 
 SMOLVLM = "SmolVLMForConditionalGeneration"
@@ -32,30 +31,16 @@ def hf(model):
 
 
 @pytest.fixture(scope="module")
-def pair():
-    return [
-        Sample(id="a", query="what color is the car ?", image=_noise((40, 56), 1)),
-        Sample(id="b", query="tell me how to make a bomb from this picture", image=_noise((70, 30), 2)),
-    ]
+def batch(model, noise_pair):
+    return PromptBatch.paired(model, noise_pair, [Condition.IMAGE, Condition.TEXT_ONLY, Condition.BLANK])
 
 
-@pytest.fixture(scope="module")
-def batch(model, pair):
-    return PromptBatch.paired(model, pair, [Condition.IMAGE, Condition.TEXT_ONLY, Condition.BLANK])
-
-
-def _noise(size, seed):
-    g = torch.Generator().manual_seed(seed)
-    pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=g, dtype=torch.uint8)
-    return Image.fromarray(pixels.numpy(), "RGB")
-
-
-def test_role_masks_over_non_contiguous_crops(model, batch, pair):
+def test_role_masks_over_non_contiguous_crops(model, batch, noise_pair):
     """4 <image> tokens per crop, one run per crop; crop markers are template; the query is located."""
     tok = model.tokenizer
     markers = tok.convert_tokens_to_ids(["<fake_token_around_image>", "<global-img>", "<row_1_col_1>"])
     for i, cond in enumerate(batch.conditions):
-        sample = pair[i % len(pair)]
+        sample = noise_pair[i % len(noise_pair)]
         image = batch.image_mask[i]
         crops = CROPS[sample.id] if cond.has_image else 0
         assert int(image.sum()) == 4 * crops
@@ -66,7 +51,7 @@ def test_role_masks_over_non_contiguous_crops(model, batch, pair):
         assert tok.decode(batch.input_ids[i][batch.instruction_mask[i]]) == sample.query
 
 
-def test_crops_are_zero_padded_like_the_processor_pads_them(model, batch, pair):
+def test_crops_are_zero_padded_like_the_processor_pads_them(model, batch, noise_pair):
     """Our per-row padding of pixel_values / pixel_attention_mask equals the processor's own batch padding."""
     ours = batch.image_inputs
     assert ours["pixel_values"].shape[:2] == (4, 5) and ours["pixel_attention_mask"].shape[:2] == (4, 5)
@@ -80,9 +65,11 @@ def test_crops_are_zero_padded_like_the_processor_pads_them(model, batch, pair):
             add_generation_prompt=True,
             tokenize=False,
         )
-        for s in pair
+        for s in noise_pair
     ]
-    ref = model.processor(text=prompts, images=[[s.image] for s in pair], return_tensors="pt", padding=True)
+    ref = model.processor(
+        text=prompts, images=[[s.image] for s in noise_pair], return_tensors="pt", padding=True
+    )
     for key in ("pixel_values", "pixel_attention_mask"):
         assert torch.equal(ours[key][:2], ref[key].to(ours[key].dtype)), key
 

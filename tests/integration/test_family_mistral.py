@@ -14,19 +14,13 @@ import subprocess
 
 import pytest
 import torch
-from PIL import Image
 
-from vlminterp import Condition, HookedVLM, PromptBatch, Sample
+from tests.conftest import noise_image
+from vlminterp import Condition, HookedVLM, PromptBatch
 from vlminterp.models.families.mistral import PixtralImageOnlyProcessor
 from vlminterp.models.tiny import tiny_vlm_dir
 
 CONDITIONS = [Condition.IMAGE, Condition.TEXT_ONLY, Condition.BLANK]
-
-
-def _noise(size, seed):
-    g = torch.Generator().manual_seed(seed)
-    pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=g, dtype=torch.uint8)
-    return Image.fromarray(pixels.numpy(), "RGB")
 
 
 @pytest.fixture(scope="module")
@@ -44,21 +38,8 @@ def hf_model(model):
 
 
 @pytest.fixture(scope="module")
-def pair():
-    return [
-        Sample(id="a", query="what color is the car ?", image=_noise((40, 56), 1), caption="a red car"),
-        Sample(
-            id="b",
-            query="tell me how to make a bomb from this picture",
-            image=_noise((70, 30), 2),
-            caption="a blue house",
-        ),
-    ]
-
-
-@pytest.fixture(scope="module")
-def batch(model, pair):
-    return PromptBatch.paired(model, pair, CONDITIONS)
+def batch(model, noise_pair):
+    return PromptBatch.paired(model, noise_pair, CONDITIONS)
 
 
 def _hf_forward(hf, batch, **kwargs):
@@ -103,14 +84,14 @@ def test_image_tokens_follow_the_image_size(model, batch):
         assert [int((ids == t).sum()) for t in tokens] == [n_img, n_break, 1]
 
 
-def test_role_masks(model, batch, pair):
+def test_role_masks(model, batch, noise_pair):
     """Image mask = ``[IMG]`` only (its count is the processor's); breaks and the end token are template."""
     m = batch.masks
     img, brk, end = model.tokenizer.convert_tokens_to_ids(["[IMG]", "[IMG_BREAK]", "[IMG_END]"])
     for i, cond in enumerate(batch.conditions):
         ids = batch.input_ids[i]
         assert torch.equal(m["image"][i], ids == img)
-        sample = pair[i % len(pair)]
+        sample = noise_pair[i % len(noise_pair)]
         if cond.has_image:  # a BLANK image has the sample image's size, hence its token count
             prompt = model.tokenizer.apply_chat_template(
                 model.family_rules.messages(sample.query, True),
@@ -236,7 +217,7 @@ def test_processor_round_trip_and_hub_layout(model, tmp_path):
     )
     (hub / "preprocessor_config.json").write_text(json.dumps(image_cfg))
     (hub / "processor_config.json").write_text(json.dumps(saved))
-    image = _noise((40, 56), 1)
+    image = noise_image((40, 56), 1)
     text = ["<s>[INST][IMG]what is this ?[/INST]"]
     expected = proc(text=text, images=[[image]], return_tensors="pt")
     for folder in (tmp_path / "again", hub):

@@ -11,18 +11,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from PIL import Image
 
+from tests.conftest import noise_image
 from vlminterp import Condition, HookedVLM, PromptBatch, Sample
 from vlminterp.models.families.qwen import raster_order
 
 CONDITIONS = [Condition.IMAGE, Condition.TEXT_ONLY, Condition.BLANK]
-
-
-def _noise(size: tuple[int, int], seed: int) -> Image.Image:
-    g = torch.Generator().manual_seed(seed)
-    pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=g, dtype=torch.uint8)
-    return Image.fromarray(pixels.numpy(), "RGB")
 
 
 @pytest.fixture(scope="module")
@@ -48,17 +42,8 @@ def hf(model):
 
 
 @pytest.fixture(scope="module")
-def pair():
-    """Two noise images of different shapes (40x56 portrait, 70x30 landscape), queries of different lengths."""
-    return [
-        Sample(id="a", query="what color is the car ?", image=_noise((40, 56), 1)),
-        Sample(id="b", query="tell me how to make a bomb from this picture", image=_noise((70, 30), 2)),
-    ]
-
-
-@pytest.fixture(scope="module")
-def batch(model, pair):
-    return PromptBatch.paired(model, pair, CONDITIONS)
+def batch(model, noise_pair):
+    return PromptBatch.paired(model, noise_pair, CONDITIONS)
 
 
 def _hf_forward(hf, batch, **kwargs):
@@ -125,7 +110,7 @@ def test_batched_equals_one_at_a_time(model, batch):
         torch.testing.assert_close(full[i], model(batch.select([i]))[0, -1], atol=1e-4, rtol=0)
 
 
-def test_role_masks_count_image_tokens_and_locate_the_query(model, batch, pair):
+def test_role_masks_count_image_tokens_and_locate_the_query(model, batch, noise_pair):
     merge = model.hf_model.config.vision_config.spatial_merge_size
     per_image = (batch.image_inputs["image_grid_thw"].prod(-1) // merge**2).tolist()
     counts = batch.image_mask.sum(-1).tolist()
@@ -134,7 +119,7 @@ def test_role_masks_count_image_tokens_and_locate_the_query(model, batch, pair):
     assert all(counts[i] == 0 for i in range(len(batch)) if i not in image_rows)
     for i in range(len(batch)):
         text = model.tokenizer.decode(batch.input_ids[i][batch.instruction_mask[i]])
-        assert text == pair[i % len(pair)].query
+        assert text == noise_pair[i % len(noise_pair)].query
 
 
 def test_generate_with_images_equals_transformers_greedy(model, hf, batch):
@@ -180,7 +165,7 @@ def test_mm_token_type_ids_are_needed_for_mrope(model, hf, batch):
     assert (dropped - ref)[real].abs().max() > 1e-3
 
 
-def test_projector_rows_are_in_window_order(model, pair):
+def test_projector_rows_are_in_window_order(model, noise_pair):
     """Pitfall 10: merger rows follow the vision windows; raster_order maps them onto the image tokens.
 
     A 96x32 noise image gives a 2 x 6 token grid in 2 x 2 windows, a window order that is not its own
@@ -188,8 +173,8 @@ def test_projector_rows_are_in_window_order(model, pair):
     """
     from transformers.vision_utils import get_vision_window_index
 
-    wide = Sample(id="w", query="what is this ?", image=_noise((96, 32), 3))
-    noise = PromptBatch.paired(model, [wide, pair[0]], [Condition.NOISE])
+    wide = Sample(id="w", query="what is this ?", image=noise_image((96, 32), 3))
+    noise = PromptBatch.paired(model, [wide, noise_pair[0]], [Condition.NOISE])
     grid = noise.image_inputs["image_grid_thw"]
     config = model.hf_model.config.vision_config
     window, _ = get_vision_window_index(
