@@ -19,7 +19,7 @@ import hashlib
 import json
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -369,11 +369,10 @@ def build_tiny_vlm(family: str, out_dir: str | Path, seed: int = 0, **sizes: int
     builder = get_family(family).build_tiny if family in tiny_families() else None
     if builder is None:
         raise ValueError(f"No tiny builder for family {family!r}. Available: {tiny_families()}.")
-    TinySizes.parse(family, sizes)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    builder(out, seed, **sizes)
+    builder(out, **sizes)
     return out
 
 
@@ -386,12 +385,23 @@ def tiny_families() -> list[str]:
 
 def tiny_vlm_dir(family: str = "llava", seed: int = 0, **sizes: int) -> Path:
     """A cached directory holding the tiny model for (family, seed, sizes), built on first use."""
-    key = hashlib.sha1(json.dumps([family, seed, sorted(sizes.items())]).encode()).hexdigest()[:12]
-    path = Path(tempfile.gettempdir()) / "vlminterp-tiny" / f"{family}-{key}"
+    return cached_build(
+        family, [family, seed, sorted(sizes.items())], lambda out: build_tiny_vlm(family, out, seed, **sizes)
+    )
+
+
+def cached_build(name: str, key: Any, build: Callable[[Path], Any], salt: bytes = b"") -> Path:
+    """``<tmp>/vlminterp-tiny/<name>-<hash of key and salt>``, written by ``build(staging_dir)`` on first use.
+
+    The folder is built in a staging directory and renamed into place, so concurrent test workers
+    never see a half-written checkpoint.
+    """
+    digest = hashlib.sha1(json.dumps(key).encode() + salt).hexdigest()[:12]
+    path = Path(tempfile.gettempdir()) / "vlminterp-tiny" / f"{name}-{digest}"
     if not (path / "config.json").exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{family}-", dir=path.parent))
-        build_tiny_vlm(family, staging, seed, **sizes)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=path.parent))
+        build(staging)
         try:
             staging.rename(path)
         except OSError:  # another process won the race; its copy is identical

@@ -18,13 +18,11 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+
+from vlminterp.models.tiny import TinySizes, cached_build, save_tiny
 
 __all__ = ["build_tiny_remote_vlm", "tiny_remote_vlm_dir", "TINY_REMOTE_MODEL_TYPE"]
 
@@ -53,21 +51,13 @@ def build_tiny_remote_vlm(
     Returns:
         ``out_dir`` as a Path.
     """
-    from transformers import LlavaProcessor
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-
-    from vlminterp.models.families import LLAVA_15_CHAT_TEMPLATE
+    from vlminterp.models.families.llava import tiny_llava_processor
     from vlminterp.models.remote_code.tiny_remote_vlm import TinyRemoteVLMConfig, TinyRemoteVLMLMHeadModel
-    from vlminterp.models.tiny import TINY_WORDS, make_word_tokenizer
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = make_word_tokenizer(
-        [*TINY_WORDS, "USER", "ASSISTANT"],
-        special=("<image>",),
-        named={"image_token": "<image>"},
-        chat_template=LLAVA_15_CHAT_TEMPLATE,
-    )
+    processor = tiny_llava_processor(TinySizes(image_size=image_size, patch_size=patch_size))
+    tokenizer = processor.tokenizer
     config = TinyRemoteVLMConfig(
         vocab_size=len(tokenizer),
         hidden_size=d_model,
@@ -84,19 +74,7 @@ def build_tiny_remote_vlm(
     TinyRemoteVLMConfig.register_for_auto_class()
     TinyRemoteVLMLMHeadModel.register_for_auto_class("AutoModelForCausalLM")
     torch.manual_seed(seed)
-    model = TinyRemoteVLMLMHeadModel(config).eval()
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessorPil(
-            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
-        ),
-        tokenizer=tokenizer,
-        patch_size=patch_size,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=LLAVA_15_CHAT_TEMPLATE,
-    )
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
+    save_tiny(TinyRemoteVLMLMHeadModel(config), processor, out)
     return out
 
 
@@ -105,14 +83,9 @@ def tiny_remote_vlm_dir(seed: int = 0, **sizes: int) -> Path:
     from vlminterp.models.remote_code import tiny_remote_vlm
 
     source = Path(tiny_remote_vlm.__file__).read_bytes()  # an edited model file gets a fresh folder
-    key = hashlib.sha1(json.dumps([seed, sorted(sizes.items())]).encode() + source).hexdigest()[:12]
-    path = Path(tempfile.gettempdir()) / "vlminterp-tiny" / f"remote-{key}"
-    if not (path / "config.json").exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".remote-", dir=path.parent))
-        build_tiny_remote_vlm(staging, seed, **sizes)
-        try:
-            staging.rename(path)
-        except OSError:  # another process won the race; its copy is identical
-            shutil.rmtree(staging, ignore_errors=True)
-    return path
+    return cached_build(
+        "remote",
+        [seed, sorted(sizes.items())],
+        lambda out: build_tiny_remote_vlm(out, seed, **sizes),
+        salt=source,
+    )

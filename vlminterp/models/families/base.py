@@ -50,7 +50,8 @@ class Family:
             processor with an image processor (classes that need torchvision for video).
         prepare: ``f(bridge)`` run once after the bridge is booted (fixes for bridge pitfalls).
         model_class: HF model class name to boot with, when the Auto classes do not map the config.
-        build_tiny: ``f(out_dir, seed, **sizes)`` writing a tiny random checkpoint of the family.
+        build_tiny: ``f(out_dir, **sizes)`` writing a tiny random checkpoint of the family (torch is seeded
+            before the call; the builder validates ``sizes`` with ``TinySizes.parse``).
         checkpoints: Real checkpoint ids of the family (README table, error messages).
     """
 

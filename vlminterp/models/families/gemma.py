@@ -47,7 +47,7 @@ GEMMA3_CHAT_TEMPLATE = (
 )
 
 
-def _build_gemma3(out_dir: Path, seed: int, **sizes: int) -> None:
+def _build_gemma3(out_dir: Path, **sizes: int) -> None:
     """Tiny ``Gemma3ForConditionalGeneration``: Gemma 3 decoder (sliding + full layer), SigLIP tower.
 
     4 x 4 patches are average-pooled to ``mm_tokens_per_image`` = 4 soft tokens per image.

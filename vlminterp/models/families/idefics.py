@@ -108,7 +108,7 @@ def _build(out_dir: Path, sizes: dict[str, int], name: str, classes: tuple[type,
     save_tiny(model_cls(config), processor, out_dir)
 
 
-def _build_idefics3(out_dir: Path, seed: int, **sizes: int) -> None:
+def _build_idefics3(out_dir: Path, **sizes: int) -> None:
     """Tiny ``Idefics3ForConditionalGeneration`` (see :func:`_build`)."""
     from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
     from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
@@ -117,7 +117,7 @@ def _build_idefics3(out_dir: Path, seed: int, **sizes: int) -> None:
     _build(out_dir, sizes, "idefics3", classes, smolvlm=False)
 
 
-def _build_smolvlm(out_dir: Path, seed: int, **sizes: int) -> None:
+def _build_smolvlm(out_dir: Path, **sizes: int) -> None:
     """Tiny ``SmolVLMForConditionalGeneration`` (see :func:`_build`); its processor needs ``num2words``."""
     from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMProcessor
     from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil

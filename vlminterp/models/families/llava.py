@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from vlminterp.models.families.base import Family, register_family
 from vlminterp.models.processors import image_only_loader
@@ -55,34 +56,18 @@ LLAVA_ONEVISION_CHAT_TEMPLATE = (
 )
 
 
-def _build_llava(out_dir: Path, seed: int, **sizes: int) -> None:
-    """Tiny ``LlavaForConditionalGeneration``: Llama decoder, CLIP tower, 16 image tokens."""
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
+def tiny_llava_processor(s: TinySizes) -> Any:
+    """The tiny llava-1.5 ``LlavaProcessor``: word-level tokenizer with ``<image>``, CLIP PIL image processor."""
+    from transformers import LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    s = TinySizes.parse("llava", sizes)
     tok = make_word_tokenizer(
         [*TINY_WORDS, "USER", "ASSISTANT"],
         special=["<image>"],
         named={"image_token": "<image>"},
         chat_template=LLAVA_15_CHAT_TEMPLATE,
     )
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(**s.vision_config()),
-        text_config=LlamaConfig(**s.text_config(tok)),
-        image_token_index=tok.convert_tokens_to_ids("<image>"),
-        image_seq_length=s.n_patches,
-        vision_feature_layer=-1,
-        vision_feature_select_strategy="default",
-        pad_token_id=tok.pad_token_id,
-    )
-    processor = LlavaProcessor(
+    return LlavaProcessor(
         image_processor=CLIPImageProcessorPil(
             size={"shortest_edge": s.image_size}, crop_size={"height": s.image_size, "width": s.image_size}
         ),
@@ -91,6 +76,24 @@ def _build_llava(out_dir: Path, seed: int, **sizes: int) -> None:
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
         chat_template=LLAVA_15_CHAT_TEMPLATE,
+    )
+
+
+def _build_llava(out_dir: Path, **sizes: int) -> None:
+    """Tiny ``LlavaForConditionalGeneration``: Llama decoder, CLIP tower, 16 image tokens."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    s = TinySizes.parse("llava", sizes)
+    processor = tiny_llava_processor(s)
+    tok = processor.tokenizer
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(**s.vision_config()),
+        text_config=LlamaConfig(**s.text_config(tok)),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        image_seq_length=s.n_patches,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        pad_token_id=tok.pad_token_id,
     )
     save_tiny(LlavaForConditionalGeneration(config), processor, out_dir)
 
@@ -101,7 +104,7 @@ def _pinpoints(s: TinySizes) -> list[list[int]]:
     return [[n, n], [n, 2 * n], [2 * n, n], [2 * n, 2 * n]]
 
 
-def _build_llava_next(out_dir: Path, seed: int, **sizes: int) -> None:
+def _build_llava_next(out_dir: Path, **sizes: int) -> None:
     """Tiny ``LlavaNextForConditionalGeneration``: Llama decoder, CLIP tower, any-resolution tiles."""
     from transformers import (
         CLIPVisionConfig,
@@ -146,7 +149,7 @@ def _build_llava_next(out_dir: Path, seed: int, **sizes: int) -> None:
     save_tiny(LlavaNextForConditionalGeneration(config), processor, out_dir)
 
 
-def _build_llava_onevision(out_dir: Path, seed: int, **sizes: int) -> None:
+def _build_llava_onevision(out_dir: Path, **sizes: int) -> None:
     """Tiny ``LlavaOnevisionForConditionalGeneration``: Qwen2 decoder, SigLIP tower, anyres_max_9."""
     from transformers import (
         LlavaOnevisionConfig,

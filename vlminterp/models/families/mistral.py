@@ -114,7 +114,7 @@ class PixtralImageOnlyProcessor(ProcessorMixin):
         return {**super().to_dict(), "processor_class": "PixtralProcessor"}
 
 
-def _build_mistral3(out_dir: Path, seed: int, **sizes: int) -> None:
+def _build_mistral3(out_dir: Path, **sizes: int) -> None:
     """Tiny ``Mistral3ForConditionalGeneration``: Mistral decoder, Pixtral tower, 2 x 2 patch merger.
 
     Images are capped at a 64-px longest edge and read in 16-px cells (8-px patches merged 2 x 2):

@@ -127,7 +127,7 @@ def _prepare(bridge: Any) -> None:
     model.compute_3d_position_ids = compute_3d_position_ids
 
 
-def _build_qwen2_5_vl(out_dir: Path, seed: int, **sizes: int) -> None:
+def _build_qwen2_5_vl(out_dir: Path, **sizes: int) -> None:
     """Tiny ``Qwen2_5_VLForConditionalGeneration``: mRoPE decoder, 2-block windowed ViT, merge 2x2."""
     from transformers import (
         Qwen2_5_VLConfig,
