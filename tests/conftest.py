@@ -93,6 +93,44 @@ def noise_pair():
     ]
 
 
+def hf_decoder_layers(hf) -> torch.nn.ModuleList:
+    """The text decoder's layer list of a plain HF VLM (not the vision tower's)."""
+    n_layers = getattr(hf.config, "text_config", hf.config).num_hidden_layers
+    found = [
+        m
+        for name, m in hf.named_modules()
+        if isinstance(m, torch.nn.ModuleList)
+        and len(m) == n_layers
+        and name.endswith("layers")
+        and not any(v in name for v in ("vision", "visual"))
+    ]
+    assert len(found) == 1, f"expected one decoder layer list, found {len(found)}"
+    return found[0]
+
+
+def hf_forward(hf, batch, **kwargs):
+    """Plain transformers on ``batch``: ``(output, [every decoder layer's output])``, hooks removed after.
+
+    ``kwargs`` override ``batch.model_kwargs()``; a None value drops that argument.
+    """
+    layers = hf_decoder_layers(hf)
+    outputs = {}
+    handles = [
+        layer.register_forward_hook(
+            lambda m, i, o, k=k: outputs.__setitem__(k, o[0] if isinstance(o, tuple) else o)
+        )
+        for k, layer in enumerate(layers)
+    ]
+    merged = {**batch.model_kwargs(), **kwargs}
+    try:
+        with torch.no_grad():
+            out = hf(input_ids=batch.input_ids, **{k: v for k, v in merged.items() if v is not None})
+    finally:
+        for h in handles:
+            h.remove()
+    return out, [outputs[k] for k in range(len(layers))]
+
+
 def hook_point_hooks(model) -> int:
     """Hooks held by the model's HookPoints (what vlminterp's APIs add and must remove)."""
     points = {id(hp): hp for hp in model.bridge.hook_dict.values()}

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import hook_point_hooks, torch_hook_snapshot
+from tests.conftest import hf_decoder_layers, hf_forward, hook_point_hooks, torch_hook_snapshot
 from vlminterp import Condition, HookedVLM, PromptBatch, Sample
 from vlminterp.interventions import CMRM, HeadAblation, SafetyDirection, ShiftDC
 from vlminterp.models.tiny import tiny_families
@@ -48,41 +48,11 @@ def batch(family_model, noise_pair):
     return PromptBatch.paired(family_model, noise_pair, CONDITIONS)
 
 
-def _decoder_layers(hf, n_layers):
-    """The HF text decoder's layer list (not the vision tower's)."""
-    found = [
-        m
-        for name, m in hf.named_modules()
-        if isinstance(m, torch.nn.ModuleList)
-        and len(m) == n_layers
-        and name.endswith("layers")
-        and not any(v in name for v in ("vision", "visual"))
-    ]
-    assert len(found) == 1, f"expected one decoder layer list, found {len(found)}"
-    return found[0]
-
-
-def _hf_forward(hf, batch, n_layers):
-    outputs = {}
-    handles = [
-        layer.register_forward_hook(
-            lambda m, i, o, k=k: outputs.__setitem__(k, o[0] if isinstance(o, tuple) else o)
-        )
-        for k, layer in enumerate(_decoder_layers(hf, n_layers))
-    ]
-    try:
-        with torch.no_grad():
-            out = hf(input_ids=batch.input_ids, **batch.model_kwargs())
-    finally:
-        for h in handles:
-            h.remove()
-    return out.logits, [outputs[k] for k in range(n_layers)]
-
-
 def test_logits_and_resid_post_equal_transformers(family_model, hf_model, batch):
     names = family_model.hook_names("resid_post")
     logits, cache = family_model.run_with_cache(batch, names_filter=names)
-    ref_logits, ref_resid = _hf_forward(hf_model, batch, family_model.cfg.n_layers)
+    ref, ref_resid = hf_forward(hf_model, batch)
+    ref_logits = ref.logits
     real = batch.attention_mask.bool()
     torch.testing.assert_close(logits[real], ref_logits[real], atol=1e-4, rtol=0)
     for name, ref in zip(names, ref_resid, strict=True):
@@ -129,8 +99,8 @@ def test_generate_equals_transformers_greedy(family_model, hf_model, batch):
 
 
 def _changes_logits_and_cleans_up(model, batch, run):
-    before = torch_hook_snapshot(model)
     clean = model(batch)[:, -1]
+    before = torch_hook_snapshot(model)  # after a forward: TL installs its capture hooks on the first one
     steered = run()[:, -1]
     assert hook_point_hooks(model) == 0 and torch_hook_snapshot(model) == before
     return (steered - clean).abs().amax(-1)
@@ -189,11 +159,11 @@ def test_hook_z_is_the_input_of_the_output_projection(family_model, hf_model, ba
     _, cache = family_model.run_with_cache(batch, names_filter=name)
     z = cache[name]
     assert z.shape[-2:] == (family_model.cfg.n_heads, family_model.cfg.d_head)
-    o_proj = _decoder_layers(hf_model, family_model.cfg.n_layers)[layer].self_attn.o_proj
+    o_proj = hf_decoder_layers(hf_model)[layer].self_attn.o_proj
     captured = {}
     handle = o_proj.register_forward_hook(lambda m, i, o: captured.__setitem__("out", o))
     try:
-        _hf_forward(hf_model, batch, family_model.cfg.n_layers)
+        hf_forward(hf_model, batch)
     finally:
         handle.remove()
     real = batch.attention_mask.bool()

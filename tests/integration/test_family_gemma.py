@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.conftest import hf_forward
 from vlminterp import Condition, HookedVLM, PromptBatch
 
 
@@ -31,12 +32,6 @@ def batch(gemma, noise_pair):
     return PromptBatch.paired(gemma, noise_pair, [Condition.IMAGE, Condition.TEXT_ONLY, Condition.BLANK])
 
 
-def _hf_logits(hf, batch, **overrides):
-    kwargs = {**batch.model_kwargs(), **overrides}
-    with torch.no_grad():
-        return hf(input_ids=batch.input_ids, **{k: v for k, v in kwargs.items() if v is not None}).logits
-
-
 def test_token_type_ids_mark_exactly_the_image_tokens(batch):
     assert torch.equal(batch.token_inputs["token_type_ids"].bool(), batch.image_mask)
     assert "token_type_ids" in batch.model_kwargs()
@@ -46,8 +41,8 @@ def test_logits_need_token_type_ids(gemma, hf_gemma, batch):
     """Without token_type_ids HF drops the bidirectional image attention: image rows differ; with them, equal."""
     real = batch.attention_mask.bool()
     ours = gemma(batch)
-    torch.testing.assert_close(ours[real], _hf_logits(hf_gemma, batch)[real], atol=1e-4, rtol=0)
-    without = _hf_logits(hf_gemma, batch, token_type_ids=None)
+    torch.testing.assert_close(ours[real], hf_forward(hf_gemma, batch)[0].logits[real], atol=1e-4, rtol=0)
+    without = hf_forward(hf_gemma, batch, token_type_ids=None)[0].logits
     image_rows = batch.rows(Condition.IMAGE) + batch.rows(Condition.BLANK)
     text_rows = batch.rows(Condition.TEXT_ONLY)
     assert (ours - without)[image_rows][real[image_rows]].abs().max() > 1e-2

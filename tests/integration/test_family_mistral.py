@@ -15,7 +15,7 @@ import subprocess
 import pytest
 import torch
 
-from tests.conftest import noise_image
+from tests.conftest import hf_forward, noise_image
 from vlminterp import Condition, HookedVLM, PromptBatch
 from vlminterp.models.families.mistral import PixtralImageOnlyProcessor
 from vlminterp.models.tiny import tiny_vlm_dir
@@ -40,25 +40,6 @@ def hf_model(model):
 @pytest.fixture(scope="module")
 def batch(model, noise_pair):
     return PromptBatch.paired(model, noise_pair, CONDITIONS)
-
-
-def _hf_forward(hf, batch, **kwargs):
-    """Logits and every decoder layer's output of plain transformers (hooks removed after)."""
-    outputs = {}
-    layers = hf.model.language_model.layers
-    handles = [
-        layer.register_forward_hook(
-            lambda m, i, o, k=k: outputs.__setitem__(k, o[0] if isinstance(o, tuple) else o)
-        )
-        for k, layer in enumerate(layers)
-    ]
-    try:
-        with torch.no_grad():
-            out = hf(input_ids=batch.input_ids, **(kwargs or batch.model_kwargs()))
-    finally:
-        for h in handles:
-            h.remove()
-    return out.logits, [outputs[k] for k in range(len(layers))]
 
 
 def test_tiny_config_sizes():
@@ -110,7 +91,8 @@ def test_role_masks(model, batch, noise_pair):
 def test_logits_and_resid_post_equal_transformers(model, hf_model, batch):
     names = model.hook_names("resid_post")
     logits, cache = model.run_with_cache(batch, names_filter=names)
-    ref_logits, ref_resid = _hf_forward(hf_model, batch)
+    ref, ref_resid = hf_forward(hf_model, batch)
+    ref_logits = ref.logits
     real = batch.attention_mask.bool()
     torch.testing.assert_close(logits[real], ref_logits[real], atol=1e-4, rtol=0)
     for name, ref in zip(names, ref_resid, strict=True):
@@ -145,12 +127,11 @@ def test_generate_equals_transformers_greedy(model, hf_model, batch):
 def test_missing_image_sizes_raises(model, hf_model, batch):
     """Pitfall 6: the model cannot crop padded pixel_values without image_sizes, so it refuses to run."""
     assert "image_sizes" in batch.model_kwargs()
-    kwargs = {k: v for k, v in batch.model_kwargs().items() if k != "image_sizes"}
     assert "image_sizes" in model.family_rules.image_kwargs
     with pytest.raises(TypeError):  # transformers: "'NoneType' object is not iterable"
-        _hf_forward(hf_model, batch, **kwargs)
+        hf_forward(hf_model, batch, image_sizes=None)
     with pytest.raises(TypeError):
-        model.bridge(batch.input_ids, **kwargs)
+        model.bridge(batch.input_ids, **{k: v for k, v in batch.model_kwargs().items() if k != "image_sizes"})
     assert model.count_hooks() == 0
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import noise_image
+from tests.conftest import hf_forward, noise_image
 from vlminterp import Condition, HookedVLM, PromptBatch, Sample
 from vlminterp.models.families.qwen import raster_order
 
@@ -44,25 +44,6 @@ def hf(model):
 @pytest.fixture(scope="module")
 def batch(model, noise_pair):
     return PromptBatch.paired(model, noise_pair, CONDITIONS)
-
-
-def _hf_forward(hf, batch, **kwargs):
-    """HF logits and every decoder layer's output (forward hooks, removed after)."""
-    layers = hf.model.language_model.layers
-    outputs = {}
-    handles = [
-        layer.register_forward_hook(
-            lambda m, i, o, k=k: outputs.__setitem__(k, o[0] if isinstance(o, tuple) else o)
-        )
-        for k, layer in enumerate(layers)
-    ]
-    try:
-        with torch.no_grad():
-            out = hf(input_ids=batch.input_ids, **{**batch.model_kwargs(), **kwargs})
-    finally:
-        for h in handles:
-            h.remove()
-    return out, [outputs[k] for k in range(len(layers))]
 
 
 def _hf_greedy(hf, batch, max_new_tokens, eos):
@@ -97,7 +78,7 @@ def test_chat_template_renders_the_checkpoint_format(model):
 def test_logits_and_resid_post_equal_transformers(model, hf, batch):
     names = model.hook_names("resid_post")
     logits, cache = model.run_with_cache(batch, names_filter=names)
-    out, ref_resid = _hf_forward(hf, batch)
+    out, ref_resid = hf_forward(hf, batch)
     real = batch.attention_mask.bool()
     torch.testing.assert_close(logits[real], out.logits[real], atol=1e-4, rtol=0)
     for name, ref in zip(names, ref_resid, strict=True):
@@ -216,7 +197,7 @@ def test_per_head_hooks_are_z_and_pattern_not_result(model, hf, batch):
     per_head = torch.einsum("bthd,mhd->bthm", cache[z], w_o.view(-1, model.cfg.n_heads, model.cfg.d_head))
     real = batch.attention_mask.bool()
     torch.testing.assert_close(per_head.sum(2)[real], cache[attn_out][real], atol=1e-5, rtol=0)
-    out, _ = _hf_forward(hf, batch, output_attentions=True)
+    out, _ = hf_forward(hf, batch, output_attentions=True)
     rows = real[:, None, :, None]  # query positions of real tokens
     torch.testing.assert_close(
         cache[pattern].masked_fill(~rows, 0), out.attentions[layer].masked_fill(~rows, 0), atol=1e-5, rtol=0

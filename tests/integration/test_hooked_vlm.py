@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.conftest import hf_forward
 from vlminterp import Condition, PromptBatch
 
 
@@ -18,30 +19,12 @@ def hf_reference(tiny_model):
     ).eval()
 
 
-def hf_resid_post(hf_model, batch: PromptBatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Logits and every decoder layer's output from plain transformers (forward hooks, removed after)."""
-    outputs: dict[int, torch.Tensor] = {}
-    layers = hf_model.model.language_model.layers
-    handles = [
-        layer.register_forward_hook(
-            lambda m, i, o, k=k: outputs.__setitem__(k, o[0] if isinstance(o, tuple) else o)
-        )
-        for k, layer in enumerate(layers)
-    ]
-    try:
-        with torch.no_grad():
-            out = hf_model(input_ids=batch.input_ids, **batch.model_kwargs())
-    finally:
-        for h in handles:
-            h.remove()
-    return out.logits, [outputs[k] for k in range(len(layers))]
-
-
 @pytest.mark.parametrize("condition", [Condition.IMAGE, Condition.BLANK, Condition.TEXT_ONLY])
 def test_logits_and_resid_post_equal_transformers(tiny_model, hf_reference, samples, condition):
     batch = PromptBatch.paired(tiny_model, samples, [condition])
     logits, cache = tiny_model.run_with_cache(batch, names_filter=tiny_model.hook_names("resid_post"))
-    ref_logits, ref_resid = hf_resid_post(hf_reference, batch)
+    ref, ref_resid = hf_forward(hf_reference, batch)
+    ref_logits = ref.logits
     real = batch.attention_mask.bool()
     assert (logits - ref_logits)[real].abs().max() <= 1e-5
     for layer in range(tiny_model.cfg.n_layers):
