@@ -1,8 +1,11 @@
-# Two-command set-up: `make demo` and `make test` each create .venv and install what they need.
-# torch==2.13.0 is installed first: on these machines it is a CPU build on local disk; a bare `torch`
-# would pull a multi-GB CUDA build.
+# Two-command set-up: `make demo` and `make test` each create .venv and install what they need,
+# at the exact versions of the lock (constraints.txt). torch==2.13.0 is installed first: on these
+# machines it is a CPU build on local disk; a bare `torch` would pull a multi-GB CUDA build.
 PY := .venv/bin/python
 STAMP := .venv/.installed
+LOCK := constraints.txt
+# The drift guard's venv: the newest releases pyproject allows (`make test-latest`).
+LATEST := .venv-latest
 # glibc keeps freed activation buffers instead of returning them to the OS and faulting them back
 # in (measured: up to 40% of a CPU forward; see benchmarks/README section in README.md).
 export MALLOC_MMAP_THRESHOLD_ ?= 33554432
@@ -11,13 +14,13 @@ export MALLOC_TOP_PAD_ ?= 1073741824
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install fonts demo test test-slow bench lint clean
+.PHONY: install fonts demo test test-slow test-latest lock doctor bench lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || python3 -m venv .venv
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev,notebooks]"
+	$(PY) -m pip install -q -c $(LOCK) -e ".[dev,notebooks]"
+	$(PY) -m vlminterp.versions --check-lock $(LOCK)
 	touch $(STAMP)
 
 install: $(STAMP) fonts
@@ -40,6 +43,27 @@ test: install
 test-slow: install
 	$(PY) -m pytest -q -m slow -s
 
+doctor: install
+	.venv/bin/vlminterp doctor
+
+# Drift guard: a fresh venv with the newest releases pyproject allows (no lock), then the
+# reference tests (HF equality, generation against independent references) and the doctor.
+test-latest:
+	rm -rf $(LATEST)
+	python3 -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q torch==2.13.0
+	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev,notebooks]"
+	$(LATEST)/bin/python -m vlminterp.versions
+	$(LATEST)/bin/python -m pytest -n 2 -q -m reference
+	$(LATEST)/bin/python -m vlminterp.cli doctor
+
+# Refresh the lock from the venv that just passed `make test-latest`; then `make test` on it.
+lock:
+	test -x $(LATEST)/bin/python || { echo "run 'make test-latest' first: the lock is frozen from $(LATEST)"; exit 1; }
+	$(LATEST)/bin/python -m vlminterp.versions --freeze > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
+	@echo "wrote $(LOCK); now run: make test && make demo, and commit $(LOCK) with the README it reproduces"
+
 bench: install
 	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done
 
@@ -48,4 +72,4 @@ lint: install
 	.venv/bin/ruff format --check vlminterp tests benchmarks analyses figures
 
 clean:
-	rm -rf .venv results .pytest_cache
+	rm -rf .venv $(LATEST) results .pytest_cache

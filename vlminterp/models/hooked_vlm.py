@@ -38,6 +38,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from vlminterp.cache.activation_cache import ActivationCache
+from vlminterp.models.compat import check_prefill_cache, fix_kv_cache_keyword
 from vlminterp.models.families import Family, family_for_config, get_family
 from vlminterp.models.names import NamesFilter, layer_hook_name, resolve_names
 from vlminterp.prompts import PromptBatch
@@ -195,6 +196,7 @@ class HookedVLM:
 
                 boot_kwargs["model_class"] = getattr(transformers, rules.model_class)
             bridge = TransformerBridge.boot_transformers(source, **boot_kwargs)
+            fix_kv_cache_keyword(bridge)
             if rules.prepare is not None:
                 rules.prepare(bridge)
         bridge.processor = processor
@@ -393,6 +395,10 @@ class HookedVLM:
 
         Returns:
             A :class:`Generation` with the new tokens and texts per row.
+
+        Raises:
+            KVCacheError: the prompt pass left the KV cache without the prompt (installed
+                transformers and TransformerLens disagree; see :mod:`vlminterp.models.compat`).
         """
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
@@ -419,7 +425,10 @@ class HookedVLM:
                     kwargs.update(first)
                 else:
                     kwargs["past_key_values"] = past
+                prefill = past is None
                 logits, past = self.bridge(step_input, return_type="logits_and_cache", **kwargs)
+                if prefill:
+                    check_prefill_cache(past, step_input.shape[1])
                 token = _next_token(logits[:, -1].float(), do_sample, temperature, top_k, generator)[leaders]
                 token = torch.where(done, torch.full_like(token, eos), token)
                 chosen.append(token)
