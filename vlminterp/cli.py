@@ -1,4 +1,4 @@
-"""The ``vlminterp`` command: ``demo``, ``collect``, ``gap``, ``eval``, ``steer``, ``sweep``.
+"""The ``vlminterp`` command: ``demo``, ``doctor``, ``collect``, ``gap``, ``eval``, ``steer``, ``sweep``.
 
 Each subcommand lives in the module of its idea and parses its own arguments: the module has
 either ``main(argv)`` or the pair ``add_arguments(parser)`` / ``run(args)``. This file only
@@ -7,7 +7,7 @@ dispatches, so ``main(argv)`` is importable and testable.
 Example:
     >>> from vlminterp.cli import SUBCOMMANDS
     >>> sorted(SUBCOMMANDS)
-    ['collect', 'demo', 'eval', 'gap', 'steer', 'sweep']
+    ['collect', 'demo', 'doctor', 'eval', 'gap', 'steer', 'sweep']
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ __all__ = ["main", "SUBCOMMANDS"]
 #: subcommand -> (module, entry function or None for add_arguments/run, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str | None, str]] = {
     "demo": ("vlminterp.demo", "main", "the whole story on the shipped organism, in minutes, on a CPU"),
+    "doctor": ("vlminterp.doctor", "main", "check the installed versions against independent references"),
     "collect": ("vlminterp.cache.collect_cli", None, "cache paired-condition activations for a dataset"),
     "gap": (
         "analyses.representation_gap",

@@ -107,7 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in mismatches:
             print(f"lock mismatch: {line}", file=sys.stderr)
         if mismatches:
-            print(f"The venv does not match {args.check_lock}; remove it and run make again.", file=sys.stderr)
+            print(
+                f"The venv does not match {args.check_lock}; remove it and run make again.", file=sys.stderr
+            )
         return 1 if mismatches else 0
     from vlminterp.models.compat import kv_cache_fix_needed
 

@@ -96,7 +96,9 @@ def test_prompt_pass_fills_the_cache_on_the_installed_versions():
     assert length == prompt
 
 
-@pytest.mark.skipif(not compat.kv_cache_fix_needed(), reason="the installed transformers passes past_key_values")
+@pytest.mark.skipif(
+    not compat.kv_cache_fix_needed(), reason="the installed transformers passes past_key_values"
+)
 def test_without_the_fix_the_installed_versions_lose_the_prompt(monkeypatch):
     """Guards the guard: on 5.24+ TransformerLens alone leaves the cache empty (the bug the fix repairs)."""
     monkeypatch.setenv("VLMINTERP_KV_CACHE_FIX", "0")
