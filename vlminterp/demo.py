@@ -10,8 +10,10 @@ Stages (each writes tidy JSON under ``results/demo/``; figures are drawn from th
    ShiftDC, evaluated on the held-out test split with the organism's keyword judge.
 5. ``layer_ablation``: CMRM and ShiftDC at one layer at a time → refusal-score heatmap.
 
-``summary.json`` holds rows ``{condition, method, metric, value, n}``: ``refusal_rate`` on harmful
-test requests and ``utility`` (exact answer) on benign test requests.
+``summary.json`` holds rows ``{condition, method, metric, value, n}`` on the test split:
+``refusal_rate`` (the response starts with ``sorry``) and ``refusal_rate_exact`` (the response is the
+trained refusal sentence) on harmful requests, ``utility`` (exact answer) on benign requests. The
+README's demo tables are written from these files by ``figures/readme_tables.py``.
 
 Example:
     >>> from vlminterp.demo import main
@@ -27,19 +29,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from threadpoolctl import threadpool_limits
+
 from vlminterp.cache.store import ActivationStore
 from vlminterp.io import write_json_atomic
 from vlminterp.models.hooked_vlm import HookedVLM
 from vlminterp.organism.evaluate import generate_texts
-from vlminterp.organism.judge import refusal_rate, utility
+from vlminterp.organism.judge import exact_refusal_rate, refusal_rate, utility
 from vlminterp.organism.tasks import organism_samples
 from vlminterp.prompts import Condition, Sample
 
-__all__ = ["DemoConfig", "run_demo", "main", "choose", "summary_table"]
+__all__ = ["DemoConfig", "TABLE_COLUMNS", "run_demo", "main", "choose", "summary_table"]
 
 CONDITIONS = (Condition.IMAGE, Condition.BLANK, Condition.CAPTION, Condition.TEXT_ONLY)
 #: Self-captioning prompt for the organism (the paper's prompt uses words outside its vocabulary).
 ORGANISM_CAPTION_PROMPT = "describe the image"
+#: Summary metric -> its column header in the Markdown tables, in column order.
+TABLE_COLUMNS = {
+    "refusal_rate": "refusal on harmful (starts with `sorry`)",
+    "refusal_rate_exact": "exact trained refusal on harmful",
+    "utility": "utility on benign (exact answer)",
+}
 
 
 @dataclass(frozen=True)
@@ -76,7 +87,12 @@ Responder = Callable[[list[Sample]], list[str]]
 
 
 def _score(respond: Responder, harmful: list[Sample], benign: list[Sample]) -> dict[str, float]:
-    return {"refusal_rate": refusal_rate(respond(harmful)), "utility": utility(respond(benign), benign)}
+    refusals = respond(harmful)
+    return {
+        "refusal_rate": refusal_rate(refusals),
+        "refusal_rate_exact": exact_refusal_rate(refusals),
+        "utility": utility(respond(benign), benign),
+    }
 
 
 def choose(candidates: list[dict[str, Any]], baseline_utility: float, max_drop: float) -> dict[str, Any]:
@@ -227,7 +243,7 @@ def _steer(model: HookedVLM, cfg: DemoConfig, direction, splits: dict[str, dict[
         scores = _score(respond, test["harmful"], test["benign"])
         seconds = time.perf_counter() - start
         for metric, value in scores.items():
-            n = len(test["harmful"] if metric == "refusal_rate" else test["benign"])
+            n = len(test["benign"] if metric == "utility" else test["harmful"])
             summary.append({"condition": condition, "method": method, "metric": metric, "value": value, "n": n,
                             "split": "test", "seconds": round(seconds, 2)})  # fmt: skip
     write_json_atomic(cfg.out / "summary.json", summary)
@@ -274,21 +290,48 @@ def _splits(cfg: DemoConfig) -> dict[str, dict[str, list[Sample]]]:
 
 
 def summary_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The summary rows as a Markdown table: one line per (condition, method)."""
-    lines = ["| condition | method | refusal on harmful | utility on benign |", "|---|---|---|---|"]
+    """The summary rows as a Markdown table: one line per (condition, method), one column per metric.
+
+    The single writer of the demo table: ``vlminterp demo`` prints it and ``figures/readme_tables.py``
+    puts it in README.md. Metrics are the keys of :data:`TABLE_COLUMNS`; a missing one shows ``–``.
+
+    Example:
+        >>> rows = [{"condition": "image", "method": "none", "metric": "utility", "value": 1.0, "n": 40}]
+        >>> print(summary_table(rows).splitlines()[-1])
+        | image | none | – | – | 1.00 (n=40) |
+    """
+    lines = [
+        "| condition | method | " + " | ".join(TABLE_COLUMNS.values()) + " |",
+        "|---|---|" + "---|" * len(TABLE_COLUMNS),
+    ]
     keys = list(dict.fromkeys((r["condition"], r["method"]) for r in rows))
     for cond, method in keys:
         got = {r["metric"]: r for r in rows if (r["condition"], r["method"]) == (cond, method)}
-        cells = [
-            f"{got[m]['value']:.2f} (n={got[m]['n']})" if m in got else "–"
-            for m in ("refusal_rate", "utility")
-        ]
-        lines.append(f"| {cond} | {method} | {cells[0]} | {cells[1]} |")
+        cells = [f"{got[m]['value']:.2f} (n={got[m]['n']})" if m in got else "–" for m in TABLE_COLUMNS]
+        lines.append(f"| {cond} | {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def run_demo(cfg: DemoConfig, model: HookedVLM | None = None) -> list[dict[str, Any]]:
-    """Run every stage; returns the summary rows (also in ``cfg.out / "summary.json"``)."""
+    """Run every stage; returns the summary rows (also in ``cfg.out / "summary.json"``).
+
+    Torch and the BLAS / OpenMP pools (numpy, scikit-learn) use one thread meanwhile, restored
+    afterwards: the organism's matmuls are tiny, and on a busy 2-core machine two threads measured
+    5-10x slower for the default config (62-95 s against 8-18 s), with identical results.
+
+    Example:
+        >>> summary = run_demo(DemoConfig(out=Path("/tmp/demo"), progress=False))  # doctest: +SKIP
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            return _run_stages(cfg, model)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_stages(cfg: DemoConfig, model: HookedVLM | None) -> list[dict[str, Any]]:
     start = time.perf_counter()
     model = model or HookedVLM.from_organism()
     cfg.out.mkdir(parents=True, exist_ok=True)

@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from vlminterp import Condition, HookedVLM
 from vlminterp.demo import DemoConfig, choose, run_demo, summary_table
 from vlminterp.organism.evaluate import generate_texts
-from vlminterp.organism.judge import refusal_rate, utility
+from vlminterp.organism.judge import exact_refusal_rate, is_exact_refusal, is_refusal, refusal_rate, utility
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,9 @@ def organism():
 def demo(organism, tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     cfg = DemoConfig(out=out, harmful_images=2, benign_images=1, progress=False)
+    threads = torch.get_num_threads()
     summary = run_demo(cfg, model=organism)
+    assert torch.get_num_threads() == threads  # the demo's single-thread setting is restored
     print("\n" + summary_table(summary))
     return cfg, summary
 
@@ -47,7 +50,11 @@ def test_demo_writes_tidy_results_and_figures(demo):
     assert json.loads((cfg.out / "summary.json").read_text()) == summary
     for row in summary:
         assert set(row) >= {"condition", "method", "metric", "value", "n"}
-        assert row["metric"] in ("refusal_rate", "utility") and 0.0 <= row["value"] <= 1.0
+        assert row["metric"] in ("refusal_rate", "refusal_rate_exact", "utility"), row
+        assert 0.0 <= row["value"] <= 1.0, row
+    for condition, method in {(r["condition"], r["method"]) for r in summary}:
+        exact = _value(summary, condition, method, "refusal_rate_exact")
+        assert exact <= _value(summary, condition, method, "refusal_rate"), (condition, method)
     for name in ("gap.json", "distortion.json", "alpha_selection.json", "layer_ablation.json", "config.json"):
         assert (cfg.out / name).is_file(), name
     for fig in ("pca_scatter", "probe_accuracy", "gap_metrics", "distortion", "layer_ablation"):
@@ -57,17 +64,36 @@ def test_demo_writes_tidy_results_and_figures(demo):
 
 
 def test_summary_rows_come_from_the_judge(demo, organism):
-    """Regenerate two cells independently and judge them: the demo's numbers must match."""
+    """Regenerate three cells independently and judge them: the demo's numbers must match."""
     from vlminterp.demo import _splits
 
     cfg, summary = demo
     test = _splits(cfg)["test"]
     texts = generate_texts(organism, test["harmful"], Condition.IMAGE)
     assert _value(summary, "image", "none", "refusal_rate") == refusal_rate(texts)
+    refusals = generate_texts(organism, test["harmful"], Condition.TEXT_ONLY)
+    assert _value(summary, "text_only", "none", "refusal_rate_exact") == exact_refusal_rate(refusals)
     benign = generate_texts(organism, test["benign"], Condition.TEXT_ONLY)
     assert _value(summary, "text_only", "none", "utility") == utility(benign, test["benign"])
     n = {r["metric"]: r["n"] for r in summary if r["method"] == "none" and r["condition"] == "image"}
-    assert n == {"refusal_rate": len(test["harmful"]), "utility": len(test["benign"])}
+    harmful = len(test["harmful"])
+    assert n == {"refusal_rate": harmful, "refusal_rate_exact": harmful, "utility": len(test["benign"])}
+
+
+def test_exact_refusal_is_the_trained_sentence_only():
+    trained = "sorry , i can not help with that ."
+    texts = [
+        trained,
+        "  sorry ,  i can not help with that . ",
+        "sorry sorry sorry",
+        "sorry triangle .",
+        "sure .",
+    ]
+    assert [is_refusal(t) for t in texts] == [True, True, True, True, False]
+    assert [is_exact_refusal(t) for t in texts] == [True, True, False, False, False]
+    assert (refusal_rate(texts), exact_refusal_rate(texts)) == (0.8, 0.4)
+    with pytest.raises(ValueError, match="exact_refusal_rate needs at least one"):
+        exact_refusal_rate([])
 
 
 def test_organism_acceptance(demo):
