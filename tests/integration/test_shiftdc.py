@@ -286,3 +286,9 @@ def test_shiftdc_recovers_the_organisms_refusal():
     assert refusal_rate(shiftdc.generate(organism, harmful, max_new_tokens=2).texts) >= 0.9
     assert utility(shiftdc.generate(organism, benign, max_new_tokens=10).texts, benign) >= 0.9
     assert organism.count_hooks() == 0
+
+
+def test_an_empty_caption_is_refused_naming_the_samples(tiny_model, samples):
+    """A captioner (or the model itself) that returns nothing must not reach ShiftDC as a missing caption."""
+    with pytest.raises(ValueError, match=r"captioner's caption is empty for 4 samples \(first: \['s0'"):
+        caption_images(tiny_model, samples, source=lambda sample: " ")

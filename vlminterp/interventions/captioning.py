@@ -84,7 +84,8 @@ def caption_images(
         New Sample objects (the inputs are not changed).
 
     Raises:
-        ValueError: an unknown ``source``, ``source="sample"`` with samples lacking captions, or
+        ValueError: an unknown ``source``, ``source="sample"`` with samples lacking captions, an
+            empty caption from the model or the captioner, or
             ``source="self"`` without a model.
     """
     if isinstance(source, str) and source not in CAPTION_SOURCES:
@@ -125,4 +126,12 @@ def caption_images(
             if path is not None:
                 _save_cache(path, stored)
         captions = {s.id: stored[key(s)] for s in with_image}
+    empty = [sid for sid, caption in captions.items() if not caption.strip()]
+    if empty:
+        who = "the model's own caption" if source == "self" else "the captioner's caption"
+        raise ValueError(
+            f"{who} is empty for {len(empty)} samples (first: {empty[:5]}), so their caption twin cannot be "
+            "built. Raise the caption length, use another captioner (source=callable), or set "
+            "Sample.caption and use source='sample'."
+        )
     return [dataclasses.replace(s, caption=captions[s.id]) if s.id in captions else s for s in samples]
