@@ -134,5 +134,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             "or report the versions above."
         )
         return 1
-    print(f"all {len(verdicts)} families pass")
+    print(f"all {len(verdicts)} of {len(verdicts)} families pass")
     return 0

@@ -6,7 +6,9 @@ left padding (the last real token of every row is at ``pos - 1``).
 Role masks (bool ``[batch, pos]``), so analyses never search strings:
 
 - ``image``: image placeholder tokens (filled with image features by the model).
-- ``instruction``: the user's text (the query; for CAPTION the whole ``query + caption`` text).
+- ``instruction``: the user's text (the query; for CAPTION the whole ``query + caption`` text) as
+  the chat template inserts it: verbatim, or without its surrounding whitespace where the template
+  trims it (Gemma 3's ``| trim``), so the tokens are the template's own.
 - ``template``: every other real prompt token (BOS, role markers, generation prompt).
 - ``generated``: tokens appended after the prompt by :meth:`PromptBatch.with_suffix`.
 
@@ -464,16 +466,22 @@ def _render(model: HookedVLM, text: str, with_image: bool) -> str:
 def _encode_row(
     model: HookedVLM, row: PromptRow
 ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor] | None, dict[str, Tensor]]:
-    """Token ids, role masks, image tensors and per-token kwargs (``token_type_ids``, ...) of one row."""
+    """Token ids, role masks, image tensors and per-token kwargs (``token_type_ids``, ...) of one row.
+
+    The prompt is the template rendered with the row's text, untouched: the instruction is the text
+    as the template inserted it (verbatim, or trimmed by templates that trim).
+    """
     rules = model.family_rules
     with_image = row.image is not None
-    text = row.text.strip()  # some templates (Gemma 3) trim the user text
     prefix, _, suffix = _render(model, _SENTINEL, with_image).partition(_SENTINEL)
-    full = prefix + text + suffix
-    if _render(model, text, with_image) != full:
+    full = _render(model, row.text, with_image)
+    text = full[len(prefix) : len(full) - len(suffix)]
+    placed = full.startswith(prefix) and full.endswith(suffix) and len(full) >= len(prefix) + len(suffix)
+    if not (placed and text in row.text and text.strip() == row.text.strip()):
         raise RuntimeError(
             f"Family {model.family!r}: the chat template transforms the user text, so the instruction tokens "
-            "cannot be located. Use a template that inserts the text verbatim."
+            "cannot be located. Use a template that inserts the text verbatim (trimming its surrounding whitespace "
+            "is fine)."
         )
     # Templates that begin with BOS already carry it: do not let the tokenizer add a second one
     # (the rule of HF's own processor.apply_chat_template).

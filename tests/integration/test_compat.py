@@ -126,3 +126,14 @@ def test_generate_raises_when_the_prompt_pass_leaves_the_cache_empty(tiny_model,
     with pytest.raises(compat.KVCacheError):
         tiny_model.generate(batch, max_new_tokens=3)
     assert tiny_model.count_hooks() == 0
+
+
+def test_guard_reads_legacy_tuple_caches(monkeypatch):
+    """Remote-code models (fallback adapter) return ``((key, value), ...)`` with keys ``[batch, heads, pos, d]``."""
+    monkeypatch.delenv("VLMINTERP_KV_CACHE_FIX", raising=False)
+    full = ((torch.zeros(1, 2, 5, 3), torch.zeros(1, 2, 5, 3)),)
+    compat.check_prefill_cache(full, 5)
+    with pytest.raises(compat.KVCacheError, match="holds 5 positions, not the prompt's 6"):
+        compat.check_prefill_cache(full, 6)
+    with pytest.raises(compat.KVCacheError, match="holds None positions"):
+        compat.check_prefill_cache(None, 6)

@@ -11,11 +11,11 @@ pytestmark = pytest.mark.reference
 
 
 def test_doctor_passes_and_prints_the_versions(capsys):
-    assert doctor.main(["--families", "llava,qwen2_5_vl"]) == 0
+    assert doctor.main(["--families", "llava"]) == 0
     out = capsys.readouterr().out
     assert "transformers " in out and "transformer-lens " in out and "torch " in out
-    assert "llava            PASS  8/8 checks" in out and "qwen2_5_vl       PASS  8/8 checks" in out
-    assert "all 2 families pass" in out
+    assert "llava            PASS  8/8 checks" in out
+    assert "all 1 of 1 families pass" in out
 
 
 def test_doctor_names_a_family_whose_cache_is_dropped(monkeypatch, capsys):

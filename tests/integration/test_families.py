@@ -24,6 +24,8 @@ from vlminterp import Condition, HookedVLM, PromptBatch, Sample
 from vlminterp.interventions import CMRM, HeadAblation, SafetyDirection, ShiftDC
 from vlminterp.models.tiny import tiny_families
 
+pytestmark = pytest.mark.reference
+
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "hook_names"
 CONDITIONS = [Condition.IMAGE, Condition.TEXT_ONLY, Condition.BLANK]
 

@@ -12,6 +12,8 @@ import torch
 from tests.conftest import hf_forward
 from vlminterp import Condition, HookedVLM, PromptBatch
 
+pytestmark = pytest.mark.reference
+
 
 @pytest.fixture(scope="module")
 def gemma():

@@ -12,6 +12,8 @@ import torch
 from vlminterp import Condition, HookedVLM, PromptBatch
 from vlminterp.models.families.idefics import register_smolvlm_adapter
 
+pytestmark = pytest.mark.reference
+
 SMOLVLM = "SmolVLMForConditionalGeneration"
 #: 40 x 56 -> 2 x 2 crops + global view; 70 x 30 -> 1 x 2 crops + global view. 4 tokens per crop.
 CROPS = {"a": 5, "b": 3}

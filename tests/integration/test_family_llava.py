@@ -8,6 +8,8 @@ from PIL import Image
 
 from vlminterp import Condition, HookedVLM, PromptBatch, Sample
 
+pytestmark = pytest.mark.reference
+
 
 @pytest.mark.parametrize("family", ["llava_next", "llava_onevision"])
 def test_image_token_features_live_in_resid_pre_not_in_projector_rows(family):

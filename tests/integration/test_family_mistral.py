@@ -20,6 +20,8 @@ from vlminterp import Condition, HookedVLM, PromptBatch
 from vlminterp.models.families.mistral import PixtralImageOnlyProcessor
 from vlminterp.models.tiny import tiny_vlm_dir
 
+pytestmark = pytest.mark.reference
+
 CONDITIONS = [Condition.IMAGE, Condition.TEXT_ONLY, Condition.BLANK]
 
 

@@ -16,6 +16,8 @@ from tests.conftest import hf_forward, noise_image
 from vlminterp import Condition, HookedVLM, PromptBatch, Sample
 from vlminterp.models.families.qwen import raster_order
 
+pytestmark = pytest.mark.reference
+
 CONDITIONS = [Condition.IMAGE, Condition.TEXT_ONLY, Condition.BLANK]
 
 

@@ -65,7 +65,8 @@ def check_prefill_cache(cache: Any, prompt_length: int) -> None:
     """Raise :class:`KVCacheError` unless ``cache`` holds all ``prompt_length`` prompt positions.
 
     Args:
-        cache: The HF cache returned by the prompt pass (``use_cache=True``).
+        cache: The HF cache returned by the prompt pass (``use_cache=True``): a ``Cache`` object or
+            a legacy tuple of ``(key, value)`` per layer (remote-code models).
         prompt_length: Positions fed in that pass.
 
     Example:
@@ -76,7 +77,12 @@ def check_prefill_cache(cache: Any, prompt_length: int) -> None:
     """
     if os.environ.get(_ENV) == "0":
         return
-    length = cache.get_seq_length() if hasattr(cache, "get_seq_length") else None
+    if hasattr(cache, "get_seq_length"):
+        length = cache.get_seq_length()
+    elif isinstance(cache, (tuple, list)) and cache and isinstance(cache[0], (tuple, list)):
+        length = cache[0][0].shape[-2]  # legacy (key, value) per layer, keys [batch, heads, pos, d_head]
+    else:
+        length = None
     if length != prompt_length:
         raise KVCacheError(
             f"After the prompt pass the KV cache holds {length} positions, not the prompt's {prompt_length}: "

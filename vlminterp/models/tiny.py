@@ -3,7 +3,9 @@
 Every builder writes a directory with ``config.json``, safetensors weights, tokenizer and processor
 files, so ``HookedVLM.from_pretrained(directory)`` exercises exactly the code path of a real
 checkpoint. Weights are random and deterministic for a seed; tokenizers are word-level and built
-from a word list, so nothing is downloaded.
+from a word list, so nothing is downloaded. Some families (llava, qwen2_5_vl, gemma3) can instead
+take a real tokenizer folder (``tokenizer.json`` + ``tokenizer_config.json``, e.g. Llama-2's), so
+that tokenization, special tokens and vocabulary size are those of the real checkpoint.
 
 Example:
     >>> import tempfile
@@ -16,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import shutil
 import tempfile
@@ -29,6 +32,7 @@ from torch import Tensor
 
 __all__ = [
     "make_word_tokenizer",
+    "tiny_tokenizer",
     "build_tiny_vlm",
     "tiny_vlm_dir",
     "tiny_families",
@@ -269,6 +273,52 @@ def make_word_tokenizer(
     return tokenizer
 
 
+def tiny_tokenizer(
+    words: Sequence[str],
+    special: Sequence[str] = (),
+    named: dict[str, str] | None = None,
+    chat_template: str | None = None,
+    tokenizer_dir: str | Path | None = None,
+    **control: Any,
+):
+    """The tokenizer of a tiny build: word-level, or the real one in ``tokenizer_dir``.
+
+    Without ``tokenizer_dir`` this is :func:`make_word_tokenizer` with the same arguments. With it,
+    the real tokenizer is prepared the way the family's checkpoints ship it: the ``special`` tokens
+    its vocabulary lacks are appended in order, then ``control["pad"]`` when it has no pad token
+    (llava-hf appends ``<image>`` = 32000 and ``<pad>`` = 32001 to Llama-2's 32,000 pieces), the
+    ``named`` tokens become attributes (``tokenizer.image_token``) and ``chat_template`` replaces the
+    bundled one. ``words`` and the other ``control`` tokens apply to the word-level tokenizer only.
+
+    Args:
+        words, special, named, chat_template: As in :func:`make_word_tokenizer`.
+        tokenizer_dir: A folder with a real ``tokenizer.json`` and ``tokenizer_config.json``.
+        **control: ``bos``, ``eos``, ``pad``, ``unk``, ``add_bos`` of :func:`make_word_tokenizer`.
+
+    Returns:
+        A fast tokenizer.
+
+    Example:
+        >>> tok = tiny_tokenizer(["red", "car"], special=["<image>"], named={"image_token": "<image>"})
+        >>> tok.convert_ids_to_tokens(tok("red <image> car")["input_ids"])
+        ['<bos>', 'red', '<image>', 'car']
+    """
+    if tokenizer_dir is None:
+        return make_word_tokenizer(words, special, named, chat_template, **control)
+    from transformers import PreTrainedTokenizerFast
+
+    # The tokenizer.json pipeline exactly as in the file, as transformers loads llava-hf checkpoints
+    # (AutoTokenizer's LlamaTokenizer would swap Llama's normalizer for its own pre-tokenizer).
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tokenizer_dir), extra_special_tokens=named or {})
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in special if t not in vocab]
+    tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+    if tokenizer.pad_token is None:
+        tokenizer.add_special_tokens({"pad_token": control.get("pad", "<pad>")})
+    tokenizer.chat_template = chat_template
+    return tokenizer
+
+
 @dataclass(frozen=True)
 class TinySizes:
     """Sizes of a tiny random VLM (every family builder takes these as keyword overrides).
@@ -352,28 +402,52 @@ def save_tiny(
     processor.save_pretrained(out_dir)
 
 
-def build_tiny_vlm(family: str, out_dir: str | Path, seed: int = 0, **sizes: int) -> Path:
+def build_tiny_vlm(
+    family: str,
+    out_dir: str | Path,
+    seed: int = 0,
+    tokenizer_dir: str | Path | None = None,
+    **sizes: int,
+) -> Path:
     """Build a tiny random VLM of ``family`` and save it (model, tokenizer, processor) to ``out_dir``.
 
     Args:
         family: A family with a tiny builder (:func:`tiny_families`).
         out_dir: Directory to write; created if needed.
         seed: Seed of the random weights.
+        tokenizer_dir: A real tokenizer folder to use instead of the word-level tokenizer (families
+            whose builder takes ``tokenizer_dir``: llava, qwen2_5_vl, gemma3). The vocabulary then
+            has the real size: keep ``d_model`` small.
         **sizes: Overrides of the builder's sizes (``d_model``, ``n_layers``, ``n_heads``, ...).
 
     Returns:
         ``out_dir`` as a Path.
+
+    Raises:
+        ValueError: no tiny builder for ``family``, or its builder takes no ``tokenizer_dir``.
     """
     from vlminterp.models.families import get_family
 
     builder = get_family(family).build_tiny if family in tiny_families() else None
     if builder is None:
         raise ValueError(f"No tiny builder for family {family!r}. Available: {tiny_families()}.")
+    options: dict[str, Any] = {}
+    if tokenizer_dir is not None:
+        if not _takes_tokenizer(builder):
+            able = [f for f in tiny_families() if _takes_tokenizer(get_family(f).build_tiny)]
+            raise ValueError(
+                f"The tiny builder of {family!r} cannot use a real tokenizer; families that can: {able}."
+            )
+        options["tokenizer_dir"] = Path(tokenizer_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    builder(out, **sizes)
+    builder(out, **options, **sizes)
     return out
+
+
+def _takes_tokenizer(builder: Callable[..., None] | None) -> bool:
+    return builder is not None and "tokenizer_dir" in inspect.signature(builder).parameters
 
 
 def tiny_families() -> list[str]:
@@ -383,11 +457,36 @@ def tiny_families() -> list[str]:
     return [name for name in family_names() if get_family(name).build_tiny is not None]
 
 
-def tiny_vlm_dir(family: str = "llava", seed: int = 0, **sizes: int) -> Path:
-    """A cached directory holding the tiny model for (family, seed, sizes), built on first use."""
+def tiny_vlm_dir(
+    family: str = "llava", seed: int = 0, tokenizer_dir: str | Path | None = None, **sizes: int
+) -> Path:
+    """A cached directory holding the tiny model for (family, seed, tokenizer, sizes), built on first use.
+
+    A real tokenizer is keyed by the content of its folder, not its path.
+
+    Example:
+        >>> from vlminterp import HookedVLM
+        >>> path = tiny_vlm_dir("llava", tokenizer_dir="../shared/tokenizers/llama2", d_model=16)  # doctest: +SKIP
+        >>> HookedVLM.from_pretrained(path).tokenizer.convert_tokens_to_ids("<image>")  # doctest: +SKIP
+        32000
+    """
+    salt = _folder_digest(Path(tokenizer_dir)) if tokenizer_dir is not None else b""
     return cached_build(
-        family, [family, seed, sorted(sizes.items())], lambda out: build_tiny_vlm(family, out, seed, **sizes)
+        family,
+        [family, seed, sorted(sizes.items())],
+        lambda out: build_tiny_vlm(family, out, seed, tokenizer_dir, **sizes),
+        salt=salt,
     )
+
+
+def _folder_digest(folder: Path) -> bytes:
+    """A digest of the names and contents of the files in ``folder``."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Tokenizer folder {str(folder)!r} does not exist.")
+    digest = hashlib.sha1()
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.digest()
 
 
 def cached_build(name: str, key: Any, build: Callable[[Path], Any], salt: bytes = b"") -> Path:

@@ -51,7 +51,8 @@ class Family:
         prepare: ``f(bridge)`` run once after the bridge is booted (fixes for bridge pitfalls).
         model_class: HF model class name to boot with, when the Auto classes do not map the config.
         build_tiny: ``f(out_dir, **sizes)`` writing a tiny random checkpoint of the family (torch is seeded
-            before the call; the builder validates ``sizes`` with ``TinySizes.parse``).
+            before the call; the builder validates ``sizes`` with ``TinySizes.parse``). A builder that
+            also takes ``tokenizer_dir`` can build on a real tokenizer (``tiny.tiny_tokenizer``).
         checkpoints: Real checkpoint ids of the family (README table, error messages).
     """
 

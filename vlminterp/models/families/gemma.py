@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vlminterp.models.families.base import Family, register_family
-from vlminterp.models.tiny import TINY_WORDS, TinySizes, make_word_tokenizer, save_tiny
+from vlminterp.models.tiny import TINY_WORDS, TinySizes, save_tiny, tiny_tokenizer
 
 __all__ = ["GEMMA3", "GEMMA3_CHAT_TEMPLATE"]
 
@@ -47,10 +47,11 @@ GEMMA3_CHAT_TEMPLATE = (
 )
 
 
-def _build_gemma3(out_dir: Path, **sizes: int) -> None:
+def _build_gemma3(out_dir: Path, tokenizer_dir: Path | None = None, **sizes: int) -> None:
     """Tiny ``Gemma3ForConditionalGeneration``: Gemma 3 decoder (sliding + full layer), SigLIP tower.
 
     4 x 4 patches are average-pooled to ``mm_tokens_per_image`` = 4 soft tokens per image.
+    ``tokenizer_dir``: a real Gemma 3 tokenizer instead of the word-level one.
     """
     from transformers import (
         Gemma3Config,
@@ -67,11 +68,12 @@ def _build_gemma3(out_dir: Path, **sizes: int) -> None:
         "eoi_token": "<end_of_image>",
         "image_token": "<image_soft_token>",
     }
-    tok = make_word_tokenizer(
+    tok = tiny_tokenizer(
         [*TINY_WORDS, "user", "model"],
         special=["<start_of_turn>", "<end_of_turn>", *specials.values()],
         named=specials,
         chat_template=GEMMA3_CHAT_TEMPLATE,
+        tokenizer_dir=tokenizer_dir,
         eos="<end_of_turn>",
     )
     n_image_tokens = max(1, s.n_patches // 4)  # the pooling must give a perfect square

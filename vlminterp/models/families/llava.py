@@ -18,7 +18,7 @@ from typing import Any
 
 from vlminterp.models.families.base import Family, register_family
 from vlminterp.models.processors import image_only_loader
-from vlminterp.models.tiny import TINY_WORDS, TinySizes, make_word_tokenizer, save_tiny
+from vlminterp.models.tiny import TINY_WORDS, TinySizes, make_word_tokenizer, save_tiny, tiny_tokenizer
 
 __all__ = ["LLAVA", "LLAVA_NEXT", "LLAVA_ONEVISION", "ORGANISM", "LLAVA_15_CHAT_TEMPLATE"]
 
@@ -56,16 +56,21 @@ LLAVA_ONEVISION_CHAT_TEMPLATE = (
 )
 
 
-def tiny_llava_processor(s: TinySizes) -> Any:
-    """The tiny llava-1.5 ``LlavaProcessor``: word-level tokenizer with ``<image>``, CLIP PIL image processor."""
+def tiny_llava_processor(s: TinySizes, tokenizer_dir: Path | None = None) -> Any:
+    """The tiny llava-1.5 ``LlavaProcessor``: a tokenizer with ``<image>``, CLIP PIL image processor.
+
+    The tokenizer is word-level, or the real one in ``tokenizer_dir`` (Llama-2's, as in
+    llava-hf/llava-1.5-7b-hf: ``<image>`` = 32000, ``<pad>`` = 32001 appended).
+    """
     from transformers import LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    tok = make_word_tokenizer(
+    tok = tiny_tokenizer(
         [*TINY_WORDS, "USER", "ASSISTANT"],
         special=["<image>"],
         named={"image_token": "<image>"},
         chat_template=LLAVA_15_CHAT_TEMPLATE,
+        tokenizer_dir=tokenizer_dir,
     )
     return LlavaProcessor(
         image_processor=CLIPImageProcessorPil(
@@ -79,12 +84,12 @@ def tiny_llava_processor(s: TinySizes) -> Any:
     )
 
 
-def _build_llava(out_dir: Path, **sizes: int) -> None:
+def _build_llava(out_dir: Path, tokenizer_dir: Path | None = None, **sizes: int) -> None:
     """Tiny ``LlavaForConditionalGeneration``: Llama decoder, CLIP tower, 16 image tokens."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     s = TinySizes.parse("llava", sizes)
-    processor = tiny_llava_processor(s)
+    processor = tiny_llava_processor(s, tokenizer_dir)
     tok = processor.tokenizer
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(**s.vision_config()),

@@ -35,7 +35,7 @@ from transformer_lens.model_bridge.supported_architectures import Qwen2_5_VLArch
 
 from vlminterp.models.families.base import Family, register_family
 from vlminterp.models.processors import image_only_loader
-from vlminterp.models.tiny import TINY_WORDS, TinySizes, make_word_tokenizer, save_tiny
+from vlminterp.models.tiny import TINY_WORDS, TinySizes, save_tiny, tiny_tokenizer
 
 __all__ = ["QWEN2_5_VL", "QWEN2_5_VL_CHAT_TEMPLATE", "raster_order"]
 
@@ -127,8 +127,12 @@ def _prepare(bridge: Any) -> None:
     model.compute_3d_position_ids = compute_3d_position_ids
 
 
-def _build_qwen2_5_vl(out_dir: Path, **sizes: int) -> None:
-    """Tiny ``Qwen2_5_VLForConditionalGeneration``: mRoPE decoder, 2-block windowed ViT, merge 2x2."""
+def _build_qwen2_5_vl(out_dir: Path, tokenizer_dir: Path | None = None, **sizes: int) -> None:
+    """Tiny ``Qwen2_5_VLForConditionalGeneration``: mRoPE decoder, 2-block windowed ViT, merge 2x2.
+
+    ``tokenizer_dir``: a real Qwen tokenizer (Qwen2.5-VL's vision specials and ids), used with the
+    Qwen2.5-VL chat template instead of the word-level tokenizer.
+    """
     from transformers import (
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
@@ -147,11 +151,12 @@ def _build_qwen2_5_vl(out_dir: Path, **sizes: int) -> None:
         "<|image_pad|>",
         "<|video_pad|>",
     ]
-    tok = make_word_tokenizer(
+    tok = tiny_tokenizer(
         [*TINY_WORDS, "system", "user", "assistant", "You", "helpful"],
         special=specials,
         named={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
         chat_template=QWEN2_5_VL_CHAT_TEMPLATE,
+        tokenizer_dir=tokenizer_dir,
         bos=None,
         eos="<|im_end|>",
         pad="<|endoftext|>",
