@@ -28,6 +28,8 @@ def _shared_data() -> Path:
 
 #: Folder of the real benchmark files (tests that need it skip, with a reason, when it is absent).
 SHARED_DATA = _shared_data()
+#: Real tokenizer files (Llama-2, Qwen, Gemma 3) beside the benchmark copies.
+SHARED_TOKENIZERS = SHARED_DATA.parent / "tokenizers"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -30,7 +30,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import noise_image
+from tests.conftest import SHARED_TOKENIZERS, noise_image
 from tests.integration import test_families as battery
 from vlminterp import Condition, HookedVLM, PromptBatch, Sample
 from vlminterp.models.families import LLAVA_15_CHAT_TEMPLATE
@@ -39,7 +39,7 @@ from vlminterp.models.tiny import build_tiny_vlm, tiny_vlm_dir
 
 pytestmark = pytest.mark.reference
 
-TOKENIZERS = Path(__file__).resolve().parents[3] / "shared" / "tokenizers"
+TOKENIZERS = SHARED_TOKENIZERS
 
 #: Tiny hidden sizes: the vocabularies are real (up to 262,145 rows).
 SIZES = {"d_model": 16, "n_heads": 2, "n_kv_heads": 1, "d_mlp": 32}
