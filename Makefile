@@ -4,8 +4,10 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 LOCK := constraints.txt
-# The drift guard's venv: the newest releases pyproject allows (`make test-latest`).
+# The drift guard's venv: the newest releases pyproject allows (`make test-latest`), torch kept
+# at $(TORCH) (newer torch wheels are multi-GB CUDA builds here; `make test-latest TORCH=torch==X`).
 LATEST := .venv-latest
+TORCH ?= torch==2.13.0
 # glibc keeps freed activation buffers instead of returning them to the OS and faulting them back
 # in (measured: up to 40% of a CPU forward; see benchmarks/README section in README.md).
 export MALLOC_MMAP_THRESHOLD_ ?= 33554432
@@ -18,7 +20,7 @@ export TOKENIZERS_PARALLELISM ?= false
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || python3 -m venv .venv
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -c $(LOCK) -e ".[dev,notebooks]"
 	$(PY) -m vlminterp.versions --check-lock $(LOCK)
 	touch $(STAMP)
@@ -51,8 +53,9 @@ doctor: install
 test-latest:
 	rm -rf $(LATEST)
 	python3 -m venv $(LATEST)
-	$(LATEST)/bin/python -m pip install -q torch==2.13.0
-	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev,notebooks]"
+	$(LATEST)/bin/python -m pip install -q $(TORCH)
+	echo "$(TORCH)" > $(LATEST)/torch-constraint.txt
+	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -c $(LATEST)/torch-constraint.txt -e ".[dev,notebooks]"
 	$(LATEST)/bin/python -m vlminterp.versions
 	$(LATEST)/bin/python -m pytest -n 2 -q -m reference
 	$(LATEST)/bin/python -m vlminterp.cli doctor
