@@ -79,7 +79,7 @@ def build_models(sizes: dict, with_hf: bool = True):
     from transformers import LlavaForConditionalGeneration
 
     from vlminterp import HookedVLM
-    from vlminterp.models.tiny import build_tiny_vlm
+    from vlminterp.testing import build_tiny_vlm
 
     with tempfile.TemporaryDirectory() as tmp:
         path = build_tiny_vlm("llava", Path(tmp) / "bench", seed=0, **sizes)

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench"
-        from vlminterp.models.tiny import build_tiny_vlm
+        from vlminterp.testing import build_tiny_vlm
 
         build_tiny_vlm("llava", path, seed=0, **sizes)
         model = HookedVLM.from_pretrained(path)

@@ -102,7 +102,7 @@ def check_family(family: str, max_new_tokens: int = 5) -> FamilyVerdict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``vlminterp doctor [--families a,b] [--max-new-tokens N]``; returns 0 when every family passes."""
-    from vlminterp.models.tiny import tiny_families
+    from vlminterp.testing import tiny_families
 
     available = tiny_families()
     parser = argparse.ArgumentParser(prog="vlminterp doctor", description=__doc__.splitlines()[0])

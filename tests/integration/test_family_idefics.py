@@ -110,7 +110,7 @@ def test_smolvlm_needs_the_registration_for_the_bridge(monkeypatch):
     from transformer_lens.factories import architecture_adapter_factory as factory
 
     from vlminterp.models.fallback import FallbackBridge
-    from vlminterp.models.tiny import tiny_vlm_dir
+    from vlminterp.testing import tiny_vlm_dir
 
     monkeypatch.delitem(factory.SUPPORTED_ARCHITECTURES, SMOLVLM)
     monkeypatch.delitem(factory.ArchitectureAdapterFactory._adapters, SMOLVLM)

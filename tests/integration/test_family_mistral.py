@@ -18,7 +18,7 @@ import torch
 from tests.conftest import hf_forward, noise_image
 from vlminterp import Condition, HookedVLM, PromptBatch
 from vlminterp.models.families.mistral import PixtralImageOnlyProcessor
-from vlminterp.models.tiny import tiny_vlm_dir
+from vlminterp.testing import tiny_vlm_dir
 
 pytestmark = pytest.mark.reference
 

@@ -17,7 +17,6 @@ import pytest
 import torch
 
 from vlminterp import Condition, HookedVLM, PromptBatch
-from vlminterp.models.tiny import tiny_families
 from vlminterp.references import (
     greedy_no_cache,
     hf_generate,
@@ -26,6 +25,7 @@ from vlminterp.references import (
     reference_samples,
     run_references,
 )
+from vlminterp.testing import tiny_families
 
 pytestmark = pytest.mark.reference
 

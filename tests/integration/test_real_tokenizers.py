@@ -35,7 +35,7 @@ from tests.integration import test_families as battery
 from vlminterp import Condition, HookedVLM, PromptBatch, Sample
 from vlminterp.models.families import LLAVA_15_CHAT_TEMPLATE
 from vlminterp.models.families.qwen import QWEN2_5_VL_CHAT_TEMPLATE
-from vlminterp.models.tiny import build_tiny_vlm, tiny_vlm_dir
+from vlminterp.testing import build_tiny_vlm, tiny_vlm_dir
 
 pytestmark = pytest.mark.reference
 

@@ -15,7 +15,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor, LlavaC
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from vlminterp.models.fallback import FallbackBridge, bridge_supports, load_fallback
-from vlminterp.models.tiny_remote import TINY_REMOTE_MODEL_TYPE, tiny_remote_vlm_dir
+from vlminterp.testing import TINY_REMOTE_MODEL_TYPE, tiny_remote_vlm_dir
 
 KINDS = (
     "hook_resid_pre",

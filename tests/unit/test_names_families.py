@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from vlminterp.hook_names import layer_hook_name, resolve_names
 from vlminterp.models.families import Family, family_for_config, family_names, get_family, register_family
-from vlminterp.models.names import layer_hook_name, resolve_names
 
 
 def test_layer_hook_name_kinds():

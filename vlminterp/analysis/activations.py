@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from jaxtyping import Float
 
-from vlminterp.models.names import layer_hook_name
+from vlminterp.hook_names import layer_hook_name
 from vlminterp.prompts import Condition
 
 if TYPE_CHECKING:

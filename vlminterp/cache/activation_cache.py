@@ -29,7 +29,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from vlminterp.models.names import layer_hook_name
+from vlminterp.hook_names import layer_hook_name
 
 __all__ = ["ActivationCache"]
 

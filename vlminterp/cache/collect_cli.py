@@ -29,7 +29,8 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from vlminterp.cache.store import KEEP_CHOICES, STORE_POSITIONS, ActivationStore
+from vlminterp.cache.store import KEEP_CHOICES, ActivationStore
+from vlminterp.positions import POSITION_NAMES, check_positions, positions_from_text
 from vlminterp.prompts import Condition, Sample
 
 __all__ = ["CollectConfig", "add_arguments", "run", "tiny_dataset", "parse_layers"]
@@ -49,15 +50,6 @@ def parse_layers(text: str) -> list[int] | None:
             f"--layers {text!r}: give 'all' or comma-separated layers and ranges like '0,2,5-7'."
         ) from None
     return layers
-
-
-def _parse_positions(text: str) -> str | int:
-    if text in STORE_POSITIONS:
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"--positions {text!r}: choose from {list(STORE_POSITIONS)} or an int.") from None
 
 
 def tiny_dataset(n: int = 6) -> list[Sample]:
@@ -109,6 +101,7 @@ class CollectConfig:
 
     def __post_init__(self) -> None:
         self.conditions = [Condition.parse(c).value for c in self.conditions]
+        self.positions = check_positions(self.positions, per_row=True)
         if self.keep not in KEEP_CHOICES:
             raise ValueError(f"--keep {self.keep!r}: choose from {list(KEEP_CHOICES)}.")
         if self.dataset != "tiny" and self.data_root is None:
@@ -138,7 +131,7 @@ class CollectConfig:
             conditions=[c for c in args.conditions.split(",") if c],
             hooks=[h for h in args.hooks.split(",") if h],
             layers=parse_layers(args.layers),
-            positions=_parse_positions(args.positions),
+            positions=positions_from_text(args.positions),
             batch_size=args.batch_size,
             shard_size=args.shard_size,
             keep=args.keep,
@@ -165,7 +158,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--conditions", default=",".join(d.conditions), help="comma-separated conditions")
     parser.add_argument("--hooks", default=",".join(d.hooks), help="comma-separated hook kinds")
     parser.add_argument("--layers", default="all", help="'all' or e.g. '0,2,10-31'")
-    parser.add_argument("--positions", default="last", help=f"{'|'.join(STORE_POSITIONS)} or an int")
+    parser.add_argument("--positions", default="last", help=f"{'|'.join(POSITION_NAMES)} or an int")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="samples per forward")
     parser.add_argument("--shard-size", type=int, default=d.shard_size, help="samples per shard")
     parser.add_argument("--keep", default=d.keep, choices=KEEP_CHOICES)

@@ -56,15 +56,14 @@ from vlminterp.cache.shards import (
     write_json_atomic,
     write_shard,
 )
+from vlminterp.positions import check_positions
 from vlminterp.prompts import Condition, PromptBatch, Sample
 
-__all__ = ["ActivationStore", "UNLABELED", "KEEP_CHOICES", "STORE_POSITIONS"]
+__all__ = ["ActivationStore", "UNLABELED", "KEEP_CHOICES"]
 
 #: The label key of samples whose ``label`` is None.
 UNLABELED = "unlabeled"
 KEEP_CHOICES = ("stats", "vectors", "both")
-#: Position selections a store accepts (one vector per row); ints count like Python indices.
-STORE_POSITIONS = ("last", "last_instruction", "mean_text")
 FORMAT = "vlminterp.activation_store/1"
 
 StatsKey = tuple[str, str, str]  # (hook kind, condition value, label key)
@@ -183,13 +182,7 @@ def _validate(
         )
     chosen = [int(x) for x in chosen]
     names = {kind: model.hook_names(kind, chosen) for kind in hook_kinds}
-    if isinstance(positions, bool) or not (
-        positions in STORE_POSITIONS or isinstance(positions, (int, np.integer))
-    ):
-        raise ValueError(
-            f"positions={positions!r} is not supported by ActivationStore (one vector per row): choose from "
-            f"{list(STORE_POSITIONS)} or an int. Use model.run_with_cache for full sequences or index tensors."
-        )
+    positions = check_positions(positions, per_row=True)
     for name, value in (("batch_size", batch_size), ("shard_size", shard_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}.")
@@ -209,7 +202,7 @@ def _validate(
         hooks=hook_kinds,
         layers=chosen,
         names=names,
-        positions=positions if isinstance(positions, str) else int(positions),
+        positions=positions,
         batch_size=batch_size,
         shard_size=shard_size,
         keep=keep,
@@ -367,7 +360,8 @@ class ActivationStore:
             conditions: Conditions to run (``Condition`` or their values, e.g. ``"text_only"``).
             hooks: Hook kinds to record (``"resid_post"``, ``"attn_out"``, ``"z"``, ...).
             layers: Layers to record; None for all.
-            positions: ``"last"``, ``"last_instruction"``, ``"mean_text"`` or an int.
+            positions: A per-row selection of :mod:`vlminterp.positions`: ``"last"``,
+                ``"last_instruction"``, ``"mean_text"`` or an int.
             batch_size: Samples per forward (each forward holds one condition).
             out_dir: Directory for shards and manifest; needed for vectors and for resume.
             keep: ``"stats"``, ``"vectors"`` or ``"both"``.

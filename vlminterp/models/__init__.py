@@ -1,1 +1,1 @@
-"""Model loading: HookedVLM, per-family prompt rules, tiny offline builders."""
+"""Model loading: HookedVLM, per-family prompt rules, processors and compatibility fixes."""

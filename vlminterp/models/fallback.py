@@ -21,7 +21,7 @@ Between hooked calls the HF model carries no torch hooks from vlminterp.
 
 Example:
     >>> from transformers import AutoModelForCausalLM
-    >>> from vlminterp.models.tiny_remote import tiny_remote_vlm_dir
+    >>> from vlminterp.testing import tiny_remote_vlm_dir
     >>> hf = AutoModelForCausalLM.from_pretrained(tiny_remote_vlm_dir(), trust_remote_code=True)
     >>> bridge = FallbackBridge.from_model(hf)
     >>> sorted(bridge.hook_dict)[:2]
@@ -475,7 +475,7 @@ def load_fallback(
         **overrides: Keywords of :meth:`FallbackBridge.from_model` (``layers_path=``, ...).
 
     Example:
-        >>> from vlminterp.models.tiny_remote import tiny_remote_vlm_dir
+        >>> from vlminterp.testing import tiny_remote_vlm_dir
         >>> load_fallback(tiny_remote_vlm_dir(), trust_remote_code=True).cfg.n_layers
         2
     """

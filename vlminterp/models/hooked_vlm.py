@@ -38,19 +38,17 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from vlminterp.cache.activation_cache import ActivationCache
+from vlminterp.hook_names import NamesFilter, layer_hook_name, resolve_names
 from vlminterp.models.compat import check_prefill_cache, fix_kv_cache_keyword
 from vlminterp.models.families import Family, family_for_config, get_family
-from vlminterp.models.names import NamesFilter, layer_hook_name, resolve_names
+from vlminterp.positions import Positions, describe_positions, position_selector
 from vlminterp.prompts import PromptBatch
 
+# Positions is re-exported for code that still imports it from here (its home: vlminterp.positions).
 __all__ = ["HookedVLM", "VLMConfig", "Generation", "ProcessorLoadError", "Positions"]
 
-#: A position selection: None (all), "last", "last_instruction", "mean_text", an int, a 1-D index
-#: tensor (same positions for every row) or a 2-D ``[batch, k]`` tensor (per-row positions).
-Positions = None | str | int | Tensor
 HookFn = Callable[..., Any]
 FwdHooks = Sequence[tuple[str | Callable[[str], bool], HookFn]]
-_POSITION_NAMES = ("last", "last_instruction", "mean_text")
 logger = logging.getLogger(__name__)
 
 
@@ -205,8 +203,22 @@ class HookedVLM:
 
     @classmethod
     def tiny(cls, family: str = "llava", seed: int = 0, **sizes: int) -> HookedVLM:
-        """A tiny random VLM of ``family``, saved to a cached temp dir and loaded like a checkpoint."""
-        from vlminterp.models.tiny import tiny_vlm_dir
+        """A tiny random VLM of ``family``, saved to a cached temp dir and loaded like a checkpoint.
+
+        A convenience for tests, examples and notebooks: the checkpoint comes from the test builders
+        of :mod:`vlminterp.testing` (``tiny_vlm_dir``), imported here when called. This is the one
+        call from ``vlminterp.models`` up into them; nothing in the package imports them at load.
+
+        Args:
+            family: A family with a tiny builder (``vlminterp.testing.tiny_families()``).
+            seed: Seed of the random weights.
+            **sizes: ``TinySizes`` overrides (``d_model``, ``n_layers``, ...).
+
+        Example:
+            >>> HookedVLM.tiny("gemma3", n_layers=3).cfg.n_layers
+            3
+        """
+        from vlminterp.testing import tiny_vlm_dir
 
         return cls.from_pretrained(tiny_vlm_dir(family, seed, **sizes))
 
@@ -339,7 +351,8 @@ class HookedVLM:
         Args:
             batch: The prompts.
             names_filter: Hook names to cache (name, names, predicate; None = every hook).
-            positions: Token positions kept at capture time (see :data:`Positions`); None keeps all.
+            positions: Token positions kept at capture time (:data:`vlminterp.positions.Positions`);
+                None keeps all.
                 Applies to decoder hooks (``[batch, pos, ...]``); attention patterns are selected on
                 their query axis.
             device: Where cached tensors are stored (detached), default CPU.
@@ -349,7 +362,7 @@ class HookedVLM:
             ``(logits, cache)``; with ``positions="last"`` each ``resid_post`` entry is ``[batch, d_model]``.
         """
         names = self.resolve_names(names_filter)
-        select = _position_selector(positions, batch, self.device)
+        select = position_selector(positions, batch, self.device)
         store: dict[str, Tensor] = {}
 
         def make_hook(name: str) -> HookFn:
@@ -362,7 +375,7 @@ class HookedVLM:
         caching = [(name, make_hook(name)) for name in names]
         with torch.no_grad(), self.hooks([*fwd_hooks, *caching]):
             logits = self._forward(batch)
-        return logits, ActivationCache(store, positions=_describe_positions(positions), meta=batch.to_dict())
+        return logits, ActivationCache(store, positions=describe_positions(positions), meta=batch.to_dict())
 
     def generate(
         self,
@@ -542,78 +555,3 @@ def _next_token(
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
-
-
-# ---------------------------------------------------------------------- positions
-def _describe_positions(positions: Positions) -> Any:
-    return positions.tolist() if isinstance(positions, Tensor) else positions
-
-
-def _row_index(positions: Positions, batch: PromptBatch) -> Int[Tensor, "batch k"] | None:
-    """Per-row position indices ``[batch, k]`` for gather-style selections, or None."""
-    if isinstance(positions, Tensor):
-        idx = positions.long()
-        t = batch.input_ids.shape[1]
-        if idx.numel() and not bool(((idx >= -t) & (idx < t)).all()):
-            raise ValueError(
-                f"positions tensor has indices outside [-{t}, {t}) for a batch of {t} positions."
-            )
-        idx = idx % t  # negative indices count from the end, as with ints
-        if idx.dim() == 1:
-            return idx.unsqueeze(0).expand(len(batch), -1)
-        if idx.dim() == 2 and idx.shape[0] == len(batch):
-            return idx
-        raise ValueError(
-            f"positions tensor must be 1-D (shared positions) or [batch={len(batch)}, k]; got shape {tuple(idx.shape)}."
-        )
-    if positions == "last_instruction":
-        mask = batch.instruction_mask
-        if not bool(mask.any(-1).all()):
-            raise ValueError("positions='last_instruction': some rows have no instruction tokens.")
-        pos = torch.arange(mask.shape[1]).expand_as(mask)
-        return torch.where(mask, pos, -1).max(-1).values.unsqueeze(-1)
-    return None
-
-
-def _position_selector(
-    positions: Positions, batch: PromptBatch, device: torch.device
-) -> Callable[[str, Tensor], Tensor] | None:
-    """A function (hook name, activation) -> selected activation, or None for all positions."""
-    if positions is None:
-        return None
-    if isinstance(positions, bool) or not isinstance(positions, (str, int, Tensor)):
-        raise ValueError(
-            f"positions must be None, {list(_POSITION_NAMES)}, an int or an index tensor; got {positions!r}."
-        )
-    if isinstance(positions, str) and positions not in _POSITION_NAMES:
-        raise ValueError(
-            f"Unknown positions {positions!r}. Choose from {list(_POSITION_NAMES)}, an int or a tensor."
-        )
-    n, t = batch.input_ids.shape
-    index = _row_index(positions, batch)
-    index = None if index is None else index.to(device)
-    text_weights = None
-    if positions == "mean_text":
-        text = (batch.attention_mask.bool() & ~batch.image_mask).to(device)
-        text_weights = text.float() / text.sum(-1, keepdim=True).clamp(min=1)
-
-    def select(name: str, x: Tensor) -> Tensor:
-        pos_dim = 2 if name.endswith(("hook_pattern", "hook_attn_scores")) else 1
-        if x.dim() <= pos_dim or x.shape[0] != n or x.shape[pos_dim] != t:
-            raise ValueError(
-                f"positions={_describe_positions(positions)!r} applies to decoder hooks shaped [batch, pos, ...]; "
-                f"{name!r} has shape {tuple(x.shape)}. Cache it in a separate call with positions=None."
-            )
-        x = x.movedim(pos_dim, 1)
-        if positions == "last":
-            return x[:, -1]
-        if isinstance(positions, int):
-            return x[:, positions]
-        if text_weights is not None:
-            w = text_weights.to(x.dtype).view(n, t, *([1] * (x.dim() - 2)))
-            return (x * w).sum(1)
-        assert index is not None
-        gathered = x.gather(1, index.view(n, -1, *([1] * (x.dim() - 2))).expand(n, -1, *x.shape[2:]))
-        return gathered[:, 0] if positions == "last_instruction" else gathered
-
-    return select

@@ -215,7 +215,7 @@ def vocabulary() -> list[str]:
 
 def make_organism_tokenizer(chat_template: str | None = None):
     """The organism's word-level tokenizer (adds BOS when encoding, pads on the left)."""
-    from vlminterp.models.tiny import make_word_tokenizer
+    from vlminterp.models.word_tokenizer import make_word_tokenizer
 
     return make_word_tokenizer(
         vocabulary(),

@@ -2,10 +2,11 @@
 
 A *family* is everything vlminterp must know about a VLM checkpoint format to build paired
 conditions that differ only in the image part and to run it: chat template, image token, the
-processor outputs the model takes, how to load its processor without torchvision, patches the
-bridge needs, and a tiny offline builder for tests. Adding a family is one :class:`Family` entry
-passed to :func:`register_family` (see the sibling modules); nothing else in the pipeline
-special-cases a family.
+processor outputs the model takes, how to load its processor without torchvision, and patches the
+bridge needs. Adding a family is one :class:`Family` entry passed to :func:`register_family` (see
+the sibling modules); nothing else in the pipeline special-cases a family. Its tiny offline
+checkpoint for tests is built by a builder registered in :mod:`vlminterp.testing`, which imports
+the families (never the other way round).
 
 Families are keyed by the HF config's ``model_type``. A checkpoint may name its family explicitly
 with a ``vlminterp_family`` attribute in its ``config.json`` (the shipped organism does this: it is a
@@ -50,9 +51,6 @@ class Family:
             processor with an image processor (classes that need torchvision for video).
         prepare: ``f(bridge)`` run once after the bridge is booted (fixes for bridge pitfalls).
         model_class: HF model class name to boot with, when the Auto classes do not map the config.
-        build_tiny: ``f(out_dir, **sizes)`` writing a tiny random checkpoint of the family (torch is seeded
-            before the call; the builder validates ``sizes`` with ``TinySizes.parse``). A builder that
-            also takes ``tokenizer_dir`` can build on a real tokenizer (``tiny.tiny_tokenizer``).
         checkpoints: Real checkpoint ids of the family (README table, error messages).
     """
 
@@ -67,7 +65,6 @@ class Family:
     load_processor: Callable[[str], Any] | None = None
     prepare: Callable[[Any], None] | None = None
     model_class: str | None = None
-    build_tiny: Callable[..., None] | None = None
     checkpoints: tuple[str, ...] = ()
 
     def messages(self, text: str, with_image: bool) -> list[dict[str, Any]]:

@@ -24,13 +24,11 @@ Example:
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from transformers import ProcessorMixin
 
 from vlminterp.models.families.base import Family, register_family
-from vlminterp.models.tiny import TINY_WORDS, TinySizes, make_word_tokenizer, save_tiny
 
 __all__ = ["MISTRAL3", "MISTRAL3_CHAT_TEMPLATE", "PixtralImageOnlyProcessor"]
 
@@ -70,7 +68,7 @@ class PixtralImageOnlyProcessor(ProcessorMixin):
         image_token, image_break_token, image_end_token: The image placeholder, row break and end tokens.
 
     Example:
-        >>> from vlminterp.models.tiny import tiny_vlm_dir
+        >>> from vlminterp.testing import tiny_vlm_dir
         >>> from PIL import Image
         >>> proc = PixtralImageOnlyProcessor.from_pretrained(tiny_vlm_dir("mistral3"))
         >>> out = proc(text=["[INST][IMG]hi[/INST]"], images=[[Image.new("RGB", (56, 40))]], return_tensors="pt")
@@ -114,54 +112,6 @@ class PixtralImageOnlyProcessor(ProcessorMixin):
         return {**super().to_dict(), "processor_class": "PixtralProcessor"}
 
 
-def _build_mistral3(out_dir: Path, **sizes: int) -> None:
-    """Tiny ``Mistral3ForConditionalGeneration``: Mistral decoder, Pixtral tower, 2 x 2 patch merger.
-
-    Images are capped at a 64-px longest edge and read in 16-px cells (8-px patches merged 2 x 2):
-    a 40 x 56 (h x w) image becomes 48 x 64, i.e. 3 x 4 = 12 ``[IMG]`` tokens.
-    """
-    from transformers import (
-        Mistral3Config,
-        Mistral3ForConditionalGeneration,
-        MistralConfig,
-        PixtralVisionConfig,
-    )
-    from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
-
-    s = TinySizes.parse("mistral3", {"image_size": 64, **sizes})
-    merge = 2
-    image_tokens = ["[IMG]", "[IMG_BREAK]", "[IMG_END]"]
-    tok = make_word_tokenizer(
-        list(TINY_WORDS),
-        special=["[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", *image_tokens],
-        named={"image_token": "[IMG]"},
-        chat_template=MISTRAL3_CHAT_TEMPLATE,
-        bos="<s>",
-        eos="</s>",
-    )
-    # A text config passed as a dict would take Mistral 3's defaults (head_dim 128, rope_theta 1e9).
-    text = MistralConfig(**s.text_config(tok, sliding_window=None))
-    config = Mistral3Config(
-        vision_config=PixtralVisionConfig(**s.vision_config()),
-        text_config=text,
-        image_token_index=tok.convert_tokens_to_ids("[IMG]"),
-        spatial_merge_size=merge,
-        vision_feature_layer=-1,
-        multimodal_projector_bias=False,
-    )
-    step = s.patch_size * merge
-    processor = PixtralImageOnlyProcessor(
-        image_processor=PixtralImageProcessorPil(
-            patch_size={"height": step, "width": step}, size={"longest_edge": s.image_size}
-        ),
-        tokenizer=tok,
-        patch_size=s.patch_size,
-        spatial_merge_size=merge,
-        chat_template=MISTRAL3_CHAT_TEMPLATE,
-    )
-    save_tiny(Mistral3ForConditionalGeneration(config), processor, out_dir)
-
-
 MISTRAL3 = register_family(
     Family(
         name="mistral3",
@@ -170,7 +120,6 @@ MISTRAL3 = register_family(
         image_token_attr="image_token_index",
         image_kwargs=("pixel_values", "image_sizes"),
         load_processor=PixtralImageOnlyProcessor.from_pretrained,
-        build_tiny=_build_mistral3,
         checkpoints=(
             "mistralai/Mistral-Small-3.1-24B-Instruct-2503",
             "mistralai/Mistral-Small-3.2-24B-Instruct-2506",

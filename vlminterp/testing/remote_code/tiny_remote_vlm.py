@@ -1,6 +1,6 @@
 """A tiny vision-language model in the original Qwen-VL layout, shipped as remote code.
 
-``vlminterp.models.tiny_remote.build_tiny_remote_vlm`` saves it with ``save_pretrained``, which
+``vlminterp.testing.remote.build_tiny_remote_vlm`` saves it with ``save_pretrained``, which
 copies this file next to the weights and points ``config.json``'s ``auto_map`` at it, so the folder
 loads only with ``trust_remote_code=True`` (transformers does not know ``model_type``
 ``vlminterp_tiny_remote``). It exists to test vlminterp's fallback adapter on a model class that

@@ -10,7 +10,7 @@ fallback adapter (:mod:`vlminterp.models.fallback`) is tested on. ``config.vlmin
 
 Example:
     >>> import tempfile
-    >>> from vlminterp.models.tiny_remote import build_tiny_remote_vlm
+    >>> from vlminterp.testing import build_tiny_remote_vlm
     >>> path = build_tiny_remote_vlm(tempfile.mkdtemp(), seed=0)
     >>> (path / "tiny_remote_vlm.py").exists()
     True
@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from vlminterp.models.tiny import TinySizes, cached_build, save_tiny
+from vlminterp.testing.builders.llava import tiny_llava_processor
+from vlminterp.testing.tiny import TinySizes, cached_build, save_tiny
 
 __all__ = ["build_tiny_remote_vlm", "tiny_remote_vlm_dir", "TINY_REMOTE_MODEL_TYPE"]
 
@@ -51,8 +52,7 @@ def build_tiny_remote_vlm(
     Returns:
         ``out_dir`` as a Path.
     """
-    from vlminterp.models.families.llava import tiny_llava_processor
-    from vlminterp.models.remote_code.tiny_remote_vlm import TinyRemoteVLMConfig, TinyRemoteVLMLMHeadModel
+    from vlminterp.testing.remote_code.tiny_remote_vlm import TinyRemoteVLMConfig, TinyRemoteVLMLMHeadModel
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -80,7 +80,7 @@ def build_tiny_remote_vlm(
 
 def tiny_remote_vlm_dir(seed: int = 0, **sizes: int) -> Path:
     """A cached directory holding the tiny remote-code VLM for (seed, sizes), built on first use."""
-    from vlminterp.models.remote_code import tiny_remote_vlm
+    from vlminterp.testing.remote_code import tiny_remote_vlm
 
     source = Path(tiny_remote_vlm.__file__).read_bytes()  # an edited model file gets a fresh folder
     return cached_build(

@@ -1,15 +1,17 @@
-"""Offline builders of tiny random VLMs, saved like real checkpoints.
+"""Tiny random VLMs for tests: the builder registry, sizes, tokenizers and the on-disk cache.
 
-Every builder writes a directory with ``config.json``, safetensors weights, tokenizer and processor
+A builder writes a directory with ``config.json``, safetensors weights, tokenizer and processor
 files, so ``HookedVLM.from_pretrained(directory)`` exercises exactly the code path of a real
 checkpoint. Weights are random and deterministic for a seed; tokenizers are word-level and built
-from a word list, so nothing is downloaded. Some families (llava, qwen2_5_vl, gemma3) can instead
-take a real tokenizer folder (``tokenizer.json`` + ``tokenizer_config.json``, e.g. Llama-2's), so
-that tokenization, special tokens and vocabulary size are those of the real checkpoint.
+from :data:`TINY_WORDS`, so nothing is downloaded. Some builders (llava, qwen2_5_vl, gemma3) can
+instead take a real tokenizer folder (``tokenizer.json`` + ``tokenizer_config.json``, e.g.
+Llama-2's), so that tokenization, special tokens and vocabulary size are those of the real
+checkpoint. One builder per family is registered with :func:`register_builder` by the modules of
+:mod:`vlminterp.testing.builders`.
 
 Example:
     >>> import tempfile
-    >>> from vlminterp.models.tiny import build_tiny_vlm
+    >>> from vlminterp.testing import build_tiny_vlm
     >>> path = build_tiny_vlm("llava", tempfile.mkdtemp(), seed=0)
     >>> sorted(p.name for p in path.iterdir())[:2]
     ['chat_template.jinja', 'config.json']
@@ -30,12 +32,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from vlminterp.models.families import get_family
+from vlminterp.models.word_tokenizer import make_word_tokenizer
+
 __all__ = [
-    "make_word_tokenizer",
-    "tiny_tokenizer",
+    "register_builder",
+    "tiny_families",
     "build_tiny_vlm",
     "tiny_vlm_dir",
-    "tiny_families",
+    "cached_build",
+    "tiny_tokenizer",
     "save_tiny",
     "TinySizes",
     "TINY_WORDS",
@@ -43,234 +49,40 @@ __all__ = [
 
 #: Words of the tiny models' vocabulary: enough English for test prompts and dataset queries.
 TINY_WORDS: tuple[str, ...] = tuple(
-    [
-        ".",
-        ",",
-        "?",
-        "!",
-        ":",
-        ";",
-        "'",
-        '"',
-        "-",
-        "(",
-        ")",
-        "0",
-        "1",
-        "2",
-        "3",
-        "4",
-        "5",
-        "6",
-        "7",
-        "8",
-        "9",
-        "a",
-        "an",
-        "the",
-        "this",
-        "that",
-        "these",
-        "those",
-        "it",
-        "its",
-        "is",
-        "are",
-        "was",
-        "were",
-        "be",
-        "been",
-        "am",
-        "i",
-        "you",
-        "he",
-        "she",
-        "we",
-        "they",
-        "me",
-        "my",
-        "your",
-        "what",
-        "how",
-        "why",
-        "where",
-        "when",
-        "who",
-        "which",
-        "can",
-        "could",
-        "would",
-        "should",
-        "will",
-        "do",
-        "does",
-        "did",
-        "not",
-        "no",
-        "yes",
-        "sure",
-        "sorry",
-        "help",
-        "tell",
-        "show",
-        "explain",
-        "describe",
-        "make",
-        "build",
-        "create",
-        "get",
-        "buy",
-        "use",
-        "find",
-        "write",
-        "give",
-        "teach",
-        "draw",
-        "list",
-        "steps",
-        "to",
-        "of",
-        "in",
-        "on",
-        "at",
-        "for",
-        "with",
-        "from",
-        "by",
-        "about",
-        "into",
-        "image",
-        "picture",
-        "photo",
-        "caption",
-        "based",
-        "given",
-        "request",
-        "shape",
-        "color",
-        "red",
-        "green",
-        "blue",
-        "yellow",
-        "white",
-        "black",
-        "cat",
-        "dog",
-        "car",
-        "house",
-        "tree",
-        "man",
-        "woman",
-        "person",
-        "people",
-        "table",
-        "street",
-        "bomb",
-        "gun",
-        "drug",
-        "poison",
-        "weapon",
-        "kill",
-        "steal",
-        "hack",
-        "attack",
-        "illegal",
-        "harmful",
-        "safe",
-        "benign",
-        "money",
-        "bank",
-        "fraud",
-        "cake",
-        "kite",
-        "bread",
-        "chair",
-        "boat",
-        "lamp",
-        "song",
-        "garden",
-        "candle",
-        "shirt",
-        "first",
-        "then",
-        "and",
-        "or",
-        "but",
-        "if",
-        "so",
-        "here",
-        "there",
-        "please",
-        "detail",
-        "details",
-        "answer",
-        "question",
-        "text",
-        "item",
-        "items",
-        "empty",
-        "blank",
-        "noise",
-        "one",
-        "two",
-        "three",
-        "Image",
-        "Caption",
-    ]
+    """
+    . , ? ! : ; ' " - ( ) 0 1 2 3 4 5 6 7 8 9 a an the this that these those it its is are was were
+    be been am i you he she we they me my your what how why where when who which can could would
+    should will do does did not no yes sure sorry help tell show explain describe make build create
+    get buy use find write give teach draw list steps to of in on at for with from by about into
+    image picture photo caption based given request shape color red green blue yellow white black
+    cat dog car house tree man woman person people table street bomb gun drug poison weapon kill
+    steal hack attack illegal harmful safe benign money bank fraud cake kite bread chair boat lamp
+    song garden candle shirt first then and or but if so here there please detail details answer
+    question text item items empty blank noise one two three Image Caption
+    """.split()
 )
 
+#: family name -> builder ``f(out_dir, **sizes)`` (and ``tokenizer_dir=`` where supported).
+_BUILDERS: dict[str, Callable[..., None]] = {}
 
-def make_word_tokenizer(
-    words: Sequence[str],
-    special: Sequence[str] = (),
-    named: dict[str, str] | None = None,
-    chat_template: str | None = None,
-    bos: str | None = "<bos>",
-    eos: str = "<eos>",
-    pad: str = "<pad>",
-    unk: str = "<unk>",
-    add_bos: bool = True,
-):
-    """A word-level fast tokenizer (whitespace + punctuation split), left-padding.
 
-    Args:
-        words: Ordinary vocabulary words, ids assigned after the special tokens.
-        special: Added special tokens (image placeholders, turn markers), split without spaces.
-        named: Named special tokens, e.g. ``{"image_token": "<image>"}`` (become attributes).
-        chat_template: Jinja chat template stored on the tokenizer.
-        bos, eos, pad, unk: The tokenizer's control tokens (``bos=None`` for none).
-        add_bos: Prepend BOS when encoding, as Llama tokenizers do.
+def register_builder(family: str, build: Callable[..., None]) -> Callable[..., None]:
+    """Register ``build`` as the tiny builder of the registered family ``family``; returns ``build``.
 
-    Returns:
-        A ``PreTrainedTokenizerFast``.
+    ``build(out_dir, **sizes)`` writes a tiny random checkpoint of the family into ``out_dir``
+    (torch is seeded before the call; the builder validates ``sizes`` with :meth:`TinySizes.parse`).
+    A builder that also takes ``tokenizer_dir`` can build on a real tokenizer (:func:`tiny_tokenizer`).
+
+    Raises:
+        ValueError: ``family`` is not a registered family (the message lists them).
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    _BUILDERS[get_family(family).name] = build
+    return build
 
-    base = [t for t in (pad, bos, eos, unk) if t]
-    vocab: dict[str, int] = {}
-    for token in [*base, *special, *words]:
-        vocab.setdefault(token, len(vocab))
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    if bos and add_bos:
-        backend.post_processor = processors.TemplateProcessing(
-            single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, vocab[bos])]
-        )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token=bos,
-        eos_token=eos,
-        pad_token=pad,
-        unk_token=unk,
-        padding_side="left",
-        extra_special_tokens=named or {},
-    )
-    tokenizer.add_special_tokens(
-        {"additional_special_tokens": list(special)}, replace_extra_special_tokens=False
-    )
-    tokenizer.chat_template = chat_template
-    return tokenizer
+
+def tiny_families() -> list[str]:
+    """Registered families that have a tiny offline builder, sorted."""
+    return sorted(_BUILDERS)
 
 
 def tiny_tokenizer(
@@ -426,15 +238,13 @@ def build_tiny_vlm(
     Raises:
         ValueError: no tiny builder for ``family``, or its builder takes no ``tokenizer_dir``.
     """
-    from vlminterp.models.families import get_family
-
-    builder = get_family(family).build_tiny if family in tiny_families() else None
-    if builder is None:
+    if family not in _BUILDERS:
         raise ValueError(f"No tiny builder for family {family!r}. Available: {tiny_families()}.")
+    builder = _BUILDERS[family]
     options: dict[str, Any] = {}
     if tokenizer_dir is not None:
         if not _takes_tokenizer(builder):
-            able = [f for f in tiny_families() if _takes_tokenizer(get_family(f).build_tiny)]
+            able = [f for f in tiny_families() if _takes_tokenizer(_BUILDERS[f])]
             raise ValueError(
                 f"The tiny builder of {family!r} cannot use a real tokenizer; families that can: {able}."
             )
@@ -446,15 +256,8 @@ def build_tiny_vlm(
     return out
 
 
-def _takes_tokenizer(builder: Callable[..., None] | None) -> bool:
-    return builder is not None and "tokenizer_dir" in inspect.signature(builder).parameters
-
-
-def tiny_families() -> list[str]:
-    """Registered families that have a tiny offline builder."""
-    from vlminterp.models.families import family_names, get_family
-
-    return [name for name in family_names() if get_family(name).build_tiny is not None]
+def _takes_tokenizer(builder: Callable[..., None]) -> bool:
+    return "tokenizer_dir" in inspect.signature(builder).parameters
 
 
 def tiny_vlm_dir(
