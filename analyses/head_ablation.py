@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from vlminterp import Condition, HookedVLM, PromptBatch
-from vlminterp.interventions.ablation import ActivationPatch, HeadAblation, mean_z
+from vlminterp.interventions import ActivationPatch, HeadAblation, mean_z
 from vlminterp.sweeps import (
     RefusalScore,
     finish_study,
@@ -134,7 +134,7 @@ def run(args: argparse.Namespace, model: HookedVLM | None = None) -> list[Path]:
         def patch(layer: int, head: int | None) -> ActivationPatch:
             kind = "resid_post" if head is None else "z"
             heads = None if head is None else [head]
-            return ActivationPatch(cache, model.layer_hook(kind, layer), positions="last", heads=heads)
+            return ActivationPatch(cache, hook=kind, layers=layer, positions="last", heads=heads)
 
         grid = {"layer": list(range(c.n_layers)), "head": [None, *range(c.n_heads)]}
         got = sweep(model, samples, patch, grid, RefusalScore(), out / "rows_patching.jsonl", progress,

@@ -99,6 +99,7 @@ def run(args: argparse.Namespace, model: HookedVLM | None = None) -> list[Path]:
 
     for method in methods:
         if method == "cmrm":
+            inputs = samples
             vectors = CMRM.fit(model, anchors, progress=progress)
 
             def make(scope: str, layer: int, vectors=vectors) -> CMRM:
@@ -114,14 +115,13 @@ def run(args: argparse.Namespace, model: HookedVLM | None = None) -> list[Path]:
                 progress=progress,
             )
             source = "sample" if all(s.caption for s in samples) else "self"
-            captioned = ShiftDC(direction, caption_source=source).caption(model, samples)
-            twins = ShiftDC(direction).prompts(model, captioned, captioned=True)
+            inputs = ShiftDC(direction, caption_source=source).caption(model, samples)  # once, not per point
 
-            def make(scope: str, layer: int, direction=direction, twins=twins):
+            def make(scope: str, layer: int, direction=direction) -> ShiftDC:
                 layers = scope_layers(scope, layer, n_layers, args.window)
-                return ShiftDC(direction, layers=layers, caption_source="sample").bind(model, twins)
+                return ShiftDC(direction, layers=layers, caption_source="sample")
 
-        got = sweep(model, samples, make, grid, metrics, out / f"rows_{method}.jsonl", progress,
+        got = sweep(model, inputs, make, grid, metrics, out / f"rows_{method}.jsonl", progress,
                     dataset=args.dataset, method=method, max_rows=args.max_rows)  # fmt: skip
         alpha = args.cmrm_alpha if method == "cmrm" else None
         rows += [{**r, "alpha": alpha, "analysis": NAME, "window": args.window} for r in got]

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from threadpoolctl import threadpool_limits
@@ -35,10 +35,13 @@ from threadpoolctl import threadpool_limits
 from vlminterp.cache.store import ActivationStore
 from vlminterp.io import write_json_atomic
 from vlminterp.models.hooked_vlm import HookedVLM
-from vlminterp.organism.evaluate import generate_texts
+from vlminterp.organism.evaluate import MAX_NEW_TOKENS, generate_texts
 from vlminterp.organism.judge import exact_refusal_rate, refusal_rate, utility
 from vlminterp.organism.tasks import organism_samples
 from vlminterp.prompts import Condition, Sample
+
+if TYPE_CHECKING:
+    from vlminterp.interventions import Intervention
 
 __all__ = ["DemoConfig", "TABLE_COLUMNS", "run_demo", "main", "choose", "summary_table"]
 
@@ -117,19 +120,18 @@ def choose(candidates: list[dict[str, Any]], baseline_utility: float, max_drop: 
     return best
 
 
-def _steered(model: HookedVLM, intervention) -> Responder:
-    """Responses to IMAGE prompts with a batch-free intervention applied."""
+def _responder(
+    model: HookedVLM, intervention: Intervention | None = None, condition=Condition.IMAGE
+) -> Responder:
+    """Greedy responses to ``condition`` prompts, unsteered or with any intervention (one call per set)."""
 
     def respond(samples: list[Sample]) -> list[str]:
-        with intervention.applied(model):
-            return generate_texts(model, samples, Condition.IMAGE)
+        if intervention is None:
+            return generate_texts(model, samples, condition, MAX_NEW_TOKENS)
+        batch = intervention.prompts(model, samples, condition)
+        return intervention.generate(model, batch, max_new_tokens=MAX_NEW_TOKENS).texts
 
     return respond
-
-
-def _sample_level(model: HookedVLM, method) -> Responder:
-    """Responses of a per-input method (sample-level CMRM, ShiftDC) that builds its own twins."""
-    return lambda samples: method.generate(model, samples, max_new_tokens=10).texts
 
 
 # ---------------------------------------------------------------------- stages
@@ -189,14 +191,13 @@ def _steer(model: HookedVLM, cfg: DemoConfig, direction, splits: dict[str, dict[
     anchors = splits["train"]["harmful"] + splits["train"]["benign"]
     vectors = CMRM.fit(model, anchors, level="dataset", progress=cfg.progress)
     vectors.save(cfg.out / "cmrm_vectors")
-    plain = lambda cond: lambda samples: generate_texts(model, samples, cond)  # noqa: E731
-    base_val = _score(plain(Condition.IMAGE), val["harmful"], val["benign"])
+    base_val = _score(_responder(model), val["harmful"], val["benign"])
 
     grid: list[dict[str, Any]] = []
     for steps in ("all", "prefill"):
         for alpha in cfg.cmrm_alphas:
             s = _score(
-                _steered(model, CMRM(vectors, alpha=alpha, steps=steps)), val["harmful"], val["benign"]
+                _responder(model, CMRM(vectors, alpha=alpha, steps=steps)), val["harmful"], val["benign"]
             )
             grid.append({"method": "cmrm_dataset", "alpha": alpha, "steps": steps, "split": "val", **s})
     dataset_best = choose(
@@ -205,7 +206,7 @@ def _steer(model: HookedVLM, cfg: DemoConfig, direction, splits: dict[str, dict[
     for steps in ("prefill", "all"):
         for alpha in cfg.sample_alphas:
             method = CMRM.sample_level(alpha=alpha, steps=steps)
-            s = _score(_sample_level(model, method), val["harmful"], val["benign"])
+            s = _score(_responder(model, method), val["harmful"], val["benign"])
             grid.append({"method": "cmrm_sample", "alpha": alpha, "steps": steps, "split": "val", **s})
     sample_best = choose(
         [g for g in grid if g["method"] == "cmrm_sample"], base_val["utility"], cfg.max_utility_drop
@@ -215,24 +216,24 @@ def _steer(model: HookedVLM, cfg: DemoConfig, direction, splits: dict[str, dict[
     )
 
     methods: list[tuple[str, str, Responder]] = [
-        (Condition.TEXT_ONLY.value, "none", plain(Condition.TEXT_ONLY)),
-        (Condition.CAPTION.value, "none", plain(Condition.CAPTION)),
-        (Condition.BLANK.value, "none", plain(Condition.BLANK)),
-        (Condition.IMAGE.value, "none", plain(Condition.IMAGE)),
+        (Condition.TEXT_ONLY.value, "none", _responder(model, condition=Condition.TEXT_ONLY)),
+        (Condition.CAPTION.value, "none", _responder(model, condition=Condition.CAPTION)),
+        (Condition.BLANK.value, "none", _responder(model, condition=Condition.BLANK)),
+        (Condition.IMAGE.value, "none", _responder(model)),
         (
             Condition.IMAGE.value,
             f"cmrm_dataset(alpha={dataset_best['alpha']},steps={dataset_best['steps']})",
-            _steered(model, CMRM(vectors, alpha=dataset_best["alpha"], steps=dataset_best["steps"])),
+            _responder(model, CMRM(vectors, alpha=dataset_best["alpha"], steps=dataset_best["steps"])),
         ),
         (
             Condition.IMAGE.value,
             f"cmrm_sample(alpha={sample_best['alpha']},steps={sample_best['steps']})",
-            _sample_level(model, CMRM.sample_level(alpha=sample_best["alpha"], steps=sample_best["steps"])),
+            _responder(model, CMRM.sample_level(alpha=sample_best["alpha"], steps=sample_best["steps"])),
         ),
         (
             Condition.IMAGE.value,
             "shiftdc(self-caption)",
-            _sample_level(
+            _responder(
                 model, ShiftDC(direction, caption_prompt=ORGANISM_CAPTION_PROMPT, caption_max_new_tokens=8)
             ),
         ),
@@ -256,12 +257,9 @@ def _layer_ablation(model: HookedVLM, cfg: DemoConfig, vectors, alpha: float, di
     from vlminterp.sweeps import KLToUnsteered, RefusalScore, sweep
 
     samples = test["harmful"][:16] + test["benign"][:8]
-    twins = ShiftDC(direction, caption_source="sample").prompts(model, samples, captioned=True)
     makers = {
         "cmrm_dataset": lambda layer: CMRM(vectors, alpha=alpha, layers=[layer]),
-        "shiftdc": lambda layer: ShiftDC(direction, layers=[layer], caption_source="sample").bind(
-            model, twins
-        ),
+        "shiftdc": lambda layer: ShiftDC(direction, layers=[layer], caption_source="sample"),
     }
     rows = []
     for method, make in makers.items():

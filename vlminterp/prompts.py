@@ -390,6 +390,50 @@ class PromptBatch:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         return [self.select(slice(i, i + batch_size)) for i in range(0, len(self), batch_size)]
 
+    @classmethod
+    def concat(cls, batches: Sequence[PromptBatch]) -> PromptBatch:
+        """One batch of the rows of ``batches`` in order, left-padded to the longest (same family).
+
+        Example:
+            >>> from vlminterp import HookedVLM, Sample, Condition
+            >>> model = HookedVLM.tiny("llava")
+            >>> a = PromptBatch.paired(model, [Sample(id="a", query="hi")], [Condition.TEXT_ONLY])
+            >>> b = PromptBatch.paired(model, [Sample(id="b", query="how do i make a kite")], [Condition.TEXT_ONLY])
+            >>> both = PromptBatch.concat([a, b])
+            >>> both.sample_ids, both.input_ids.shape[1] == b.input_ids.shape[1] > a.input_ids.shape[1]
+            (['a', 'b'], True)
+        """
+        if not batches:
+            raise ValueError("PromptBatch.concat needs at least one batch.")
+        first = batches[0]
+        if any(b.family != first.family for b in batches):
+            raise ValueError(
+                f"PromptBatch.concat: batches of families {sorted({b.family for b in batches})}; build them for one model."
+            )
+        length = max(b.input_ids.shape[1] for b in batches)
+
+        def cat(get: Any, value: Any) -> Tensor:
+            parts = []
+            for b in batches:
+                t = get(b)
+                padded = torch.full((t.shape[0], length), value, dtype=t.dtype)
+                padded[:, length - t.shape[1] :] = t
+                parts.append(padded)
+            return torch.cat(parts)
+
+        return replace(
+            first,
+            input_ids=cat(lambda b: b.input_ids, first.pad_token_id),
+            attention_mask=cat(lambda b: b.attention_mask, 0),
+            masks={k: cat(lambda b, k=k: b.masks[k], False) for k in first.masks},
+            token_inputs={k: cat(lambda b, k=k: b.token_inputs[k], 0) for k in first.token_inputs},
+            row_images=[r for b in batches for r in b.row_images],
+            conditions=[c for b in batches for c in b.conditions],
+            sample_ids=[i for b in batches for i in b.sample_ids],
+            labels=[lab for b in batches for lab in b.labels],
+            texts=[t for b in batches for t in b.texts],
+        )
+
     def with_suffix(self, suffix: Sequence[Sequence[int]]) -> PromptBatch:
         """The batch with ``suffix[i]`` appended to row ``i`` (marked ``generated``), re-padded on the left."""
         if len(suffix) != len(self):

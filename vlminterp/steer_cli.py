@@ -43,11 +43,13 @@ from typing import TYPE_CHECKING, Any
 from vlminterp.eval.judges import KEYWORD_PRESETS, Judge, KeywordJudge, Verdict
 from vlminterp.eval.metrics import rate_table
 from vlminterp.eval.runner import generate_responses, read_responses
+from vlminterp.interventions.site import LAYER_WORDS
 from vlminterp.io import atomic_path, read_json, write_json_atomic, write_text_atomic
 from vlminterp.prompts import Condition, Sample
 
 if TYPE_CHECKING:
-    from vlminterp.models.hooked_vlm import Generation, HookedVLM
+    from vlminterp.interventions import Intervention
+    from vlminterp.models.hooked_vlm import HookedVLM
 
 __all__ = ["main", "build_parser", "DatasetSpec", "PredicateJudge", "make_judge", "load_samples", "markdown"]
 
@@ -162,13 +164,14 @@ def make_judge(spec: str, judges_dir: str | Path | None = None) -> Judge:
 
 
 def _layers(text: str) -> str | list[int]:
-    if text == "all":
-        return "all"
+    if text in LAYER_WORDS:
+        return text
     try:
         return [int(x) for x in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"--layers {text!r}: use 'all' or comma-separated layer indices (8,9,10)."
+            f"--layers {text!r}: use one of {list(LAYER_WORDS)} or comma-separated layer indices (8,9,10; "
+            "negative: from the end)."
         ) from None
 
 
@@ -200,21 +203,14 @@ class Run:
         dataset: str,
         condition: Condition,
         method: str = "none",
-        intervention=None,
-        respond: Callable[[list[Sample]], Generation] | None = None,
-        respond_info: dict[str, Any] | None = None,
+        intervention: Intervention | None = None,
     ) -> list[dict[str, Any]]:
-        """Responses under ``condition``, resumably (:func:`generate_responses`).
-
-        Either a batch-free ``intervention`` (dataset-level CMRM) or, for per-input methods
-        (sample-level CMRM, ShiftDC), ``respond(chunk)`` returning the steered rows' generation.
-        """
+        """Responses under ``condition``, unsteered or with any ``intervention``, resumably (:func:`generate_responses`)."""
         before = self._done(dataset, condition.value, method)
         start = time.perf_counter()
         rows = generate_responses(
-            self.model, samples, condition, self.responses, [intervention] if intervention else None,
-            max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, method=method, dataset=dataset,
-            progress=self.progress, respond=respond, respond_info=respond_info,
+            self.model, samples, condition, self.responses, intervention, max_new_tokens=self.max_new_tokens,
+            batch_size=self.batch_size, method=method, dataset=dataset, progress=self.progress,
         )  # fmt: skip
         self._time(
             dataset, condition.value, method, start, len(samples) - len(before & {s.id for s in samples})
@@ -334,7 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmrm.add_argument("--level", choices=("dataset", "sample"), default="dataset")
     cmrm.add_argument("--alpha", type=float, default=1.0)
     cmrm.add_argument("--steps", choices=("all", "prefill"), default="all")
-    cmrm.add_argument("--layers", type=_layers, default="all", help="'all' or comma-separated layers")
+    cmrm.add_argument(
+        "--layers", type=_layers, default="all", help="'all', 'second_half' or comma-separated layers"
+    )
     cmrm.add_argument("--estimator", choices=("mean", "pc1"), default="mean")
     cmrm.add_argument("--blank", choices=("white", "noise", "mean_pixel"), default="white")
     shift = sub.add_parser("shiftdc", help="ShiftDC: safety direction, steer IMAGE inputs, distortion, judge")
@@ -344,7 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--direction", required=True, help="saved SteeringVectors FILE, or fit:DATASET[:split]"
     )
     shift.add_argument("--direction-condition", choices=("auto", "caption", "text_only"), default="auto")
-    shift.add_argument("--layers", type=_layers, default=None, help="'all' or layers (default L//2 .. L-1)")
+    shift.add_argument(
+        "--layers", type=_layers, default="second_half", help="'all', 'second_half' (L//2 .. L-1) or layers"
+    )
     shift.add_argument("--steps", choices=("prefill", "all"), default="prefill")
     shift.add_argument("--caption-source", choices=("self", "sample"), default="self")
     shift.add_argument(
@@ -415,19 +415,13 @@ def run_cmrm(args: argparse.Namespace, run: Run, judge: Judge, sets: dict[str, t
     if args.level == "dataset":
         vectors = _cmrm_vectors(model, sets["anchor"][1], run, args.layers, args.estimator, args.blank)
         intervention = CMRM(vectors, alpha=args.alpha, layers=args.layers, steps=args.steps)
-
-        def steered(name: str, chunk: list[Sample]) -> list[dict[str, Any]]:
-            return run.plain(chunk, name, Condition.IMAGE, method, intervention)
     else:
-        sample_level = CMRM.sample_level(
+        intervention = CMRM.sample_level(
             alpha=args.alpha, layers=args.layers, steps=args.steps, blank=args.blank
         )
 
-        def steered(name: str, chunk: list[Sample]) -> list[dict[str, Any]]:
-            gen = lambda c: sample_level.generate(model, c, max_new_tokens=run.max_new_tokens)  # noqa: E731
-            return run.plain(
-                chunk, name, Condition.IMAGE, method, respond=gen, respond_info=sample_level.to_dict()
-            )
+    def steered(name: str, chunk: list[Sample]) -> list[dict[str, Any]]:
+        return run.plain(chunk, name, Condition.IMAGE, method, intervention)
 
     responses = _baselines(run, samples, eval_name) + steered(eval_name, samples)
     everything = list(samples)
@@ -464,33 +458,26 @@ def run_shiftdc(args: argparse.Namespace, run: Run, judge: Judge, sets: dict[str
         direction, layers=args.layers, steps=args.steps, caption_source=args.caption_source,
         caption_prompt=args.caption_prompt or (ORGANISM_CAPTION_PROMPT if organism else QUERY_CONDITIONED_PROMPT),
         caption_max_new_tokens=args.caption_max_new_tokens or (8 if organism else 64),
+        caption_cache=run.out / "captions.json",
     )  # fmt: skip
-    method = f"shiftdc(steps={args.steps},layers={_layer_text(args.layers or 'default')},captions={args.caption_source})"
+    layers = "default" if args.layers == "second_half" else _layer_text(args.layers)
+    method = f"shiftdc(steps={args.steps},layers={layers},captions={args.caption_source})"
     unit = direction.vectors[list(shiftdc.layers)].double().numpy()
 
     shift_rows: list[dict[str, Any]] = []
 
     def steered(name: str, chunk: list[Sample]) -> list[dict[str, Any]]:
-        captioned = shiftdc.caption(model, chunk, cache=str(run.out / "captions.json"))
-        for i in range(0, len(captioned), run.batch_size):
-            part = captioned[i : i + run.batch_size]
-            m = shiftdc.shifts(model, shiftdc.prompts(model, part, captioned=True)).double().numpy()
+        shiftdc.caption(model, chunk)  # self-captions are made once, into captions.json; later calls read it
+        for i in range(0, len(chunk), run.batch_size):
+            part = chunk[i : i + run.batch_size]
+            m = shiftdc.shifts(model, shiftdc.prompts(model, part)).double().numpy()
             cos, proj = cosine(m, unit), scalar_projection(m, unit)
             for j, s in enumerate(part):
                 for k, layer in enumerate(shiftdc.layers):
                     for metric, value in (("shift_cosine", cos[j, k]), ("shift_projection", proj[j, k])):
                         shift_rows.append({"dataset": name, "id": s.id, "label": s.label, "image": s.image is not None,
                                            "layer": layer, "metric": metric, "value": float(value)})  # fmt: skip
-        gen = lambda c: shiftdc.generate(model, c, max_new_tokens=run.max_new_tokens, captioned=True)  # noqa: E731
-        by_id = {s.id: s for s in captioned}
-        return run.plain(
-            [by_id[s.id] for s in chunk],
-            name,
-            Condition.IMAGE,
-            method,
-            respond=gen,
-            respond_info=shiftdc.to_dict(),
-        )
+        return run.plain(chunk, name, Condition.IMAGE, method, shiftdc)
 
     responses = _baselines(run, samples, eval_name) + steered(eval_name, samples)
     everything = list(samples)

@@ -5,10 +5,12 @@
 
     {"model", "dataset", "method", "layer", "head", "alpha", <other grid keys>, "metric", "value", "n"}
 
-How it is fast. Several grid points share one forward: the batch is repeated ``k`` times along the
-batch axis and copy ``i`` carries point ``i``'s hooks (every hook acts on its own rows only, so a
-copy is exactly the run of that point alone; batched == one-at-a-time is tested). ``k`` is
-``max_rows // len(batch)``. The unsteered run is done once per sweep.
+Any intervention works the same way: each point's intervention is prepared for the samples
+(:meth:`Intervention.prepared`; per-input methods add their twin rows and read only their output
+rows). How it is fast. Several grid points share one forward: their prepared batches are stacked
+along the batch axis and block ``i`` carries point ``i``'s hooks (every hook acts on its own rows
+only, so a block is exactly the run of that point alone; batched == one-at-a-time is tested). Up to
+``max_rows`` rows go in one forward. The unsteered run is done once per sweep.
 
 How it resumes. With ``out_path`` (JSONL), the rows of every group of points are appended in one
 write followed by ``fsync``; a half-written last line (a killed run) is dropped on restart, and
@@ -57,7 +59,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from vlminterp.interventions.base import HookFn, Intervention
+from vlminterp.interventions.base import HookFn, Intervention, PreparedRun
 from vlminterp.io import write_text_atomic
 from vlminterp.prompts import Condition, PromptBatch, Sample
 
@@ -399,10 +401,26 @@ def _key(point: Mapping[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------- running
+@dataclass
+class _Part:
+    """One run inside a stacked forward: its rows, hooks, ``follow`` and output rows."""
+
+    batch: PromptBatch
+    hooks: list[tuple[str, HookFn]]
+    follow: list[int | None] | None
+    rows: list[int]
+
+    @classmethod
+    def of(cls, run: PreparedRun | None, plain: PromptBatch) -> _Part:
+        if run is None:
+            return cls(plain, [], None, list(range(len(plain))))
+        return cls(run.batch, run.fwd_hooks, run.follow, run.rows)
+
+
 def _stacked(
-    model: HookedVLM, hook_lists: list[list[tuple[Any, HookFn]]], rows: int
+    model: HookedVLM, hook_lists: list[list[tuple[Any, HookFn]]], sizes: list[int]
 ) -> list[tuple[str, HookFn]]:
-    """One hook per name for ``k`` copies of a ``rows``-row batch: copy ``i`` gets ``hook_lists[i]``."""
+    """One hook per name for consecutive blocks of ``sizes`` rows: block ``i`` gets ``hook_lists[i]``."""
     by_name: dict[str, list[tuple[int, HookFn]]] = {}
     for i, hooks in enumerate(hook_lists):
         for spec, fn in hooks:
@@ -411,7 +429,7 @@ def _stacked(
 
     def make(entries: list[tuple[int, HookFn]]) -> HookFn:
         def hook(x: Tensor, hook: Any) -> Tensor:
-            chunks = list(x.split(rows, dim=0))
+            chunks = list(x.split(sizes, dim=0))
             for i, fn in entries:
                 out = fn(chunks[i], hook)
                 if out is not None:
@@ -425,29 +443,73 @@ def _stacked(
 
 def _observe(
     model: HookedVLM,
-    batch: PromptBatch,
-    interventions: list[Intervention | None],
+    parts: list[_Part],
     capture: list[str],
     max_new_tokens: int | None,
 ) -> list[Observation]:
-    """One observation per intervention (None = unsteered), all in one forward of ``k`` copies of ``batch``."""
-    k, n = len(interventions), len(batch)
-    hook_lists = [[] if iv is None else iv.hooks(batch) for iv in interventions]
-    stacked = batch if k == 1 else batch.select(list(range(n)) * k)
-    fwd_hooks = _stacked(model, hook_lists, n)
+    """One observation per part (its output rows), all in one forward of the parts' rows stacked."""
+    sizes = [len(p.batch) for p in parts]
+    first = parts[0].batch
+    if all(p.batch is first for p in parts):
+        stacked = first if len(parts) == 1 else first.select(list(range(len(first))) * len(parts))
+    else:
+        stacked = PromptBatch.concat([p.batch for p in parts])
+    offsets = [sum(sizes[:i]) for i in range(len(parts))]
+    follow = None
+    if any(p.follow is not None for p in parts):
+        follow = [
+            None if f is None else o + f
+            for p, o in zip(parts, offsets, strict=True)
+            for f in (p.follow or [None] * len(p.batch))
+        ]
+    fwd_hooks = _stacked(model, [p.hooks for p in parts], sizes)
     logits, cache = model.run_with_cache(stacked, names_filter=capture, positions="last", fwd_hooks=fwd_hooks)
     last = logits[:, -1].float().cpu()
     texts = None
     if max_new_tokens is not None:
-        texts = model.generate(stacked, max_new_tokens=max_new_tokens, fwd_hooks=fwd_hooks).texts
-    return [
-        Observation(
-            logits=last[i * n : (i + 1) * n],
-            captured={name: cache[name][i * n : (i + 1) * n].float() for name in capture},
-            texts=None if texts is None else texts[i * n : (i + 1) * n],
+        texts = model.generate(
+            stacked, max_new_tokens=max_new_tokens, fwd_hooks=fwd_hooks, follow=follow
+        ).texts
+    out = []
+    for p, o in zip(parts, offsets, strict=True):
+        rows = [o + r for r in p.rows]
+        out.append(
+            Observation(
+                logits=last[rows],
+                captured={name: cache[name][rows].float() for name in capture},
+                texts=None if texts is None else [texts[r] for r in rows],
+            )
         )
-        for i in range(k)
-    ]
+    return out
+
+
+def _packs(parts: list[_Part], max_rows: int) -> list[list[_Part]]:
+    """Consecutive parts per forward: as many as fit in ``max_rows`` rows (at least one)."""
+    packs: list[list[_Part]] = [[]]
+    for p in parts:
+        if packs[-1] and sum(len(q.batch) for q in packs[-1]) + len(p.batch) > max_rows:
+            packs.append([])
+        packs[-1].append(p)
+    return packs
+
+
+def _prepared(
+    iv: Intervention,
+    model: HookedVLM,
+    samples: list[Sample],
+    cond: Condition,
+    plain: PromptBatch,
+    options: Mapping[str, Any],
+) -> PreparedRun:
+    """``iv`` prepared for ``samples``: on the plain batch, unless ``iv`` builds its own rows (twins)."""
+    own = type(iv).prompts is not Intervention.prompts
+    run = iv.prepared(model, iv.prompts(model, samples, cond, **options) if own else plain)
+    if [run.batch.sample_ids[i] for i in run.rows] != plain.sample_ids:
+        raise ValueError(
+            f"sweep: the output rows of {type(iv).__name__} are not the sweep's samples in order; its prepare "
+            "must keep one output row per input."
+        )
+    return run
 
 
 def _digest(samples: Sequence[Sample]) -> str:
@@ -541,8 +603,9 @@ def sweep(
         conditions: Conditions of the prompts (default IMAGE).
         dataset: Dataset name for the rows.
         method: Method name for the rows (default the intervention's ``to_dict()["method"]``).
-        batch_size: Samples per forward (default all; per-input interventions bound to one batch need all).
-        max_rows: Rows per forward when points are stacked (``k = max_rows // rows`` points per forward).
+        batch_size: Samples per forward (default all).
+        max_rows: Rows per forward when points are stacked (``k = max_rows // rows`` points per forward;
+            twin rows of per-input methods count too).
         prompt_options: ``blank=``, ``noise_seed=``, ``caption_template=`` for ``PromptBatch.paired``.
 
     Returns:
@@ -581,17 +644,16 @@ def sweep(
     done = set() if store is None else store.done()
     fresh: list[dict[str, Any]] = []
 
-    sample_batches = (
-        [list(samples)]
-        if batch_size is None
-        else [list(samples[i : i + batch_size]) for i in range(0, len(samples), batch_size)]
-    )
-    batches = [PromptBatch.paired(model, s, conds, **(prompt_options or {})) for s in sample_batches]
+    options = dict(prompt_options or {})
+    chunks = [list(samples)] if batch_size is None else [list(samples[i : i + batch_size]) for i in range(0, len(samples), batch_size)]  # fmt: skip
+    batches = [
+        (chunk, c, PromptBatch.paired(model, chunk, [c], **options)) for chunk in chunks for c in conds
+    ]
     references = []
-    for b in batches:
-        unsteered = _observe(model, b, [None], capture, generation)[0]
+    for _, _, b in batches:
+        unsteered = _observe(model, [_Part.of(None, b)], capture, generation)[0]
         references.append([m.reference(model, b, by_id, unsteered) for m in metrics])
-    per_pass = max(1, max_rows // max(len(b) for b in batches))
+    per_pass = max(1, max_rows // max(len(b) for _, _, b in batches))
     groups = [points[i : i + per_pass] for i in range(0, len(points), per_pass)]
     bar = tqdm(
         total=len(points), initial=sum(_key(p) in done for p in points), unit="point", disable=not progress
@@ -604,9 +666,15 @@ def sweep(
             interventions = [make_intervention(**p) for p in todo]
             sums = torch.zeros(len(todo), len(metrics), dtype=torch.float64)
             counts = torch.zeros(len(todo), len(metrics), dtype=torch.long)
-            for b, refs in zip(batches, references, strict=True):
-                bound = [None if iv is None else iv.bind(model, b) for iv in interventions]
-                observed = _observe(model, b, bound, capture, generation)
+            for (chunk, cond, b), refs in zip(batches, references, strict=True):
+                runs = [
+                    None if iv is None else _prepared(iv, model, chunk, cond, b, options)
+                    for iv in interventions
+                ]
+                parts = [_Part.of(run, b) for run in runs]
+                observed = [
+                    o for pack in _packs(parts, max_rows) for o in _observe(model, pack, capture, generation)
+                ]
                 for j, m in enumerate(metrics):
                     rows = [i for i, lab in enumerate(b.labels) if m.label is None or lab == m.label]
                     if not rows:

@@ -6,11 +6,13 @@ import pytest
 import torch
 
 from vlminterp import Condition, PromptBatch, Sample
-from vlminterp.interventions.ablation import (
+from vlminterp.interventions import (
     ActivationPatch,
     DirectionAddition,
     DirectionalAblation,
     HeadAblation,
+    SteeringVectors,
+    SteeringVectorsMismatchError,
     mean_z,
 )
 
@@ -20,8 +22,11 @@ def image_batch(tiny_model, samples):
     return PromptBatch.paired(tiny_model, samples, [Condition.IMAGE])
 
 
-def _cache(model, batch, names, fwd_hooks=()):
-    return model.run_with_cache(batch, names_filter=names, fwd_hooks=fwd_hooks)
+def _cache(model, batch, names, intervention=None):
+    """Logits and cache of ``batch``, unsteered or with ``intervention`` (its own run_with_cache)."""
+    if intervention is None:
+        return model.run_with_cache(batch, names_filter=names)
+    return intervention.run_with_cache(model, batch, names_filter=names)
 
 
 def _w_o(model, layer):
@@ -33,7 +38,7 @@ def test_zero_ablation_zeroes_one_head_and_removes_only_its_output(tiny_model, i
     layer, head, d_head = 1, 2, tiny_model.cfg.d_head
     names = [tiny_model.layer_hook("z", layer), tiny_model.layer_hook("attn_out", layer)]
     _, clean = _cache(tiny_model, image_batch, names)
-    _, ablated = _cache(tiny_model, image_batch, names, HeadAblation([(layer, head)]).hooks())
+    _, ablated = _cache(tiny_model, image_batch, names, HeadAblation([(layer - 2, head)]))  # -1: the last
     z_clean, z_abl = clean[names[0]], ablated[names[0]]
     assert bool((z_abl[:, :, head] == 0).all())
     others = [h for h in range(tiny_model.cfg.n_heads) if h != head]
@@ -54,7 +59,7 @@ def test_mean_ablating_every_head_equals_mean_attention_output(tiny_model, sampl
 
     heads = [(layer, h) for h in range(tiny_model.cfg.n_heads)]
     ablation = HeadAblation(heads, mode="mean", mean_from=mean_z(tiny_model, ref, layers=[layer]))
-    logits, cache = _cache(tiny_model, image_batch, [out_name], ablation.bind(tiny_model).hooks())
+    logits, cache = _cache(tiny_model, image_batch, [out_name], ablation)
     torch.testing.assert_close(cache[out_name], mean_out.expand_as(cache[out_name]), rtol=1e-5, atol=1e-5)
 
     def replace_by_mean(x, hook):
@@ -66,9 +71,10 @@ def test_mean_ablating_every_head_equals_mean_attention_output(tiny_model, sampl
 
 def test_head_ablation_batched_equals_one_at_a_time(tiny_model, image_batch):
     ablation = HeadAblation([(0, 1), (1, 3)])
-    batched = tiny_model.run_with_hooks(image_batch, ablation.hooks())[:, -1]
+    hooks = ablation.prepared(tiny_model).fwd_hooks  # input-free: one set of hooks for any batch
+    batched = tiny_model.run_with_hooks(image_batch, hooks)[:, -1]
     for i in range(len(image_batch)):
-        single = tiny_model.run_with_hooks(image_batch.select([i]), ablation.hooks())[:, -1]
+        single = tiny_model.run_with_hooks(image_batch.select([i]), hooks)[:, -1]
         torch.testing.assert_close(batched[i : i + 1], single, rtol=1e-4, atol=1e-4)
 
 
@@ -83,7 +89,7 @@ def test_directional_ablation_leaves_no_component_at_every_steered_layer(tiny_mo
     torch.manual_seed(0)
     direction = torch.randn(tiny_model.cfg.n_layers, tiny_model.cfg.d_model)
     names = tiny_model.hook_names("resid_post")
-    _, cache = _cache(tiny_model, image_batch, names, DirectionalAblation(direction).hooks())
+    _, cache = _cache(tiny_model, image_batch, names, DirectionalAblation(direction))
     for layer, name in enumerate(names):
         unit = direction[layer] / direction[layer].norm()
         assert float((cache[name] @ unit).abs().max()) < 1e-5
@@ -94,7 +100,7 @@ def test_directional_ablation_at_one_layer_is_the_projection(tiny_model, image_b
     r = torch.randn(tiny_model.cfg.d_model)
     name = tiny_model.layer_hook("resid_post", 0)
     _, clean = _cache(tiny_model, image_batch, [name])
-    _, steered = _cache(tiny_model, image_batch, [name], DirectionalAblation(r, layers=0).hooks())
+    _, steered = _cache(tiny_model, image_batch, [name], DirectionalAblation(r, layers=0))
     unit = r / r.norm()
     x = clean[name]
     torch.testing.assert_close(steered[name], x - (x @ unit)[..., None] * unit, rtol=1e-5, atol=1e-5)
@@ -105,14 +111,18 @@ def test_direction_addition_adds_alpha_r_at_every_position(tiny_model, image_bat
     r = torch.randn(tiny_model.cfg.d_model)
     name = tiny_model.layer_hook("resid_post", 1)
     _, clean = _cache(tiny_model, image_batch, [name])
-    _, steered = _cache(tiny_model, image_batch, [name], DirectionAddition(r, alpha=-0.7, layers=1).hooks())
+    _, steered = _cache(tiny_model, image_batch, [name], DirectionAddition(r, alpha=-0.7, layers=1))
     torch.testing.assert_close(
         steered[name] - clean[name], (-0.7 * r).expand_as(clean[name]), rtol=1e-5, atol=1e-5
     )
-    _, last = _cache(
-        tiny_model, image_batch, [name], DirectionAddition(r, 2.0, [1], positions="last").hooks()
-    )
+    _, last = _cache(tiny_model, image_batch, [name], DirectionAddition(r, 2.0, [1], positions="last"))
     torch.testing.assert_close(last[name][:, :-1], clean[name][:, :-1], rtol=0, atol=0)
+    first = tiny_model.layer_hook("resid_post", 0)  # layers="all" acts at layer 0 too (its input is clean)
+    _, clean = _cache(tiny_model, image_batch, [first])
+    _, every = _cache(tiny_model, image_batch, [first], DirectionAddition(r, alpha=-0.7, layers="all"))
+    torch.testing.assert_close(
+        every[first] - clean[first], (-0.7 * r).expand_as(clean[first]), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_patching_resid_pre_layer0_reproduces_the_source_run(tiny_model, samples):
@@ -123,7 +133,7 @@ def test_patching_resid_pre_layer0_reproduces_the_source_run(tiny_model, samples
     name = tiny_model.layer_hook("resid_pre", 0)
     for source_batch in (image, blank):
         source_logits, cache = _cache(tiny_model, source_batch, [name])
-        patched = tiny_model.run_with_hooks(image, ActivationPatch(cache, [name], positions="all").hooks())
+        patched, _ = ActivationPatch(cache, hook="resid_pre", layers=0).run_with_cache(tiny_model, image, [])
         torch.testing.assert_close(patched, source_logits, rtol=0, atol=0)
 
 
@@ -132,12 +142,14 @@ def test_patching_text_only_last_layer_gives_text_only_next_token_logits(tiny_mo
     text = PromptBatch.paired(tiny_model, samples, [Condition.TEXT_ONLY])
     name = tiny_model.layer_hook("resid_post", tiny_model.cfg.n_layers - 1)
     text_logits, cache = _cache(tiny_model, text, [name])
-    patched = tiny_model.run_with_hooks(image, ActivationPatch(cache, [name], positions=[-1]).hooks())
+    patch = ActivationPatch(cache, layers=-1, positions=[-1])
+    patched, _ = patch.run_with_cache(tiny_model, image, [])
     torch.testing.assert_close(patched[:, -1], text_logits[:, -1], rtol=0, atol=0)
     assert not torch.allclose(patched[:, -2], text_logits[:, -2])  # only the last position was patched
     # A cache captured at the last position alone patches the same way.
     _, last_cache = tiny_model.run_with_cache(text, names_filter=[name], positions="last")
-    again = tiny_model.run_with_hooks(image, ActivationPatch(last_cache, [name], positions="last").hooks())
+    with ActivationPatch(last_cache, layers=-1, positions="last").applied(tiny_model):
+        again = tiny_model.forward(image)
     torch.testing.assert_close(again, patched, rtol=0, atol=0)
 
 
@@ -148,7 +160,7 @@ def test_patching_one_head_changes_only_that_head(tiny_model, samples):
     _, source = _cache(tiny_model, text, [name])
     _, clean = _cache(tiny_model, image, [name])
     _, patched = _cache(
-        tiny_model, image, [name], ActivationPatch(source, [name], positions="last", heads=[3]).hooks()
+        tiny_model, image, [name], ActivationPatch(source, "z", 1, positions="last", heads=[3])
     )
     z = patched[name]
     torch.testing.assert_close(z[:, -1, 3], source[name][:, -1, 3], rtol=0, atol=0)
@@ -161,38 +173,50 @@ def test_a_raising_hook_leaves_no_hooks(tiny_model, samples):
     one = PromptBatch.paired(tiny_model, samples[:1], [Condition.TEXT_ONLY])
     name = tiny_model.layer_hook("resid_post", 0)
     _, cache = _cache(tiny_model, one, [name])
-    patch = ActivationPatch(cache, [name], positions="last")
+    patch = ActivationPatch(cache, layers=0, positions="last")
     with pytest.raises(ValueError, match="same rows"), patch.applied(tiny_model):
         tiny_model.forward(image)
     assert tiny_model.count_hooks() == 0
     with pytest.raises(ValueError, match="equal length"):
-        tiny_model.run_with_hooks(image.select([0]), ActivationPatch(cache, [name]).hooks())
+        ActivationPatch(cache, layers=0).run_with_cache(tiny_model, image.select([0]), [name])
     assert tiny_model.count_hooks() == 0
 
 
 def test_bad_arguments_raise_naming_the_fix(tiny_model, image_batch):
     with pytest.raises(ValueError, match="out of range for 4 heads"):
-        HeadAblation([(0, 9)]).bind(tiny_model)
+        HeadAblation([(0, 9)]).prepared(tiny_model)
     with pytest.raises(ValueError, match="out of range for a 2-layer"):
-        HeadAblation([(5, 0)]).bind(tiny_model)
+        HeadAblation([(5, 0)]).prepared(tiny_model)
+    with pytest.raises(ValueError, match="name a head twice"):
+        HeadAblation([(1, 0), (-1, 0)]).prepared(tiny_model)
     with pytest.raises(ValueError, match="needs mean_from"):
         HeadAblation([(0, 0)], mode="mean")
     with pytest.raises(ValueError, match="Choose from"):
         HeadAblation([(0, 0)], mode="median")
     with pytest.raises(ValueError, match=r"must be \[n_layers=2"):
-        HeadAblation([(0, 0)], mode="mean", mean_from=torch.zeros(3, 4)).bind(tiny_model)
-    with pytest.raises(ValueError, match="needs layers="):
-        DirectionalAblation(torch.ones(64))
-    with pytest.raises(ValueError, match="zero"):
-        DirectionalAblation(torch.zeros(64), layers=[0])
+        HeadAblation([(0, 0)], mode="mean", mean_from=torch.zeros(3, 4)).prepared(tiny_model)
+    with pytest.raises(ValueError, match="the direction is zero, so it has no unit vector"):
+        DirectionalAblation(torch.zeros(64))
+    with pytest.raises(ValueError, match=r"zero at layers \[0\]"):
+        DirectionalAblation(torch.stack([torch.zeros(64), torch.ones(64)]))
     with pytest.raises(ValueError, match=r"d_model=64"):
-        DirectionAddition(torch.ones(10), layers=[0]).bind(tiny_model)
+        DirectionAddition(torch.ones(10), layers=[0]).prepared(tiny_model)
+    with pytest.raises(ValueError, match="3 rows"):
+        DirectionAddition(torch.ones(3, 64), layers=[0]).prepared(tiny_model)
+    with pytest.raises(ValueError, match="alpha=inf"):
+        DirectionAddition(torch.ones(64), alpha=float("inf"))
+    with pytest.raises(ValueError, match="not finite"):
+        DirectionalAblation(torch.full((64,), float("nan")))
+    fitted = SteeringVectors.from_model(tiny_model, torch.ones(2, 64), layers=(1,))
+    with pytest.raises(SteeringVectorsMismatchError, match="not fitted"):
+        DirectionalAblation(fitted)
     name = tiny_model.layer_hook("resid_post", 0)
     _, cache = _cache(tiny_model, image_batch, [name])
     with pytest.raises(ValueError, match="not in the source cache"):
-        ActivationPatch(cache, [tiny_model.layer_hook("resid_post", 1)])
+        ActivationPatch(cache, layers=1).prepared(tiny_model)
     with pytest.raises(ValueError, match="must be negative"):
-        ActivationPatch(cache, [name], positions=[3])
+        ActivationPatch(cache, layers=0, positions=[3])
+    assert tiny_model.count_hooks() == 0
 
 
 def test_to_dict_is_json_ready(tiny_model):
@@ -208,4 +232,4 @@ def test_to_dict_is_json_ready(tiny_model):
     sample = Sample(id="x", query="hi")
     batch = PromptBatch.paired(tiny_model, [sample], [Condition.TEXT_ONLY])
     _, cache = _cache(tiny_model, batch, [tiny_model.layer_hook("resid_post", 0)])
-    assert ActivationPatch(cache, list(cache), positions=[-2, -1]).to_dict()["positions"] == [-2, -1]
+    assert ActivationPatch(cache, layers=0, positions=[-2, -1]).to_dict()["positions"] == [-2, -1]

@@ -53,7 +53,7 @@ def test_dataset_sign_moves_blank_centroid_onto_text_centroid(
     text = _last(tiny_model, PromptBatch.paired(tiny_model, samples, [Condition.TEXT_ONLY]), [layer])[0]
     blank_batch = PromptBatch.paired(tiny_model, samples, [Condition.BLANK])
     blank = _last(tiny_model, blank_batch, [layer])[0]
-    hooks = CMRM(mean_vectors, alpha=alpha, layers=[layer]).bind(tiny_model).hooks()
+    hooks = CMRM(mean_vectors, alpha=alpha, layers=[layer]).prepared(tiny_model).fwd_hooks
     steered = _last(tiny_model, blank_batch, [layer], hooks)[0]
     gap = text.mean(0) - blank.mean(0)
     torch.testing.assert_close(steered.mean(0), blank.mean(0) + alpha * gap, atol=1e-5, rtol=0)
@@ -82,7 +82,7 @@ def test_sample_level_sign_blank_input_lands_on_its_text_state(tiny_model, sampl
 
 def test_sample_level_vectors_come_from_unsteered_twins(tiny_model, samples):
     """With several layers, each layer's added vector is text - blank of the unsteered twins at that layer."""
-    sl = CMRM.sample_level(alpha=0.7).bind(tiny_model)
+    sl = CMRM.sample_level(alpha=0.7)
     batch = sl.prompts(tiny_model, samples)
     n = len(samples)
     names = tiny_model.hook_names("resid_post")
@@ -99,7 +99,8 @@ def test_sample_level_vectors_come_from_unsteered_twins(tiny_model, samples):
 def test_alpha_zero_is_exact_noop(tiny_model, samples, mean_vectors):
     batch = PromptBatch.paired(tiny_model, samples, [Condition.IMAGE])
     clean = tiny_model.forward(batch)
-    assert torch.equal(tiny_model.run_with_hooks(batch, CMRM(mean_vectors, alpha=0.0).hooks()), clean)
+    noop = CMRM(mean_vectors, alpha=0.0).prepared(tiny_model)
+    assert torch.equal(tiny_model.run_with_hooks(batch, noop.fwd_hooks), clean)
     sl = CMRM.sample_level(alpha=0.0)
     triple = sl.prompts(tiny_model, samples)
     with sl.applied(tiny_model, triple):
@@ -126,7 +127,7 @@ def test_batched_equals_one_at_a_time(tiny_model, samples, mean_vectors, level):
         gen = sl.generate(tiny_model, samples, max_new_tokens=6).tokens
         gen_alone = [sl.generate(tiny_model, [s], max_new_tokens=6).tokens[0] for s in samples]
     else:
-        hooks = CMRM(mean_vectors, alpha=3.0).hooks()
+        hooks = CMRM(mean_vectors, alpha=3.0).prepared(tiny_model).fwd_hooks
         batch = PromptBatch.paired(tiny_model, samples, [Condition.IMAGE])
         together = _last(tiny_model, batch, fwd_hooks=hooks)
         alone = [_last(tiny_model, batch.select([i]), fwd_hooks=hooks) for i in range(len(samples))]
@@ -204,8 +205,10 @@ def test_sample_level_needs_its_own_batch(tiny_model, samples):
     plain = PromptBatch.paired(tiny_model, samples, [Condition.IMAGE])
     with pytest.raises(ValueError, match="3 blocks"), sl.applied(tiny_model, plain):
         pass
-    with pytest.raises(ValueError, match="needs the batch"):
-        sl.hooks()
+    with pytest.raises(ValueError, match="works per input: pass the samples"), sl.applied(tiny_model):
+        pass
+    with pytest.raises(ValueError, match="blank='noise'"):
+        sl.prompts(tiny_model, samples, blank="noise")
     assert tiny_model.count_hooks() == 0
 
 
@@ -216,11 +219,12 @@ def test_noise_blank_and_saved_vectors_round_trip(tiny_model, samples, tmp_path)
     back = SteeringVectors.load(tmp_path / "cmrm", model=tiny_model)
     batch = PromptBatch.paired(tiny_model, samples, [Condition.IMAGE])
     assert torch.equal(
-        tiny_model.run_with_hooks(batch, CMRM(back).hooks()),
-        tiny_model.run_with_hooks(batch, CMRM(v).hooks()),
+        CMRM(back, layers=[1]).run_with_cache(tiny_model, batch, [])[0],
+        CMRM(v, layers=-1).run_with_cache(tiny_model, batch, [])[0],
     )
-    with pytest.raises(SteeringVectorsMismatchError, match="not fitted"):
-        CMRM(v, layers=[0])
+    for layers in ([0], None):  # None = every layer, and layer 0 was not fitted
+        with pytest.raises(SteeringVectorsMismatchError, match=r"Layers \[0\] were not fitted"):
+            CMRM(v, layers=layers)
 
 
 @pytest.fixture(scope="module")

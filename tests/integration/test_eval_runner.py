@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 
 import pytest
@@ -10,25 +9,26 @@ import pytest
 from tests.conftest import SHARED_DATA
 from vlminterp import Condition, PromptBatch, Sample
 from vlminterp.eval import generate_responses, read_responses
+from vlminterp.interventions import Intervention, PreparedRun
 
 
-class AddToResidual:
-    """A trivial intervention: adds ``scale`` to the last layer's residual stream while applied."""
+class AddToResidual(Intervention):
+    """A trivial intervention: adds ``scale`` to the last layer's residual stream."""
 
     def __init__(self, scale: float, fail_after: int | None = None):
+        super().__init__(layers=-1, hook="resid_post", positions="all")
         self.scale, self.fail_after, self.entered = scale, fail_after, 0
 
     def to_dict(self):
-        return {"scale": self.scale}
+        return {**super().to_dict(), "scale": self.scale}
 
-    @contextlib.contextmanager
-    def applied(self, model):
+    def prepare(self, model, batch):
         self.entered += 1
         if self.fail_after is not None and self.entered > self.fail_after:
             raise RuntimeError("simulated crash")
-        name = model.layer_hook("resid_post", model.cfg.n_layers - 1)
-        with model.hooks([(name, lambda x, hook: x + self.scale)]):
-            yield
+        return PreparedRun(
+            batch, [(name, lambda x, hook: x + self.scale) for name in self.site.hook_names(model)]
+        )
 
 
 @pytest.fixture()
@@ -86,7 +86,7 @@ def test_intervention_applied_recorded_and_removed(tiny_model, text_samples, tmp
         text_samples,
         "text_only",
         tmp_path / "b.jsonl",
-        [iv],
+        iv,
         max_new_tokens=4,
         batch_size=2,
         progress=False,
@@ -94,7 +94,8 @@ def test_intervention_applied_recorded_and_removed(tiny_model, text_samples, tmp
     assert iv.entered == 2 and tiny_model.count_hooks() == 0
     assert [r["response"] for r in steered] != [r["response"] for r in plain]
     assert steered[0]["method"] == "AddToResidual"
-    assert steered[0]["settings"]["interventions"] == [{"type": "AddToResidual", "scale": 50.0}]
+    assert steered[0]["settings"]["intervention"] == {"type": "AddToResidual", **iv.to_dict()}
+    assert steered[0]["settings"]["intervention"]["scale"] == 50.0
 
 
 def test_crash_keeps_finished_batches_then_resumes(tiny_model, text_samples, tmp_path):
@@ -105,7 +106,7 @@ def test_crash_keeps_finished_batches_then_resumes(tiny_model, text_samples, tmp
             text_samples,
             "text_only",
             out,
-            [AddToResidual(0.0, fail_after=1)],
+            AddToResidual(0.0, fail_after=1),
             max_new_tokens=2,
             batch_size=2,
             method="m",
@@ -118,7 +119,7 @@ def test_crash_keeps_finished_batches_then_resumes(tiny_model, text_samples, tmp
         text_samples,
         "text_only",
         out,
-        [AddToResidual(0.0)],
+        AddToResidual(0.0),
         max_new_tokens=2,
         batch_size=2,
         method="m",
@@ -140,8 +141,8 @@ def test_bad_inputs(tiny_model, tmp_path):
             tmp_path / "r.jsonl",
             progress=False,
         )
-    with pytest.raises(TypeError, match="no applied"):
-        generate_responses(tiny_model, [Sample("a", "x")], "text_only", tmp_path / "r.jsonl", [object()])
+    with pytest.raises(TypeError, match="must be a vlminterp Intervention"):
+        generate_responses(tiny_model, [Sample("a", "x")], "text_only", tmp_path / "r.jsonl", object())
     (tmp_path / "bad.jsonl").write_text('{"id": "a"}\n{"id": ')
     with pytest.raises(ValueError, match="bad.jsonl, line 2: not valid JSON"):
         generate_responses(

@@ -13,7 +13,7 @@ from tests.conftest import torch_hook_snapshot
 from vlminterp import Condition, HookedVLM, PromptBatch
 from vlminterp.interventions import CMRM
 from vlminterp.models.fallback import FallbackBridge
-from vlminterp.models.tiny_remote import tiny_remote_vlm_dir
+from vlminterp.testing import tiny_remote_vlm_dir
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def test_remote_code_checkpoint_runs_through_the_fallback(remote, samples, caplo
     logits, cache = remote.run_with_cache(batch, names_filter=names, positions="last")
     torch.testing.assert_close(cache[names[-1]].shape, torch.Size([len(batch), remote.cfg.d_model]))
     vectors = CMRM.fit(remote, samples[:2], progress=False)
-    steered = remote.run_with_hooks(batch, CMRM(vectors, alpha=1.0).bind(remote).hooks())
+    steered, _ = CMRM(vectors, alpha=1.0).run_with_cache(remote, batch, names_filter=[])
     assert (steered[:, -1] - logits[:, -1]).abs().amax(-1)[batch.rows(Condition.IMAGE)].min() > 1e-5
     gen = remote.generate(batch, max_new_tokens=3)
     assert len(gen.tokens) == len(batch)

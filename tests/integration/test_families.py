@@ -22,7 +22,7 @@ import torch
 from tests.conftest import hf_decoder_layers, hf_forward, hook_point_hooks, torch_hook_snapshot
 from vlminterp import Condition, HookedVLM, PromptBatch, Sample
 from vlminterp.interventions import CMRM, HeadAblation, SafetyDirection, ShiftDC
-from vlminterp.models.tiny import tiny_families
+from vlminterp.testing import tiny_families
 
 pytestmark = pytest.mark.reference
 
@@ -110,9 +110,9 @@ def _changes_logits_and_cleans_up(model, batch, run):
 
 def test_cmrm_changes_image_rows_and_leaves_no_hooks(family_model, batch, noise_pair):
     vectors = CMRM.fit(family_model, noise_pair, progress=False)
-    cmrm = CMRM(vectors, alpha=1.0).bind(family_model)
+    cmrm = CMRM(vectors, alpha=1.0)
     diff = _changes_logits_and_cleans_up(
-        family_model, batch, lambda: family_model.run_with_hooks(batch, cmrm.hooks())
+        family_model, batch, lambda: cmrm.run_with_cache(family_model, batch, names_filter=[])[0]
     )
     assert diff[batch.rows(Condition.IMAGE)].min() > 1e-4
 
@@ -123,21 +123,23 @@ def test_shiftdc_changes_image_rows_and_leaves_no_hooks(family_model, noise_pair
     shiftdc = ShiftDC(
         SafetyDirection.fit(family_model, safe, unsafe, progress=False), caption_source="sample"
     )
-    batch = shiftdc.prompts(family_model, noise_pair)
+    batch = shiftdc.prompts(family_model, noise_pair)  # [IMAGE x 2, CAPTION twin x 2]
 
     def run():
-        with shiftdc.applied(family_model, batch):
-            return family_model(batch)
+        with shiftdc.applied(family_model, batch) as prepared:
+            assert prepared.batch.conditions == [Condition.IMAGE] * len(
+                noise_pair
+            )  # twins: unsteered pass only
+            return family_model(prepared.batch)
 
-    diff = _changes_logits_and_cleans_up(family_model, batch, run)
-    assert diff[: len(noise_pair)].min() > 1e-5, "ShiftDC left the image inputs unchanged"
-    assert diff[len(noise_pair) :].max() == 0, "ShiftDC must not steer the caption twins"
+    diff = _changes_logits_and_cleans_up(family_model, batch.select(range(len(noise_pair))), run)
+    assert diff.min() > 1e-5, "ShiftDC left the image inputs unchanged"
 
 
 def test_head_ablation_changes_logits_and_leaves_no_hooks(family_model, batch):
-    ablate = HeadAblation([(family_model.cfg.n_layers - 1, 0)]).bind(family_model)
+    ablate = HeadAblation([(-1, 0)])
     diff = _changes_logits_and_cleans_up(
-        family_model, batch, lambda: family_model.run_with_hooks(batch, ablate.hooks())
+        family_model, batch, lambda: ablate.run_with_cache(family_model, batch, names_filter=[])[0]
     )
     assert diff.min() > 1e-6
 

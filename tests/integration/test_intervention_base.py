@@ -1,4 +1,4 @@
-"""Intervention base: hook ownership, when hooks act (prefill / generation steps), positions, purity."""
+"""Intervention base: the Site parser, hook ownership, when hooks act (prefill / generation steps), positions, purity."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from vlminterp import Condition, PromptBatch
-from vlminterp.interventions import CMRM, SteeringVectors
-from vlminterp.interventions.base import add_at, parse_layers, twin_blocks
+from vlminterp.interventions import CMRM, DirectionAddition, Site, SteeringVectors
+from vlminterp.interventions.base import PreparedRun, add_at, twin_blocks
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +62,7 @@ def test_edit_at_layer_changes_nothing_earlier(tiny_model, samples, vectors):
     batch = PromptBatch.paired(tiny_model, samples, [Condition.IMAGE, Condition.TEXT_ONLY])
     names = tiny_model.hook_names("resid_pre") + tiny_model.hook_names("resid_post")
     _, clean = tiny_model.run_with_cache(batch, names_filter=names)
-    _, steered = tiny_model.run_with_cache(
-        batch, names_filter=names, fwd_hooks=CMRM(vectors, layers=[0]).bind(tiny_model).hooks()
-    )
+    _, steered = CMRM(vectors, layers=[0]).run_with_cache(tiny_model, batch, names_filter=names)
     assert torch.equal(clean["resid_pre", 0], steered["resid_pre", 0])
     # at and after the edited layer, real positions before the last are untouched (causal attention)
     real = batch.attention_mask.bool()
@@ -74,13 +72,29 @@ def test_edit_at_layer_changes_nothing_earlier(tiny_model, samples, vectors):
     assert not torch.allclose(clean["resid_post", 1][:, -1], steered["resid_post", 1][:, -1])
 
 
-def test_hooks_usable_with_run_with_hooks(tiny_model, samples, vectors):
+def test_prepared_hooks_usable_with_run_with_hooks(tiny_model, samples, vectors):
     batch = PromptBatch.paired(tiny_model, samples, [Condition.IMAGE])
     cmrm = CMRM(vectors, alpha=0.5)
-    with cmrm.applied(tiny_model):
+    with cmrm.applied(tiny_model) as run:
         inside = tiny_model.forward(batch)
-    assert torch.equal(inside, tiny_model.run_with_hooks(batch, fwd_hooks=cmrm.hooks()))
+    names = tiny_model.hook_names("resid_post")
+    assert run.batch is None and torch.equal(inside, cmrm.run_with_cache(tiny_model, batch, names)[0])
+    assert torch.equal(
+        inside, tiny_model.run_with_hooks(batch, fwd_hooks=cmrm.prepared(tiny_model).fwd_hooks)
+    )
     assert tiny_model.count_hooks() == 0
+
+
+def test_a_prepared_run_is_for_its_batch(tiny_model, samples, vectors):
+    batch = PromptBatch.paired(tiny_model, samples, [Condition.IMAGE])
+    wrong = pytest.raises(ValueError, match="prepared for a batch of 4 rows but a forward ran 1")
+    with wrong, CMRM(vectors).applied(tiny_model, batch):
+        tiny_model.forward(batch.select([0]))
+    assert tiny_model.count_hooks() == 0
+    with pytest.raises(TypeError, match="list of Samples or a PromptBatch"):
+        CMRM(vectors).generate(tiny_model, samples[0])
+    with pytest.raises(ValueError, match="steered rows"):
+        PreparedRun(batch, [], steered=(4,))
 
 
 def test_no_hooks_left_after_success_and_exception(tiny_model, samples, vectors):
@@ -111,10 +125,10 @@ def test_hooks_are_pure():
     )
 
 
-def test_flags_and_metadata(vectors):
-    cmrm = CMRM(vectors, alpha=0.3, layers=1, steps="prefill")
-    assert (cmrm.on_prefill, cmrm.on_generation) == (True, False)
-    assert CMRM(vectors).on_generation
+def test_site_and_metadata(vectors):
+    cmrm = CMRM(vectors, alpha=0.3, layers=-1, steps="prefill")
+    assert cmrm.site == Site(layers=[-1], hook="resid_post", positions="last", steps="prefill")
+    assert cmrm.layers == (1,) and CMRM(vectors).steps == "all"
     d = cmrm.to_dict()
     assert (
         d["alpha"] == 0.3
@@ -124,13 +138,49 @@ def test_flags_and_metadata(vectors):
     )
 
 
+@pytest.mark.parametrize(
+    ("layers", "n_layers", "expected"),
+    [(None, 4, (0, 1, 2, 3)), ("all", 4, (0, 1, 2, 3)), ("second_half", 5, (2, 3, 4)), (-1, 4, (3,)),
+     ([2, -4], 4, (0, 2)), (range(1, 3), 4, (1, 2))],
+)  # fmt: skip
+def test_site_layers_mean_the_same_everywhere(layers, n_layers, expected):
+    assert Site(layers=layers).layer_indices(n_layers) == expected
+    assert DirectionAddition(torch.ones(8), layers=layers).site.layer_indices(n_layers) == expected
+
+
 def test_bad_arguments_raise(tiny_model, samples, vectors):
-    with pytest.raises(ValueError, match="steps='sometimes'"):
+    with pytest.raises(
+        ValueError, match=r"steps='sometimes' is not supported. Choose from \['all', 'prefill'\]"
+    ):
         CMRM(vectors, steps="sometimes")
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(
+        ValueError, match=r"layers \[5\] are out of range for a 2-layer model \(valid: 0 .. 1"
+    ):
         CMRM(vectors, layers=[5])
     with pytest.raises(ValueError, match="repeats"):
-        parse_layers([1, 1], 2, ())
+        Site(layers=[1, 1])
+    with pytest.raises(ValueError, match="names a layer twice"):
+        CMRM(vectors, layers=[1, -1])
+    with pytest.raises(
+        ValueError, match=r"layers='first' is not supported. Choose from \['all', 'second_half'\]"
+    ):
+        Site(layers="first")
+    with pytest.raises(ValueError, match="layers is empty"):
+        Site(layers=[])
+    with pytest.raises(
+        ValueError, match=r"positions=\(-1,\) is not supported. Choose from \['last', 'all'\]"
+    ):
+        CMRM(vectors, positions=(-1,))
+    with pytest.raises(ValueError, match="must be negative"):
+        Site(positions=[0], steps="prefill")
+    with pytest.raises(ValueError, match="need steps='prefill'"):
+        Site(positions=[-2, -1])
+    with pytest.raises(ValueError, match="Unknown hook name 'blocks.0.hook_resid_pots'"):
+        DirectionAddition(torch.ones(64), hook="resid_pots").prepared(tiny_model)
+    with pytest.raises(ValueError, match="alpha=nan is not a finite number"):
+        CMRM(vectors, alpha=float("nan"))
+    with pytest.raises(ValueError, match=r"not finite \(NaN or inf\) at layers \[1\]"):
+        CMRM(vectors.replace(vectors=torch.tensor([[0.0] * 64, [float("inf")] * 64])))
     batch = PromptBatch.paired(tiny_model, samples[:2], [Condition.IMAGE, Condition.BLANK])
     with pytest.raises(ValueError, match="text_only"):
         twin_blocks(batch, [{Condition.TEXT_ONLY}], "X")

@@ -74,14 +74,15 @@ def test_single_layer_removes_safety_component_and_keeps_the_rest(tiny_model, sa
     batch = shiftdc.prompts(tiny_model, samples)
     n = len(samples)
     clean = _last(tiny_model, batch, [layer])[0]
-    with shiftdc.applied(tiny_model, batch):
-        steered = _last(tiny_model, batch, [layer])[0]
+    with shiftdc.applied(tiny_model, batch) as run:
+        steered = _last(tiny_model, run.batch, [layer])[0]
+    # the twins fed the unsteered pass only: the run generates the inputs alone
+    assert run.batch.sample_ids == batch.sample_ids[:n] and run.batch.conditions == [Condition.IMAGE] * n
     s = direction.vectors[layer].double()
-    m_before, m_after = clean[:n] - clean[n:], steered[:n] - clean[n:]
+    m_before, m_after = clean[:n] - clean[n:], steered - clean[n:]
     assert (m_before @ s).abs().max() > 1e-3, "the test needs a shift with a safety component"
     torch.testing.assert_close(m_after @ s, torch.zeros(n, dtype=torch.float64), atol=1e-5, rtol=0)
     torch.testing.assert_close(decompose(m_after, s)[1], decompose(m_before, s)[1], atol=1e-5, rtol=0)
-    assert torch.equal(steered[n:], clean[n:]), "twin rows must never be steered"
 
 
 def test_several_layers_add_corrections_from_the_unsteered_pass(tiny_model, samples, direction):
@@ -92,20 +93,19 @@ def test_several_layers_add_corrections_from_the_unsteered_pass(tiny_model, samp
     expected = -decompose(clean[:, :n] - clean[:, n:], direction.vectors.double()[:, None])[0]
     names = tiny_model.hook_names("resid_post")
     records, rec = _recording(tiny_model, names)
-    bound = shiftdc.bind(tiny_model, batch)  # the unsteered pass, before the recorders
-    with tiny_model.hooks(rec), tiny_model.hooks(bound.hooks()), tiny_model.hooks(rec):
-        tiny_model.generate(batch, max_new_tokens=3)
+    run = shiftdc.prepared(tiny_model, batch)  # the unsteered pass, before the recorders
+    with tiny_model.hooks(rec), tiny_model.hooks(run.fwd_hooks), tiny_model.hooks(rec):
+        tiny_model.generate(run.batch, max_new_tokens=3)
     for layer, name in enumerate(names):
         calls = records[name]
         pairs = list(zip(calls[0::2], calls[1::2], strict=True))
         assert len(pairs) >= 2
         for before, after in pairs:  # prefill and every generated token (steps="all"): the same correction
-            torch.testing.assert_close(after[:n] - before[:n], expected[layer], atol=1e-5, rtol=0)
-            assert torch.equal(after[n:], before[n:])
+            torch.testing.assert_close(after - before, expected[layer], atol=1e-5, rtol=0)
     # a correction at layer 0 does not change the correction at layer 1
-    only_last = ShiftDC(direction, layers=[1], caption_source="sample").bind(tiny_model, batch)
-    both = shiftdc.bind(tiny_model, batch)
-    torch.testing.assert_close(both.corrections[:, 1], only_last.corrections[:, 0], atol=0, rtol=0)
+    only_last = ShiftDC(direction, layers=[1], caption_source="sample").corrections(tiny_model, batch)
+    both = shiftdc.corrections(tiny_model, batch)
+    torch.testing.assert_close(both[:, 1], only_last[:, 0], atol=0, rtol=0)
 
 
 def test_steps_prefill_leaves_generation_steps_alone(tiny_model, samples, direction):
@@ -113,9 +113,9 @@ def test_steps_prefill_leaves_generation_steps_alone(tiny_model, samples, direct
     batch = shiftdc.prompts(tiny_model, samples)
     name = tiny_model.layer_hook("resid_post", 1)
     records, rec = _recording(tiny_model, [name])
-    bound = shiftdc.bind(tiny_model, batch)
-    with tiny_model.hooks(rec), tiny_model.hooks(bound.hooks()), tiny_model.hooks(rec):
-        tiny_model.generate(batch, max_new_tokens=3)
+    run = shiftdc.prepared(tiny_model, batch)
+    with tiny_model.hooks(rec), tiny_model.hooks(run.fwd_hooks), tiny_model.hooks(rec):
+        tiny_model.generate(run.batch, max_new_tokens=3)
     calls = records[name]
     assert not torch.equal(calls[0], calls[1])
     for before, after in zip(calls[2::2], calls[3::2], strict=True):
@@ -131,12 +131,10 @@ def test_shift_orthogonal_to_direction_is_exact_noop(tiny_model, samples, direct
     orthogonal = direction.vectors.clone()
     orthogonal[1] = (s - (s @ m) / (m @ m) * m).float()
     noop = ShiftDC(direction.replace(vectors=orthogonal), caption_source="sample")
-    corrections = noop.bind(tiny_model, batch).corrections
-    assert corrections.abs().max() < 1e-6
-    inputs = batch.select([0])
-    with tiny_model.hooks(noop.bind(tiny_model, batch).hooks()):
-        steered = tiny_model.forward(inputs)
-    torch.testing.assert_close(steered, tiny_model.forward(inputs), atol=1e-6, rtol=0)
+    assert noop.corrections(tiny_model, batch).abs().max() < 1e-6
+    with noop.applied(tiny_model, batch) as run:
+        steered = tiny_model.forward(run.batch)
+    torch.testing.assert_close(steered, tiny_model.forward(batch.select([0])), atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("estimate", ["prefill", "per_step", "per_step_edited"])
@@ -146,12 +144,12 @@ def test_batched_equals_one_at_a_time(tiny_model, samples, direction, estimate):
     alone = [shiftdc.generate(tiny_model, [s], max_new_tokens=6).tokens[0] for s in samples]
     assert together.tokens == alone and len(together) == len(samples)
     batch = shiftdc.prompts(tiny_model, samples)
-    with shiftdc.applied(tiny_model, batch):
-        rows = _last(tiny_model, batch)[:, : len(samples)]
+    with shiftdc.applied(tiny_model, batch) as run:
+        rows = _last(tiny_model, run.batch)[:, run.rows]
     for i, s in enumerate(samples):
-        one = shiftdc.prompts(tiny_model, [s])
-        with shiftdc.applied(tiny_model, one):
-            torch.testing.assert_close(_last(tiny_model, one)[:, :1], rows[:, i : i + 1], atol=1e-4, rtol=0)
+        with shiftdc.applied(tiny_model, [s]) as run:
+            one = _last(tiny_model, run.batch)[:, run.rows]
+        torch.testing.assert_close(one, rows[:, i : i + 1], atol=1e-4, rtol=0)
 
 
 def test_per_step_edited_zeroes_safety_component_at_every_layer_and_step(tiny_model, samples, direction):
@@ -162,8 +160,8 @@ def test_per_step_edited_zeroes_safety_component_at_every_layer_and_step(tiny_mo
     n = len(samples)
     names = tiny_model.hook_names("resid_post")
     records, rec = _recording(tiny_model, names)
-    with shiftdc.applied(tiny_model, batch), tiny_model.hooks(rec):
-        tiny_model.generate(batch, max_new_tokens=3, follow=shiftdc.follow(batch))
+    with shiftdc.applied(tiny_model, batch) as run, tiny_model.hooks(rec):
+        tiny_model.generate(run.batch, max_new_tokens=3, follow=run.follow)
     for layer, name in enumerate(names):
         assert len(records[name]) >= 2
         for x in records[name]:
@@ -182,8 +180,8 @@ def test_per_step_uses_unsteered_image_copy_every_step(tiny_model, samples, dire
     assert batch.conditions[2 * n :] == [Condition.IMAGE] * n
     names = tiny_model.hook_names("resid_post")
     records, rec = _recording(tiny_model, names)
-    with tiny_model.hooks(rec), shiftdc.applied(tiny_model, batch), tiny_model.hooks(rec):
-        tiny_model.generate(batch, max_new_tokens=3, follow=shiftdc.follow(batch))
+    with tiny_model.hooks(rec), shiftdc.applied(tiny_model, batch) as run, tiny_model.hooks(rec):
+        tiny_model.generate(run.batch, max_new_tokens=3, follow=run.follow)
     for layer, name in enumerate(names):
         s = direction.vectors[layer].double()
         for before, after in zip(records[name][0::2], records[name][1::2], strict=True):
@@ -216,18 +214,35 @@ def test_hooks_removed_on_exception_and_mismatch_raises(tiny_model, samples, dir
         ShiftDC(direction.replace(vectors=torch.zeros(2, 32), d_model=32), caption_source="sample").applied(
             tiny_model, batch
         ).__enter__()
-    with pytest.raises(ValueError, match="unsteered pass"):
-        shiftdc.hooks(batch)
+    with pytest.raises(ValueError, match="works per input: pass the samples"), shiftdc.applied(tiny_model):
+        pass
     with pytest.raises(ValueError, match="2 blocks"):
-        shiftdc.bind(tiny_model, PromptBatch.paired(tiny_model, samples[:3], [Condition.IMAGE]))
+        shiftdc.prepared(tiny_model, PromptBatch.paired(tiny_model, samples[:3], [Condition.IMAGE]))
+    with pytest.raises(ValueError, match="condition must be 'image'"):
+        shiftdc.prompts(tiny_model, samples, "blank")
     with pytest.raises(ValueError, match="estimate='sometimes'"):
         ShiftDC(direction, estimate="sometimes")
+    with pytest.raises(ValueError, match=r"positions='all' is not supported. Choose from \['last'\]"):
+        ShiftDC(direction, positions="all")
     assert tiny_model.count_hooks() == 0
 
 
 def test_default_layers_are_second_half(direction):
-    assert ShiftDC(direction).layers == (1,)
+    assert ShiftDC(direction).layers == (1,) and ShiftDC(direction).site.layers == "second_half"
     assert ShiftDC(direction).to_dict()["layers"] == [1]
+    assert ShiftDC(direction, layers=None).layers == ShiftDC(direction, layers="all").layers == (0, 1)
+
+
+def test_caption_cache_makes_self_captions_once(tiny_model, samples, direction, tmp_path):
+    cache = tmp_path / "captions.json"
+    shiftdc = ShiftDC(
+        direction, caption_prompt="describe the image", caption_max_new_tokens=4, caption_cache=cache
+    )
+    first = shiftdc.prompts(tiny_model, samples[:2])
+    cache.write_text(json.dumps(dict.fromkeys(json.loads(cache.read_text()), "cached")))
+    again = shiftdc.prompts(tiny_model, samples[:2])
+    assert first.texts[2:] != again.texts[2:]
+    assert again.texts[2:] == [tiny_model.family_rules.caption_text(s.query, "cached") for s in samples[:2]]
 
 
 def test_captions_from_callable_sample_and_self_with_cache(tiny_model, samples, tmp_path):

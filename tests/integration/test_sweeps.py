@@ -7,7 +7,7 @@ import json
 import pytest
 
 from vlminterp import Condition, PromptBatch
-from vlminterp.interventions.ablation import ActivationPatch, HeadAblation
+from vlminterp.interventions import CMRM, ActivationPatch, HeadAblation
 from vlminterp.sweeps import (
     GapClosed,
     JudgedRefusalRate,
@@ -34,7 +34,8 @@ def test_refusal_score_and_kl_match_a_hand_computation(tiny_model, samples):
                  progress=False)  # fmt: skip
     batch = PromptBatch.paired(tiny_model, samples, [Condition.IMAGE])
     clean = tiny_model.forward(batch)[:, -1].double()
-    steered = tiny_model.run_with_hooks(batch, HeadAblation([(1, 2)]).hooks())[:, -1].double()
+    steered = tiny_model.run_with_hooks(batch, HeadAblation([(1, 2)]).prepared(tiny_model).fwd_hooks)
+    steered = steered[:, -1].double()
     sorry, sure = tiny_model.tokenizer.convert_tokens_to_ids(["sorry", "sure"])
     harmful = [i for i, s in enumerate(samples) if s.label == "harmful"]
     benign = [i for i, s in enumerate(samples) if s.label == "benign"]
@@ -63,8 +64,8 @@ def test_patching_the_text_only_state_closes_the_whole_gap(tiny_model, samples):
     last = tiny_model.layer_hook("resid_post", tiny_model.cfg.n_layers - 1)
     text = PromptBatch.paired(tiny_model, samples, [Condition.TEXT_ONLY])
     _, cache = tiny_model.run_with_cache(text, names_filter=[last], positions="last")
-    rows = sweep(tiny_model, samples, lambda layer: ActivationPatch(cache, [last], positions="last"),
-                 {"layer": [1]}, GapClosed(), progress=False)  # fmt: skip
+    rows = sweep(tiny_model, samples, lambda layer: ActivationPatch(cache, layers=layer, positions="last"),
+                 {"layer": [-1]}, GapClosed(), progress=False)  # fmt: skip
     assert rows[0]["value"] == pytest.approx(1.0, abs=1e-5)
     assert rows[0]["n"] == len(samples)
 
@@ -93,6 +94,29 @@ def test_stacked_points_equal_one_point_per_forward(tiny_model, samples):
             assert a.keys() == b.keys() and len(a) == 8
             for k in a:
                 assert a[k] == pytest.approx(b[k], abs=1e-4)
+
+
+def test_twin_rows_stack_like_one_point_per_forward(tiny_model, samples):
+    """Sample-level CMRM runs 3 rows per input: stacked points (concatenated batches) == one per forward."""
+    grid = {"alpha": [0.5, 2.0], "layer": [0, 1]}
+
+    def make(alpha, layer):
+        return CMRM.sample_level(alpha=alpha, layers=[layer])
+
+    metrics = [RefusalScore(), KLToUnsteered()]
+    stacked = sweep(tiny_model, samples, make, grid, metrics, progress=False, max_rows=64)
+    single = sweep(tiny_model, samples, make, grid, metrics, progress=False, max_rows=1)
+    assert [r["value"] for r in stacked] == pytest.approx([r["value"] for r in single], abs=1e-4)
+    by_hand = make(2.0, 1).run_with_cache(tiny_model, samples, [])[0][:, -1].double()
+    harmful = [i for i, s in enumerate(samples) if s.label == "harmful"]
+    sorry, sure = tiny_model.tokenizer.convert_tokens_to_ids(["sorry", "sure"])
+    score = (by_hand[harmful, sorry] - by_hand[harmful, sure]).mean()
+    got = [r for r in stacked if (r["alpha"], r["layer"], r["metric"]) == (2.0, 1, "refusal_score")]
+    assert got[0]["value"] == pytest.approx(float(score), abs=1e-5)
+    # TEXT_ONLY inputs with BLANK twins: the unsteered point's rows are re-padded to the longer twins' batch
+    mixed = sweep(tiny_model, samples, lambda alpha: None if alpha == 0 else make(alpha, 1), {"alpha": [0.0, 1.0]},
+                  KLToUnsteered(label=None), conditions=["text_only"], progress=False, max_rows=64)  # fmt: skip
+    assert mixed[0]["value"] == pytest.approx(0.0, abs=1e-6) and mixed[1]["value"] > 1e-4
 
 
 def test_killed_sweep_resumes_to_the_same_table(tiny_model, samples, tmp_path):

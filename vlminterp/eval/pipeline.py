@@ -20,7 +20,7 @@ import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlminterp import data
 from vlminterp.eval.judges import KEYWORD_PRESETS, KeywordJudge
@@ -28,6 +28,9 @@ from vlminterp.eval.metrics import rate_table
 from vlminterp.eval.runner import generate_responses
 from vlminterp.io import atomic_path, write_text_atomic
 from vlminterp.prompts import Condition
+
+if TYPE_CHECKING:
+    from vlminterp.interventions import Intervention
 
 __all__ = ["EvalConfig", "run_eval", "eval_main"]
 
@@ -42,7 +45,7 @@ class EvalConfig:
         root: The benchmark folder.
         out: Output folder.
         condition: A :class:`Condition` value.
-        method: Name recorded per row; anything but ``"none"`` needs interventions passed to :func:`run_eval`.
+        method: Name recorded per row; anything but ``"none"`` needs an intervention passed to :func:`run_eval`.
         judge: ``"none"`` or ``"keyword:<preset>"`` (presets in :data:`KEYWORD_PRESETS`).
         judges_dir: Folder of the keyword lists (``shared/data/judges``).
         split, limit, seed, on_missing: Passed to :func:`vlminterp.data.load`.
@@ -103,17 +106,18 @@ def _load_model(spec: str):
 
 
 def run_eval(
-    config: EvalConfig, model=None, interventions: Sequence[Any] | None = None
+    config: EvalConfig, model=None, intervention: Intervention | None = None
 ) -> list[dict[str, Any]]:
     """Run ``config``; returns the metric rows (also written to ``out/metrics.csv``).
 
     Args:
         config: The run.
         model: A loaded ``HookedVLM`` (default: load ``config.model``).
-        interventions: Objects with ``applied(model)`` for ``config.method`` (CMRM, ShiftDC, ...).
+        intervention: The :class:`~vlminterp.interventions.Intervention` of ``config.method`` (CMRM,
+            ShiftDC, an ablation, ...); None for ``method="none"``.
     """
-    if config.method != "none" and not interventions:
-        raise ValueError(f"method={config.method!r} needs its interventions passed to run_eval.")
+    if config.method != "none" and intervention is None:
+        raise ValueError(f"method={config.method!r} needs its intervention passed to run_eval.")
     samples = data.load(
         config.dataset,
         config.root,
@@ -132,7 +136,7 @@ def run_eval(
         samples,
         config.condition,
         out / "responses.jsonl",
-        interventions,
+        intervention,
         max_new_tokens=config.max_new_tokens,
         batch_size=config.batch_size,
         method=config.method,

@@ -1,9 +1,14 @@
-"""Generate responses for a benchmark under one condition (and optional interventions), resumably.
+"""Generate responses for a benchmark under one condition (and an optional intervention), resumably.
 
 Each sample gives one JSON line ``{id, dataset, condition, method, query, response, label, meta,
-settings}`` in ``out_path``. Rows of one (condition, method, dataset) are one run; a file may hold several. Lines are appended per batch by rewriting the file to a temporary file
-and renaming it (so an interrupted run leaves only whole lines), and a rerun skips the ids already
-there, so a long run never loses finished work.
+settings}`` in ``out_path``. Rows of one (condition, method, dataset) are one run; a file may hold
+several. Lines are appended per batch by rewriting the file to a temporary file and renaming it (so
+an interrupted run leaves only whole lines), and a rerun skips the ids already there, so a long run
+never loses finished work.
+
+Any :class:`~vlminterp.interventions.Intervention` is run the same way: per batch of samples,
+``intervention.generate(model, intervention.prompts(model, chunk, condition))`` (per-input methods
+build their twin rows there; the responses are the output rows).
 
 Example:
     >>> from vlminterp import HookedVLM, Sample
@@ -14,27 +19,21 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
+from vlminterp.interventions.base import Intervention
 from vlminterp.io import write_text_atomic
 from vlminterp.prompts import Condition, PromptBatch, Sample
 
 if TYPE_CHECKING:
-    from vlminterp.models.hooked_vlm import Generation, HookedVLM
+    from vlminterp.models.hooked_vlm import HookedVLM
 
-__all__ = ["Intervention", "generate_responses", "read_responses"]
-
-
-class Intervention(Protocol):
-    """What the runner needs from an intervention: a context manager that installs and removes it."""
-
-    def applied(self, model: HookedVLM) -> contextlib.AbstractContextManager: ...
+__all__ = ["generate_responses", "read_responses"]
 
 
 def read_responses(path: str | Path) -> list[dict[str, Any]]:
@@ -57,14 +56,6 @@ def read_responses(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _describe(interventions: Sequence[Any]) -> list[dict[str, Any]]:
-    out = []
-    for iv in interventions:
-        info = iv.to_dict() if hasattr(iv, "to_dict") else {}
-        out.append({"type": type(iv).__name__, **info})
-    return out
-
-
 def _append_atomic(path: Path, lines: list[str]) -> None:
     old = path.read_text(encoding="utf-8") if path.is_file() else ""
     write_text_atomic(path, old + "".join(lines))
@@ -75,16 +66,14 @@ def generate_responses(
     samples: Sequence[Sample],
     condition: Condition | str,
     out_path: str | Path,
-    interventions: Sequence[Any] | None = None,
+    intervention: Intervention | None = None,
     *,
     max_new_tokens: int = 256,
     batch_size: int = 8,
     method: str | None = None,
     dataset: str | None = None,
     progress: bool = True,
-    respond: Callable[[list[Sample]], Generation] | None = None,
-    respond_info: dict[str, Any] | None = None,
-    **paired_kwargs: Any,
+    **prompt_options: Any,
 ) -> list[dict[str, Any]]:
     """Generate (greedy) a response per sample and append it to ``out_path`` as JSON lines; resumes.
 
@@ -94,18 +83,15 @@ def generate_responses(
         condition: The condition every prompt is built with (``"image"``, ``"text_only"``, ...).
         out_path: JSONL file; rows already there with the same id, condition, method and dataset are
             skipped, so rerunning resumes.
-        interventions: Objects with an ``applied(model)`` context manager, entered around every batch
-            (hooks are removed after each batch, also when generation raises).
+        intervention: Any :class:`~vlminterp.interventions.Intervention`, applied per batch (its
+            hooks are removed after each batch, also when generation raises); None: unsteered.
         max_new_tokens: Tokens per response.
         batch_size: Samples per ``generate`` call.
-        method: Name recorded per row (default: the interventions' class names joined by ``+``, or ``"none"``).
+        method: Name recorded per row (default: the intervention's class name, or ``"none"``).
         dataset: Dataset name recorded per row.
         progress: Show a tqdm bar.
-        respond: For per-input methods that build their own prompts (sample-level CMRM, ShiftDC):
-            ``respond(chunk)`` returns the steered rows' Generation; replaces prompts +
-            ``interventions`` + ``model.generate``.
-        respond_info: Metadata of ``respond`` recorded in each row's settings.
-        **paired_kwargs: Passed to :meth:`PromptBatch.paired` (``blank=``, ``caption_template=``, ...).
+        **prompt_options: Passed to the prompts (:meth:`PromptBatch.paired`: ``blank=``,
+            ``caption_template=``, ...).
 
     Returns:
         Every row of ``out_path`` for these samples (earlier runs' and new ones), in sample order.
@@ -117,16 +103,19 @@ def generate_responses(
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise ValueError(f"Sample ids must be unique to resume a run; {dup!r} appears more than once.")
-    interventions = list(interventions or [])
-    for iv in interventions:
-        if not hasattr(iv, "applied"):
-            raise TypeError(f"intervention {iv!r} has no applied(model) context manager.")
-    method = method or ("+".join(type(iv).__name__ for iv in interventions) or "none")
+    if intervention is not None and not isinstance(intervention, Intervention):
+        raise TypeError(
+            f"intervention must be a vlminterp Intervention (a subclass of vlminterp.interventions.Intervention), "
+            f"got {type(intervention).__name__}."
+        )
+    method = method or ("none" if intervention is None else type(intervention).__name__)
     settings = {
         "model_id": model.cfg.model_id,
         "max_new_tokens": max_new_tokens,
         "do_sample": False,
-        "interventions": _describe(interventions) + ([respond_info] if respond_info else []),
+        "intervention": None
+        if intervention is None
+        else {"type": type(intervention).__name__, **intervention.to_dict()},
     }
     path = Path(out_path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,15 +133,12 @@ def generate_responses(
     )
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
-        if respond is not None:
-            gen = respond(chunk)
+        if intervention is None:
+            batch = PromptBatch.paired(model, chunk, [cond], **prompt_options)
+            gen = model.generate(batch, max_new_tokens=max_new_tokens)
         else:
-            with contextlib.ExitStack() as stack:
-                for iv in interventions:
-                    stack.enter_context(iv.applied(model))
-                gen = model.generate(
-                    PromptBatch.paired(model, chunk, [cond], **paired_kwargs), max_new_tokens=max_new_tokens
-                )
+            batch = intervention.prompts(model, chunk, cond, **prompt_options)
+            gen = intervention.generate(model, batch, max_new_tokens=max_new_tokens)
         rows = [
             {
                 "id": s.id,

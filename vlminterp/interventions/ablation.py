@@ -1,4 +1,4 @@
-"""Ablations and patches: remove heads or directions, add directions, patch activations between runs.
+"""Ablations and additions: remove heads or directions, add directions.
 
 Shape glossary: ``batch`` rows, ``pos`` positions (left-padded, so position ``-1`` is every row's
 last token), ``head`` attention heads, ``d_head`` head width, ``d_model`` residual width.
@@ -8,16 +8,17 @@ last token), ``head`` attention heads, ``d_head`` head width, ``d_model`` residu
   (``attn_out = sum_h z_h W_O^h + b_O``), so this removes exactly what flows from those heads.
 - :class:`DirectionalAblation`: ``x <- x - r̂ r̂ᵀ x`` (Arditi et al. 2024), so ``x · r̂ = 0`` afterwards.
 - :class:`DirectionAddition`: ``x <- x + α r`` (``r`` as given; pass a unit vector for unit steps).
-- :class:`ActivationPatch`: copy activations of a source run (a cache of the same rows, e.g. the
-  TEXT_ONLY twins) into this run at chosen hooks and positions. Positions count from the end, so
-  a source run of another length (no image tokens) lines up with the target at its last tokens.
+
+All three are input-free: ``with X.applied(model): model.generate(batch)`` works, as do
+``X.generate(model, samples)`` and the other calls of :class:`~vlminterp.interventions.Intervention`.
+Activation patching is in :mod:`vlminterp.interventions.patching`.
 
 Example:
     >>> from vlminterp import HookedVLM, Sample, Condition, PromptBatch
     >>> from vlminterp.interventions.ablation import HeadAblation
     >>> model = HookedVLM.tiny("llava")
     >>> batch = PromptBatch.paired(model, [Sample(id="a", query="hi")], [Condition.TEXT_ONLY])
-    >>> with HeadAblation([(0, 1), (1, 3)]).applied(model):
+    >>> with HeadAblation([(0, 1), (-1, 3)]).applied(model):
     ...     logits = model.forward(batch)
     >>> model.count_hooks()
     0
@@ -25,7 +26,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -33,43 +34,23 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from vlminterp.interventions.base import (
-    POSITIONS,
-    STEPS,
-    HookFn,
-    Intervention,
-    add_at,
-    check_choice,
-    is_generation_step,
-)
+from vlminterp.interventions.base import Intervention, PreparedRun, add_at, finite, model_dtype
+from vlminterp.interventions.site import POSITION_WORDS, LayerSpec, Site, check_choice, resolve_layers
 from vlminterp.interventions.steering import SteeringVectors
-from vlminterp.models.names import layer_hook_name
 from vlminterp.prompts import Condition, PromptBatch
 
 if TYPE_CHECKING:
     from vlminterp.cache import ActivationStore
     from vlminterp.models.hooked_vlm import HookedVLM
 
-__all__ = ["HeadAblation", "DirectionalAblation", "DirectionAddition", "ActivationPatch", "mean_z"]
+__all__ = ["HeadAblation", "DirectionalAblation", "DirectionAddition", "mean_z"]
 
 ABLATION_MODES = ("zero", "mean")
 
 
-def _model_dtype(model: HookedVLM) -> torch.dtype:
-    return next(model.hf_model.parameters()).dtype
-
-
-def _check_layers(layers: Iterable[int], n_layers: int, who: str) -> None:
-    bad = sorted({layer for layer in layers if not 0 <= layer < n_layers})
-    if bad:
-        raise ValueError(
-            f"{who}: layers {bad} are out of range for a {n_layers}-layer model (0 .. {n_layers - 1})."
-        )
-
-
 # ---------------------------------------------------------------------- heads
 def mean_z(
-    model: HookedVLM, batch: PromptBatch, layers: Iterable[int] | None = None
+    model: HookedVLM, batch: PromptBatch, layers: LayerSpec = None
 ) -> Float[Tensor, "layers head d_head"]:
     """Mean head output ``hook_z`` over every real (non-padding) token of ``batch``, per layer.
 
@@ -78,18 +59,17 @@ def mean_z(
     Args:
         model: The model to read.
         batch: Reference prompts (padding is excluded from the mean).
-        layers: Layers to compute (default all).
+        layers: Layers to compute (None/``"all"``, an int or a list; negative: from the end).
 
     Returns:
         Float32 CPU tensor ``[n_layers, n_heads, d_head]``.
     """
-    chosen = list(range(model.cfg.n_layers)) if layers is None else list(layers)
-    _check_layers(chosen, model.cfg.n_layers, "mean_z")
-    names = model.hook_names("z", chosen)
+    site = Site(layers=layers, hook="z", positions="all")
+    names = site.hook_names(model)
     _, cache = model.run_with_cache(batch, names_filter=names)
     weights = batch.attention_mask.double()
     out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_head)
-    for layer, name in zip(chosen, names, strict=True):
+    for layer, name in zip(site.layer_indices(model.cfg.n_layers), names, strict=True):
         z = cache[name].double()  # [batch, pos, head, d_head]
         out[layer] = (torch.einsum("bp,bphd->hd", weights, z) / weights.sum()).float()
     return out
@@ -122,10 +102,7 @@ def _head_hook(
     *,
     heads: list[int],
     value: Float[Tensor, "k d_head"] | None,
-    steps: str,
 ) -> Float[Tensor, "batch pos head d_head"]:
-    if steps == "prefill" and is_generation_step(z):
-        return z
     out = z.clone()
     out[:, :, heads] = 0.0 if value is None else value.to(z.device, z.dtype)
     return out
@@ -135,7 +112,7 @@ class HeadAblation(Intervention):
     """Zero- or mean-ablate attention heads at ``blocks.{l}.attn.hook_z``.
 
     Args:
-        heads: ``[(layer, head), ...]``.
+        heads: ``[(layer, head), ...]`` (negative layers count from the end).
         mode: ``"zero"`` or ``"mean"``.
         mean_from: For ``mode="mean"``: a ``[n_layers, n_heads, d_head]`` tensor (:func:`mean_z`),
             or an :class:`~vlminterp.cache.ActivationStore` that collected hook ``"z"``.
@@ -147,8 +124,9 @@ class HeadAblation(Intervention):
         >>> model = HookedVLM.tiny("llava")
         >>> batch = PromptBatch.paired(model, [Sample(id="a", query="hi")], [Condition.TEXT_ONLY])
         >>> ablate = HeadAblation([(1, 0)], mode="mean", mean_from=mean_z(model, batch))
-        >>> model.run_with_hooks(batch, ablate.bind(model).hooks()).shape[0]
-        1
+        >>> logits, cache = ablate.run_with_cache(model, batch, names_filter=model.hook_names("z"))
+        >>> bool((cache["z", 1][:, :, 0] == mean_z(model, batch)[1, 0]).all())
+        True
     """
 
     def __init__(
@@ -168,6 +146,7 @@ class HeadAblation(Intervention):
             raise ValueError("HeadAblation needs at least one (layer, head) pair.")
         if len(set(pairs)) != len(pairs):
             raise ValueError(f"HeadAblation heads {pairs} repeat a pair.")
+        super().__init__(layers=sorted({layer for layer, _ in pairs}), hook="z", positions="all", steps=steps)
         self.heads = tuple(sorted(pairs))
         self.mode = check_choice("mode", mode, ABLATION_MODES)
         if mode == "mean" and mean_from is None:
@@ -180,18 +159,22 @@ class HeadAblation(Intervention):
             )
         self.mean_from = mean_from
         self.mean_condition = mean_condition
-        self.steps = check_choice("steps", steps, STEPS)
 
     @property
-    def layers(self) -> list[int]:
-        """Layers with at least one ablated head."""
-        return sorted({layer for layer, _ in self.heads})
+    def layers(self) -> tuple[int, ...]:
+        """Layers with at least one ablated head, as given."""
+        return self.site.layers
 
-    def bind(self, model: HookedVLM, batch: PromptBatch | None = None) -> HeadAblation:
-        """A copy checked against ``model`` with the means as a ``[n_layers, n_heads, d_head]`` tensor."""
+    def prepare(self, model: HookedVLM, batch: PromptBatch | None) -> PreparedRun:
+        """One hook per layer setting its heads to zero or to their means (checked, cast to the model)."""
         c = model.cfg
-        _check_layers(self.layers, c.n_layers, "HeadAblation")
-        bad = [(layer, h) for layer, h in self.heads if not 0 <= h < c.n_heads]
+        layers = resolve_layers([layer for layer, _ in self.heads], c.n_layers, "HeadAblation: layers")
+        heads = sorted(set(zip(layers, (h for _, h in self.heads), strict=True)))
+        if len(heads) != len(self.heads):
+            raise ValueError(
+                f"HeadAblation heads {list(self.heads)} name a head twice in a {c.n_layers}-layer model."
+            )
+        bad = [(layer, h) for layer, h in heads if not 0 <= h < c.n_heads]
         if bad:
             raise ValueError(f"HeadAblation: heads {bad} are out of range for {c.n_heads} heads per layer.")
         means = self.mean_from
@@ -203,93 +186,85 @@ class HeadAblation(Intervention):
                     f"HeadAblation mean_from must be [n_layers={c.n_layers}, n_heads={c.n_heads}, d_head={c.d_head}], "
                     f"got {tuple(means.shape)}. Compute it with mean_z(model, batch)."
                 )
-            means = means.to(model.device, _model_dtype(model))
-        return HeadAblation(self.heads, self.mode, means, self.mean_condition, self.steps)
-
-    def hooks(self, batch: PromptBatch | None = None) -> list[tuple[str, HookFn]]:
-        if self.mode == "mean" and not isinstance(self.mean_from, Tensor):
-            raise ValueError(
-                "HeadAblation with a mean_from store needs the model: use applied(model) or bind(model).hooks()."
-            )
-        out = []
-        for layer in self.layers:
-            heads = [h for lay, h in self.heads if lay == layer]
-            value = None if self.mode == "zero" else self.mean_from[layer, heads]
-            out.append(
-                (layer_hook_name("z", layer), partial(_head_hook, heads=heads, value=value, steps=self.steps))
-            )
-        return out
+            means = means.to(model.device, model_dtype(model))
+        hooks = []
+        for layer in sorted({layer for layer, _ in heads}):
+            chosen = [h for lay, h in heads if lay == layer]
+            value = None if means is None else means[layer, chosen]
+            hooks.append((model.layer_hook("z", layer), partial(_head_hook, heads=chosen, value=value)))
+        return PreparedRun(batch, hooks)
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "heads": [list(p) for p in self.heads], "mode": self.mode}
 
 
 # ---------------------------------------------------------------------- directions
-def _directions(
-    direction: Tensor | SteeringVectors, layers: int | Iterable[int] | None, who: str
-) -> tuple[dict[int, Tensor], str]:
-    """Per-layer float32 vectors from a ``[d_model]`` / ``[n_layers, d_model]`` tensor or SteeringVectors."""
-    hook = "resid_post"
-    if isinstance(direction, SteeringVectors):
-        hook, default, table = direction.hook, direction.layers, direction.vectors
-    elif isinstance(direction, Tensor) and direction.dim() == 2:
-        default, table = tuple(range(direction.shape[0])), direction
-    elif isinstance(direction, Tensor) and direction.dim() == 1:
-        if layers is None:
-            raise ValueError(f"{who}: a single [d_model] direction needs layers= (which layers to act on).")
-        default, table = (), None
-    else:
-        kind = tuple(direction.shape) if isinstance(direction, Tensor) else type(direction).__name__
-        raise ValueError(
-            f"{who}: direction must be [d_model], [n_layers, d_model] or SteeringVectors; got {kind}."
-        )
-    chosen = (
-        list(default)
-        if layers is None
-        else ([layers] if isinstance(layers, int) else [int(x) for x in layers])
-    )
-    if not chosen or len(set(chosen)) != len(chosen):
-        raise ValueError(f"{who}: layers must be a non-empty list without repeats; got {chosen}.")
-    if table is not None:
-        _check_layers(chosen, table.shape[0], who)
-    vectors = {
-        layer: (direction if table is None else table[layer]).detach().float().cpu() for layer in chosen
-    }
-    return vectors, hook
-
-
 class _DirectionIntervention(Intervention):
-    """Shared state of :class:`DirectionalAblation` and :class:`DirectionAddition`."""
+    """Shared set-up of :class:`DirectionalAblation` and :class:`DirectionAddition`.
 
-    def __init__(self, vectors: dict[int, Tensor], hook: str, positions: str, steps: str):
-        self.vectors = vectors
-        self.hook = hook
-        self.positions = check_choice("positions", positions, POSITIONS)
-        self.steps = check_choice("steps", steps, STEPS)
+    ``direction`` is ``[d_model]`` (the same at every layer), ``[n_layers, d_model]`` or
+    SteeringVectors (hook and layer count from them; the chosen layers must be fitted).
+    """
 
-    @property
-    def layers(self) -> list[int]:
-        return sorted(self.vectors)
-
-    def _bound_vectors(self, model: HookedVLM) -> dict[int, Tensor]:
-        c = model.cfg
-        _check_layers(self.layers, c.n_layers, type(self).__name__)
-        wrong = {layer: tuple(v.shape) for layer, v in self.vectors.items() if tuple(v.shape) != (c.d_model,)}
-        if wrong:
+    def __init__(
+        self,
+        direction: Tensor | SteeringVectors,
+        layers: LayerSpec,
+        hook: str | None,
+        positions: str,
+        steps: str,
+    ):
+        who = type(self).__name__
+        fitted: SteeringVectors | None = direction if isinstance(direction, SteeringVectors) else None
+        table = direction.vectors if fitted is not None else direction
+        if not isinstance(table, Tensor) or table.dim() not in (1, 2):
+            kind = tuple(table.shape) if isinstance(table, Tensor) else type(table).__name__
             raise ValueError(
-                f"{type(self).__name__}: vectors must be [d_model={c.d_model}]; got shapes {wrong}."
+                f"{who}: direction must be [d_model], [n_layers, d_model] or SteeringVectors; got {kind}."
             )
-        return {layer: v.to(model.device, _model_dtype(model)) for layer, v in self.vectors.items()}
+        n_layers = table.shape[0] if table.dim() == 2 else None
+        check_choice("positions", positions, POSITION_WORDS)
+        default_hook = fitted.hook if fitted is not None else "resid_post"
+        super().__init__(
+            layers=layers, hook=hook or default_hook, positions=positions, steps=steps, n_layers=n_layers
+        )
+        self.direction = table.detach().float().cpu()
+        self.fitted = fitted
+        if fitted is not None:
+            fitted.check_layers(self.site.layer_indices(fitted.n_layers))
+        rows = (
+            [self.direction]
+            if n_layers is None
+            else [self.direction[i] for i in self.site.layer_indices(n_layers)]
+        )
+        if not all(bool(torch.isfinite(v).all()) for v in rows):
+            raise ValueError(f"{who}: the direction is not finite (NaN or inf) at the chosen layers.")
+
+    def _vectors(self, model: HookedVLM) -> dict[int, Float[Tensor, " d_model"]]:
+        """Float32 CPU vector per chosen layer of ``model``, checked against its sizes."""
+        c, who = model.cfg, type(self).__name__
+        layers = self.site.layer_indices(c.n_layers)
+        if self.fitted is not None:
+            self.fitted.check_compatible(model, layers)
+        if self.direction.dim() == 2 and self.direction.shape[0] != c.n_layers:
+            raise ValueError(
+                f"{who}: the direction has {self.direction.shape[0]} rows (layers) but the model has {c.n_layers}."
+            )
+        if self.direction.shape[-1] != c.d_model:
+            raise ValueError(
+                f"{who}: vectors must be [d_model={c.d_model}]; got {tuple(self.direction.shape)}."
+            )
+        return {
+            layer: self.direction if self.direction.dim() == 1 else self.direction[layer] for layer in layers
+        }
 
     def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "layers": self.layers, "hook": self.hook, "positions": self.positions}
+        return super().to_dict() | ({"direction": self.fitted.metadata()} if self.fitted is not None else {})
 
 
 def _ablate_hook(
-    x: Float[Tensor, "batch pos d_model"], hook: Any, *, unit: Tensor, positions: str, steps: str
+    x: Float[Tensor, "batch pos d_model"], hook: Any, *, unit: Float[Tensor, " d_model"], positions: str
 ) -> Float[Tensor, "batch pos d_model"]:
-    if steps == "prefill" and is_generation_step(x):
-        return x
     r = unit.to(x.device, x.dtype)
     if positions == "last":
         last = x[:, -1:]
@@ -301,10 +276,10 @@ class DirectionalAblation(_DirectionIntervention):
     """Remove a direction from the residual stream: ``x <- x - r̂ r̂ᵀ x`` (Arditi et al. 2024).
 
     Args:
-        direction: ``[d_model]`` (same at every layer; then ``layers`` is required),
-            ``[n_layers, d_model]`` or :class:`SteeringVectors` (its hook and fitted layers by default).
-            Each layer's vector is normalised once, here.
-        layers: Layers to act on.
+        direction: ``[d_model]`` (the same at every layer), ``[n_layers, d_model]`` or
+            :class:`SteeringVectors` (its hook by default). Each layer's vector is normalised once,
+            when the intervention is prepared for a model.
+        layers: None/``"all"`` (every layer), ``"second_half"``, an int or a list (negative: from the end).
         hook: Hook kind (default the vectors' hook, else ``"resid_post"``).
         positions: ``"all"`` (default, as Arditi et al.) or ``"last"``.
         steps: ``"all"`` (prompt and every generated token) or ``"prefill"``.
@@ -313,211 +288,88 @@ class DirectionalAblation(_DirectionIntervention):
         >>> import torch
         >>> from vlminterp import HookedVLM
         >>> model = HookedVLM.tiny("llava")
-        >>> ablate = DirectionalAblation(torch.ones(64), layers=[0, 1])
-        >>> [name for name, _ in ablate.hooks()]
+        >>> [name for name, _ in DirectionalAblation(torch.ones(64)).prepared(model).fwd_hooks]
         ['blocks.0.hook_resid_post', 'blocks.1.hook_resid_post']
     """
 
     def __init__(
         self,
         direction: Tensor | SteeringVectors,
-        layers: int | Iterable[int] | None = None,
+        layers: LayerSpec = None,
         hook: str | None = None,
         positions: str = "all",
         steps: str = "all",
     ):
-        vectors, default_hook = _directions(direction, layers, "DirectionalAblation")
-        zero = [layer for layer, v in vectors.items() if not bool(v.norm() > 0)]
-        if zero:
-            raise ValueError(
-                f"DirectionalAblation: the direction is zero (or not finite) at layers {zero}; drop those layers."
-            )
-        units = {layer: v / v.norm() for layer, v in vectors.items()}
-        super().__init__(units, hook or default_hook, positions, steps)
+        super().__init__(direction, layers, hook, positions, steps)
+        if self.direction.dim() == 1:
+            if not bool(self.direction.norm() > 0):
+                raise ValueError("DirectionalAblation: the direction is zero, so it has no unit vector.")
+        else:
+            chosen = self.site.layer_indices(self.direction.shape[0])
+            zero = [layer for layer in chosen if not bool(self.direction[layer].norm() > 0)]
+            if zero:
+                raise ValueError(
+                    f"DirectionalAblation: the direction is zero at layers {zero}; drop those layers."
+                )
 
-    def bind(self, model: HookedVLM, batch: PromptBatch | None = None) -> DirectionalAblation:
-        bound = self._bound_vectors(model)
-        out = DirectionalAblation.__new__(DirectionalAblation)
-        _DirectionIntervention.__init__(out, bound, self.hook, self.positions, self.steps)
-        return out
-
-    def hooks(self, batch: PromptBatch | None = None) -> list[tuple[str, HookFn]]:
-        return [
-            (
-                layer_hook_name(self.hook, layer),
-                partial(_ablate_hook, unit=v, positions=self.positions, steps=self.steps),
-            )
-            for layer, v in sorted(self.vectors.items())
-        ]
+    def prepare(self, model: HookedVLM, batch: PromptBatch | None) -> PreparedRun:
+        """One ``x - r̂ r̂ᵀ x`` hook per chosen layer, ``r̂`` normalised in float32 and cast to the model."""
+        dtype = model_dtype(model)
+        hooks = [
+            (model.layer_hook(self.hook, layer),
+             partial(_ablate_hook, unit=(v / v.norm()).to(model.device, dtype), positions=self.positions))
+            for layer, v in self._vectors(model).items()
+        ]  # fmt: skip
+        return PreparedRun(batch, hooks)
 
 
 def _add_hook(
-    x: Float[Tensor, "batch pos d_model"], hook: Any, *, delta: Tensor, positions: str, steps: str
+    x: Float[Tensor, "batch pos d_model"], hook: Any, *, delta: Float[Tensor, " d_model"], positions: str
 ) -> Float[Tensor, "batch pos d_model"]:
-    if steps == "prefill" and is_generation_step(x):
-        return x
     return add_at(x, delta.to(x.device, x.dtype), positions)
 
 
 class DirectionAddition(_DirectionIntervention):
     """Add a direction to the residual stream: ``x <- x + α r`` (``r`` as given, not normalised).
 
+    Steering vectors applied as they are: pass :class:`SteeringVectors` (or a tensor) and ``alpha``.
+
     Args:
-        direction: ``[d_model]`` (then ``layers`` is required), ``[n_layers, d_model]`` or SteeringVectors.
-        alpha: Strength ``α``.
-        layers: Layers to act on.
+        direction: ``[d_model]`` (the same at every layer), ``[n_layers, d_model]`` or SteeringVectors.
+        alpha: Strength ``α`` (finite).
+        layers: None/``"all"`` (every layer), ``"second_half"``, an int or a list (negative: from the end).
         hook: Hook kind (default the vectors' hook, else ``"resid_post"``).
         positions: ``"all"`` (default) or ``"last"``.
         steps: ``"all"`` or ``"prefill"``.
 
     Example:
         >>> import torch
-        >>> add = DirectionAddition(torch.ones(64), alpha=2.0, layers=1)
-        >>> add.to_dict()["alpha"], add.layers
-        (2.0, [1])
+        >>> add = DirectionAddition(torch.ones(64), alpha=2.0, layers=-1)
+        >>> add.to_dict()["alpha"], add.site.layers
+        (2.0, (-1,))
     """
 
     def __init__(
         self,
         direction: Tensor | SteeringVectors,
         alpha: float = 1.0,
-        layers: int | Iterable[int] | None = None,
+        layers: LayerSpec = None,
         hook: str | None = None,
         positions: str = "all",
         steps: str = "all",
     ):
-        vectors, default_hook = _directions(direction, layers, "DirectionAddition")
-        super().__init__(vectors, hook or default_hook, positions, steps)
-        self.alpha = float(alpha)
+        super().__init__(direction, layers, hook, positions, steps)
+        self.alpha = finite("alpha", alpha)
 
-    def bind(self, model: HookedVLM, batch: PromptBatch | None = None) -> DirectionAddition:
-        out = DirectionAddition.__new__(DirectionAddition)
-        _DirectionIntervention.__init__(
-            out, self._bound_vectors(model), self.hook, self.positions, self.steps
-        )
-        out.alpha = self.alpha
-        return out
-
-    def hooks(self, batch: PromptBatch | None = None) -> list[tuple[str, HookFn]]:
-        return [
-            (
-                layer_hook_name(self.hook, layer),
-                partial(_add_hook, delta=self.alpha * v, positions=self.positions, steps=self.steps),
-            )
-            for layer, v in sorted(self.vectors.items())
-        ]
+    def prepare(self, model: HookedVLM, batch: PromptBatch | None) -> PreparedRun:
+        """One ``x + α r`` hook per chosen layer, ``r`` cast to the model."""
+        dtype = model_dtype(model)
+        hooks = [
+            (model.layer_hook(self.hook, layer),
+             partial(_add_hook, delta=self.alpha * v.to(model.device, dtype), positions=self.positions))
+            for layer, v in self._vectors(model).items()
+        ]  # fmt: skip
+        return PreparedRun(batch, hooks)
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "alpha": self.alpha}
-
-
-# ---------------------------------------------------------------------- patching
-def _patch_hook(
-    x: Float[Tensor, "batch pos ..."],
-    hook: Any,
-    *,
-    source: Float[Tensor, "batch src_pos ..."],
-    positions: list[int] | None,
-    heads: list[int] | None,
-    name: str,
-) -> Float[Tensor, "batch pos ..."]:
-    if is_generation_step(x):
-        return x
-    if source.shape[0] != x.shape[0] or source.shape[2:] != x.shape[2:]:
-        raise ValueError(
-            f"ActivationPatch at {name!r}: the source cache has shape {tuple(source.shape)} but the run has "
-            f"{tuple(x.shape)}; the source must come from a run of the same rows (same order) as this batch."
-        )
-    if positions is None and source.shape[1] != x.shape[1]:
-        raise ValueError(
-            f"ActivationPatch at {name!r}: positions='all' needs source and run of equal length, got "
-            f"{source.shape[1]} and {x.shape[1]}. Patch positions counted from the end instead (e.g. positions=[-1])."
-        )
-    idx = list(range(-x.shape[1], 0)) if positions is None else positions
-    if -min(idx) > min(x.shape[1], source.shape[1]):
-        raise ValueError(
-            f"ActivationPatch at {name!r}: position {min(idx)} is outside a run of {x.shape[1]} and a source of "
-            f"{source.shape[1]} positions."
-        )
-    src = source.to(x.device, x.dtype)
-    out = x.clone()
-    if heads is None:
-        out[:, idx] = src[:, idx]
-    else:
-        patched = out[:, idx]
-        patched[:, :, heads] = src[:, idx][:, :, heads]
-        out[:, idx] = patched
-    return out
-
-
-class ActivationPatch(Intervention):
-    """Copy activations of a source run into this run (prompt pass only).
-
-    Args:
-        source_cache: An :class:`~vlminterp.cache.ActivationCache` (or ``{hook name: tensor}``) of a run
-            of the same rows, captured with ``positions=None`` (``[batch, src_pos, ...]``) or, for
-            ``positions="last"``, with ``positions="last"`` (``[batch, ...]``).
-        hooks: Hook names to patch (each must be in the cache), e.g. ``model.hook_names("resid_post", [3])``.
-        positions: ``"all"`` (source and run of equal length), ``"last"``, or negative ints counted
-            from the end (``[-3, -2, -1]``); left padding aligns every row's last token.
-        heads: For head-shaped hooks (``attn.hook_z``, ``[batch, pos, head, d_head]``): patch only these heads.
-
-    Example:
-        >>> from vlminterp import HookedVLM, Sample, Condition, PromptBatch
-        >>> model = HookedVLM.tiny("llava")
-        >>> text = PromptBatch.paired(model, [Sample(id="a", query="hi")], [Condition.TEXT_ONLY])
-        >>> _, cache = model.run_with_cache(text, names_filter=model.hook_names("resid_post", [1]))
-        >>> patch = ActivationPatch(cache, model.hook_names("resid_post", [1]), positions="last")
-        >>> bool((model.run_with_hooks(text, patch.hooks()) == model.forward(text)).all())
-        True
-    """
-
-    steps = "prefill"
-
-    def __init__(
-        self,
-        source_cache: Mapping[str, Tensor],
-        hooks: str | Sequence[str],
-        positions: str | int | Sequence[int] = "all",
-        heads: Sequence[int] | None = None,
-    ):
-        names = [hooks] if isinstance(hooks, str) else list(hooks)
-        if not names:
-            raise ValueError("ActivationPatch needs at least one hook name.")
-        missing = [n for n in names if n not in source_cache]
-        if missing:
-            raise ValueError(
-                f"ActivationPatch: hooks {missing} are not in the source cache (it holds {sorted(source_cache)[:8]}). "
-                "Capture them with model.run_with_cache(source_batch, names_filter=...)."
-            )
-        self.positions = self._positions(positions)
-        captured_last = getattr(source_cache, "positions", None) == "last"
-        if captured_last and self.positions != [-1]:
-            raise ValueError(
-                "ActivationPatch: a cache captured with positions='last' can only patch positions='last'."
-            )
-        self.sources = {n: source_cache[n].unsqueeze(1) if captured_last else source_cache[n] for n in names}
-        self.heads = None if heads is None else [int(h) for h in heads]
-
-    @staticmethod
-    def _positions(positions: str | int | Sequence[int]) -> list[int] | None:
-        if isinstance(positions, str):
-            check_choice("positions", positions, ("all", "last"))
-            return None if positions == "all" else [-1]
-        idx = [positions] if isinstance(positions, int) else [int(p) for p in positions]
-        if not idx or any(p >= 0 for p in idx):
-            raise ValueError(
-                f"ActivationPatch positions {idx} must be negative (counted from the end: -1 is the last token), "
-                "or 'all' / 'last'."
-            )
-        return sorted(set(idx))
-
-    def hooks(self, batch: PromptBatch | None = None) -> list[tuple[str, HookFn]]:
-        return [
-            (name, partial(_patch_hook, source=src, positions=self.positions, heads=self.heads, name=name))
-            for name, src in self.sources.items()
-        ]
-
-    def to_dict(self) -> dict[str, Any]:
-        positions = "all" if self.positions is None else self.positions
-        return {**super().to_dict(), "hooks": list(self.sources), "positions": positions, "heads": self.heads}

@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,20 +45,16 @@ from jaxtyping import Float
 from torch import Tensor
 
 from vlminterp.interventions.base import (
-    POSITIONS,
-    STEPS,
-    HookFn,
     Intervention,
+    PreparedRun,
     add_at,
-    check_choice,
-    is_generation_step,
-    parse_layers,
+    finite,
+    model_dtype,
     twin_blocks,
     twin_follow,
 )
+from vlminterp.interventions.site import POSITION_WORDS, LayerSpec, Site, check_choice
 from vlminterp.interventions.steering import SteeringVectors
-from vlminterp.models.hooked_vlm import Generation
-from vlminterp.models.names import layer_hook_name
 from vlminterp.prompts import Condition, PromptBatch, Sample
 
 if TYPE_CHECKING:
@@ -85,29 +81,15 @@ def _shift_hook(
     *,
     delta: Float[Tensor, " d_model"],
     positions: str,
-    steps: str,
 ) -> Float[Tensor, "batch pos d_model"]:
-    if steps == "prefill" and is_generation_step(activation):
-        return activation
     return add_at(activation, delta.to(activation.device, activation.dtype), positions)
 
 
 def _sample_shift_hook(
-    activation: Float[Tensor, "batch pos d_model"], hook: Any, *, n: int, alpha: float, steps: str
+    activation: Float[Tensor, "batch pos d_model"], hook: Any, *, n: int, alpha: float
 ) -> Float[Tensor, "batch pos d_model"]:
-    if activation.shape[0] != 3 * n:
-        raise ValueError(
-            f"Sample-level CMRM was set up for a batch of 3 x {n} rows but runs on {activation.shape[0]} rows; "
-            "run the batch given to applied(model, batch)."
-        )
-    if steps == "prefill" and is_generation_step(activation):
-        return activation
     shift = activation[n : 2 * n, -1] - activation[2 * n :, -1]
     return add_at(activation, alpha * shift, "last", rows=slice(0, n))
-
-
-def _as_list(layers: int | Iterable[int]) -> list[int]:
-    return [layers] if isinstance(layers, int) else [int(layer) for layer in layers]
 
 
 def _pc1(diffs: Float[Tensor, "n d_model"], mean: Float[Tensor, " d_model"]) -> Float[Tensor, " d_model"]:
@@ -121,6 +103,12 @@ def _describe(samples: Sequence[Sample]) -> str:
     return f"{len(samples)} samples ({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))})"
 
 
+def _check_finite(vectors: SteeringVectors, layers: Sequence[int], who: str) -> None:
+    bad = [layer for layer in layers if not bool(torch.isfinite(vectors.vectors[layer]).all())]
+    if bad:
+        raise ValueError(f"{who}: the vectors are not finite (NaN or inf) at layers {bad}; refit them.")
+
+
 class CMRM(Intervention):
     """Dataset-level CMRM: add ``alpha * v^l`` at every chosen layer.
 
@@ -128,7 +116,8 @@ class CMRM(Intervention):
         vectors: Shift vectors from :meth:`CMRM.fit` (or loaded with ``SteeringVectors.load``).
         alpha: Strength; ``0`` is an exact no-op, ``1`` the paper's setting, negative values push
             image states further from text states.
-        layers: ``"all"`` / None (every fitted layer), an int, or a list of layers.
+        layers: None/``"all"`` (every layer; each must be fitted), ``"second_half"``, an int or a
+            list of layers (negative: from the end).
         positions: ``"last"`` (the last token of the prompt, then each new token) or ``"all"``
             (every prompt position too).
         steps: ``"all"`` (prompt and every generated token, the reproduction literature's default)
@@ -150,7 +139,7 @@ class CMRM(Intervention):
         self,
         vectors: SteeringVectors,
         alpha: float = 1.0,
-        layers: str | int | Iterable[int] | None = None,
+        layers: LayerSpec = None,
         positions: str = "last",
         steps: str = "all",
     ):
@@ -158,33 +147,30 @@ class CMRM(Intervention):
             raise TypeError(
                 f"CMRM needs SteeringVectors (from CMRM.fit or SteeringVectors.load), got {type(vectors).__name__}."
             )
+        check_choice("positions", positions, POSITION_WORDS)
+        super().__init__(
+            layers=layers, hook=vectors.hook, positions=positions, steps=steps, n_layers=vectors.n_layers
+        )
         self.vectors = vectors
-        self.alpha = float(alpha)
-        self.layers = parse_layers(layers, vectors.n_layers, vectors.layers)
+        self.alpha = finite("alpha", alpha)
         vectors.check_layers(self.layers)
-        self.positions = check_choice("positions", positions, POSITIONS)
-        self.steps = check_choice("steps", steps, STEPS)
+        _check_finite(vectors, self.layers, "CMRM")
 
-    def bind(self, model: HookedVLM, batch: PromptBatch | None = None) -> CMRM:
-        """A copy with the vectors checked against ``model`` and cast to its device and dtype."""
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """The steered layers, as indices."""
+        return self.site.layer_indices(self.vectors.n_layers)
+
+    def prepare(self, model: HookedVLM, batch: PromptBatch | None) -> PreparedRun:
+        """One ``h + alpha * v^l`` hook per chosen layer, vectors checked against ``model`` and cast."""
         self.vectors.check_compatible(model, self.layers)
-        dtype = next(model.hf_model.parameters()).dtype
-        return CMRM(self.vectors.to(model.device, dtype), self.alpha, self.layers, self.positions, self.steps)
-
-    def hooks(self, batch: PromptBatch | None = None) -> list[tuple[str, HookFn]]:
-        """One ``h + alpha * v^l`` hook per chosen layer (``batch`` is not needed)."""
-        return [
-            (
-                layer_hook_name(self.vectors.hook, layer),
-                partial(
-                    _shift_hook,
-                    delta=self.alpha * self.vectors.vectors[layer],
-                    positions=self.positions,
-                    steps=self.steps,
-                ),
-            )
+        vectors = self.vectors.vectors.to(model.device, model_dtype(model))
+        hooks = [
+            (model.layer_hook(self.hook, layer),
+             partial(_shift_hook, delta=self.alpha * vectors[layer], positions=self.positions))
             for layer in self.layers
-        ]
+        ]  # fmt: skip
+        return PreparedRun(batch, hooks)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -193,7 +179,6 @@ class CMRM(Intervention):
             "level": "dataset",
             "alpha": self.alpha,
             "layers": list(self.layers),
-            "positions": self.positions,
             "vectors": self.vectors.metadata(),
         }
 
@@ -205,7 +190,7 @@ class CMRM(Intervention):
         level: str = "dataset",
         estimator: str = "mean",
         blank: str = "white",
-        layers: str | int | Iterable[int] = "all",
+        layers: LayerSpec = "all",
         hook: str = "resid_post",
         positions: str = "last",
         batch_size: int = 8,
@@ -222,7 +207,7 @@ class CMRM(Intervention):
             estimator: ``"mean"`` (difference of means) or ``"pc1"`` (first principal component of
                 the per-sample differences, unit norm, sign aligned with the mean difference).
             blank: The no-content image: ``"white"``, ``"noise"`` or ``"mean_pixel"``.
-            layers: Layers to fit (``"all"``, an int or a list).
+            layers: Layers to fit (``"all"``, ``"second_half"``, an int or a list; negative: from the end).
             hook: Hook kind to read and later steer (``"resid_post"``).
             positions: Positions to read (``"last"``, ``"last_instruction"``, ``"mean_text"``).
             batch_size: Prompts per forward (memory only; results do not depend on it).
@@ -243,7 +228,7 @@ class CMRM(Intervention):
         if not anchor_samples:
             raise ValueError("CMRM.fit needs at least one anchor sample.")
         blank_cond, options = _blank_condition(blank)
-        chosen = parse_layers(layers, model.cfg.n_layers, range(model.cfg.n_layers))
+        chosen = Site(layers=layers, hook=hook).layer_indices(model.cfg.n_layers)
         conditions = [Condition.TEXT_ONLY, blank_cond]
         with contextlib.ExitStack() as stack:
             if estimator == "pc1" and out_dir is None:
@@ -289,7 +274,7 @@ class CMRM(Intervention):
     @staticmethod
     def sample_level(
         alpha: float = 1.0,
-        layers: str | int | Iterable[int] = "all",
+        layers: LayerSpec = "all",
         hook: str = "resid_post",
         steps: str = "all",
         blank: str = "white",
@@ -307,98 +292,82 @@ class SampleCMRM(Intervention):
     recomputed on prompts carrying the same generated suffix. The twins are never steered, so
     every layer's vector comes from unsteered states.
 
-    Two ways to run it:
-
-    - ``out = sl.generate(model, samples, max_new_tokens=64)`` builds the 3x batch, generates and
-      returns the steered rows' :class:`~vlminterp.Generation` only;
-    - ``batch = sl.prompts(model, samples)``; ``with sl.applied(model, batch): model.generate(batch,
-      follow=sl.follow(batch))`` (or ``model.run_with_cache(batch)``) to look inside.
-
     Args:
         alpha: Strength (``0`` = exact no-op).
-        layers: ``"all"``, an int or a list of layers.
+        layers: None/``"all"``, ``"second_half"``, an int or a list of layers (negative: from the end).
         hook: Hook kind to read and steer (``"resid_post"``).
         steps: ``"all"`` (every decoding step) or ``"prefill"`` (the prompt pass only).
         blank: The no-content image: ``"white"``, ``"noise"`` or ``"mean_pixel"``.
+
+    Example:
+        >>> from vlminterp import HookedVLM, Sample
+        >>> from vlminterp.interventions import CMRM
+        >>> from PIL import Image
+        >>> model = HookedVLM.tiny("llava")
+        >>> x = Sample(id="a", query="how do i make a kite", image=Image.new("RGB", (32, 32), "red"))
+        >>> sl = CMRM.sample_level(alpha=0.3)
+        >>> with sl.applied(model, [x]) as run:
+        ...     out = model.generate(run.batch, max_new_tokens=3, follow=run.follow)
+        >>> run.output(out).texts == sl.generate(model, [x], max_new_tokens=3).texts
+        True
     """
 
     def __init__(
         self,
         alpha: float = 1.0,
-        layers: str | int | Iterable[int] = "all",
+        layers: LayerSpec = None,
         hook: str = "resid_post",
         steps: str = "all",
         blank: str = "white",
     ):
-        self.alpha = float(alpha)
-        if isinstance(layers, str):
-            check_choice("layers", layers, ("all",))
-        self.layers: str | tuple[int, ...] = layers if isinstance(layers, str) else tuple(_as_list(layers))
-        self.hook = hook
-        self.steps = check_choice("steps", steps, STEPS)
+        super().__init__(layers=layers, hook=hook, positions="last", steps=steps)
+        self.alpha = finite("alpha", alpha)
         self.blank = blank
         self.blank_condition, self._blank_options = _blank_condition(blank)
         self._twins = ({Condition.TEXT_ONLY}, {self.blank_condition})
 
-    def bind(self, model: HookedVLM, batch: PromptBatch | None = None) -> SampleCMRM:
-        """A copy with ``layers`` resolved and checked for ``model``."""
-        layers = parse_layers(self.layers, model.cfg.n_layers, ())
-        return SampleCMRM(self.alpha, layers, self.hook, self.steps, self.blank)
+    @property
+    def layers(self) -> str | tuple[int, ...]:
+        """The layers as given (``"all"``, ``"second_half"`` or a tuple); indices come with the model."""
+        return self.site.layers
 
     def prompts(
-        self, model: HookedVLM, samples: Sequence[Sample], condition: Condition | str = Condition.IMAGE
-    ) -> PromptBatch:
-        """The 3x batch ``[condition x n, TEXT_ONLY x n, BLANK x n]`` for ``samples``."""
-        conditions = [Condition.parse(condition), Condition.TEXT_ONLY, self.blank_condition]
-        return PromptBatch.paired(model, samples, conditions, **self._blank_options)
-
-    def follow(self, batch: PromptBatch) -> list[int | None]:
-        """``follow=`` for :meth:`HookedVLM.generate`: twins take their steered row's tokens."""
-        twin_blocks(batch, self._twins, "SampleCMRM")
-        return twin_follow(batch, 3)
-
-    def hooks(self, batch: PromptBatch | None = None) -> list[tuple[str, HookFn]]:
-        """One hook per layer steering block 0 of ``batch`` with its twins' difference."""
-        if batch is None:
-            raise ValueError(
-                "Sample-level CMRM needs the batch it will run on: hooks(batch) / applied(model, batch)."
-            )
-        if isinstance(self.layers, str):
-            raise ValueError(
-                "SampleCMRM(layers='all') needs the model's layer count: use bind(model).hooks(batch)."
-            )
-        n = twin_blocks(batch, self._twins, "SampleCMRM")
-        fn = partial(_sample_shift_hook, n=n, alpha=self.alpha, steps=self.steps)
-        return [(layer_hook_name(self.hook, layer), fn) for layer in self.layers]
-
-    def generate(
         self,
         model: HookedVLM,
         samples: Sequence[Sample],
-        max_new_tokens: int = 32,
         condition: Condition | str = Condition.IMAGE,
-        **generate_kwargs: Any,
-    ) -> Generation:
-        """Steered generation for ``samples`` under ``condition``; returns those rows only.
+        **prompt_options: Any,
+    ) -> PromptBatch:
+        """The 3x batch ``[condition x n, TEXT_ONLY x n, BLANK x n]`` for ``samples``.
 
-        ``generate_kwargs`` go to :meth:`HookedVLM.generate` (``do_sample``, ``temperature``, ...).
+        Raises:
+            ValueError: ``prompt_options`` ask for another blank image than this intervention's.
         """
-        batch = self.prompts(model, samples, condition)
-        with self.applied(model, batch):
-            out = model.generate(
-                batch, max_new_tokens=max_new_tokens, follow=self.follow(batch), **generate_kwargs
+        if "blank" in prompt_options and prompt_options["blank"] != self._blank_options.get("blank"):
+            raise ValueError(
+                f"SampleCMRM(blank={self.blank!r}) builds its own blank twins; drop blank="
+                f"{prompt_options['blank']!r} or make the intervention with that blank."
             )
-        n = len(samples)
-        return Generation(tokens=out.tokens[:n], texts=out.texts[:n], batch=batch.select(range(n)))
+        conditions = [Condition.parse(condition), Condition.TEXT_ONLY, self.blank_condition]
+        return PromptBatch.paired(model, samples, conditions, **{**prompt_options, **self._blank_options})
+
+    def prepare(self, model: HookedVLM, batch: PromptBatch | None) -> PreparedRun:
+        """Hooks steering block 0 of the 3x ``batch`` with its twins' difference, layer by layer."""
+        if batch is None:
+            raise ValueError(
+                "Sample-level CMRM works per input: pass the samples (or SampleCMRM.prompts(model, samples)), "
+                "e.g. sl.generate(model, samples) or sl.applied(model, samples)."
+            )
+        n = twin_blocks(batch, self._twins, "SampleCMRM")
+        fn = partial(_sample_shift_hook, n=n, alpha=self.alpha)
+        hooks = [(name, fn) for name in self.site.hook_names(model)]
+        return PreparedRun(batch, hooks, follow=twin_follow(batch, 3), steered=tuple(range(n)))
 
     def to_dict(self) -> dict[str, Any]:
-        layers = self.layers if isinstance(self.layers, str) else list(self.layers)
         return {
             **super().to_dict(),
             "method": "cmrm",
             "level": "sample",
             "alpha": self.alpha,
-            "layers": layers,
-            "hook": self.hook,
             "blank": self.blank,
         }

@@ -43,8 +43,9 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -52,20 +53,16 @@ from jaxtyping import Float
 from torch import Tensor
 
 from vlminterp.interventions.base import (
-    STEPS,
-    HookFn,
     Intervention,
+    PreparedRun,
     add_at,
-    check_choice,
-    is_generation_step,
-    parse_layers,
+    model_dtype,
     twin_blocks,
     twin_follow,
 )
 from vlminterp.interventions.captioning import QUERY_CONDITIONED_PROMPT, Captioner, caption_images
+from vlminterp.interventions.site import LayerSpec, Site, check_choice
 from vlminterp.interventions.steering import SteeringVectors
-from vlminterp.models.hooked_vlm import Generation
-from vlminterp.models.names import layer_hook_name
 from vlminterp.prompts import Condition, PromptBatch, PromptRow, Sample
 
 if TYPE_CHECKING:
@@ -108,7 +105,7 @@ class SafetyDirection:
         unsafe_samples: Sequence[Sample],
         hook: str = "resid_post",
         positions: str = "last",
-        layers: str | int | Iterable[int] = "all",
+        layers: LayerSpec = "all",
         condition: str = "auto",
         batch_size: int = 8,
         progress: bool = True,
@@ -121,7 +118,7 @@ class SafetyDirection:
             unsafe_samples: Harmful requests (the paper: MM-SafetyBench-style, as text).
             hook: Hook kind (``"resid_post"``).
             positions: Positions read (``"last"``).
-            layers: Layers to fit (``"all"``, an int or a list).
+            layers: Layers to fit (``"all"``, ``"second_half"``, an int or a list; negative: from the end).
             condition: ``"auto"`` (``"{query} Image Caption: {caption}"`` when the samples carry
                 captions, plain queries when none does), ``"caption"`` or ``"text_only"``.
             batch_size: Prompts per forward.
@@ -138,7 +135,7 @@ class SafetyDirection:
                 f"{len(unsafe_samples)} unsafe."
             )
         cond = _direction_condition(condition, [*safe_samples, *unsafe_samples])
-        chosen = parse_layers(layers, model.cfg.n_layers, range(model.cfg.n_layers))
+        chosen = Site(layers=layers, hook=hook).layer_indices(model.cfg.n_layers)
         means = []
         for group in (safe_samples, unsafe_samples):
             store = ActivationStore.collect(
@@ -174,16 +171,9 @@ def decompose(
 
 
 def _fixed_hook(
-    activation: Float[Tensor, "batch pos d_model"],
-    hook: Any,
-    *,
-    correction: Float[Tensor, "n d_model"],
-    steps: str,
+    activation: Float[Tensor, "batch pos d_model"], hook: Any, *, correction: Float[Tensor, "batch d_model"]
 ) -> Float[Tensor, "batch pos d_model"]:
-    if steps == "prefill" and is_generation_step(activation):
-        return activation
-    n = correction.shape[0]
-    return add_at(activation, correction.to(activation.device, activation.dtype), "last", rows=slice(0, n))
+    return add_at(activation, correction.to(activation.device, activation.dtype), "last")
 
 
 def _per_step_hook(
@@ -194,16 +184,7 @@ def _per_step_hook(
     direction: Float[Tensor, " d_model"],
     steered: Tensor,
     edited: bool,
-    steps: str,
 ) -> Float[Tensor, "batch pos d_model"]:
-    rows = (2 if edited else 3) * n
-    if activation.shape[0] != rows:
-        raise ValueError(
-            f"ShiftDC was set up for a batch of {rows} rows but runs on {activation.shape[0]}; run the batch "
-            "given to applied(model, batch)."
-        )
-    if steps == "prefill" and is_generation_step(activation):
-        return activation
     last = activation[:, -1]
     image = last[:n] if edited else last[2 * n : 3 * n]
     safety, _ = decompose(image - last[n : 2 * n], direction.to(last.device, last.dtype))
@@ -212,25 +193,13 @@ def _per_step_hook(
     )
 
 
-class _FixedCorrections(Intervention):
-    """Constant per-row corrections ``[n, layers, d_model]`` added to the first ``n`` rows' last position."""
-
-    def __init__(self, hook_names: Sequence[str], corrections: Tensor, steps: str):
-        self.hook_names, self.corrections, self.steps = list(hook_names), corrections, steps
-
-    def hooks(self, batch: PromptBatch | None = None) -> list[tuple[str, HookFn]]:
-        return [
-            (name, partial(_fixed_hook, correction=self.corrections[:, j], steps=self.steps))
-            for j, name in enumerate(self.hook_names)
-        ]
-
-
 class ShiftDC(Intervention):
     """Remove the safety component of the image-induced activation shift.
 
     Args:
         direction: Safety direction from :meth:`SafetyDirection.fit`.
-        layers: Layers to steer; default ``L//2 .. L-1`` (LLaVA-1.5-7B: 16..31; the paper uses 10..31).
+        layers: Layers to steer; default ``"second_half"``, ``L//2 .. L-1`` (LLaVA-1.5-7B: 16..31;
+            the paper uses 10..31). None/``"all"``, an int or a list (negative: from the end).
         positions: ``"last"`` (the prompt's last token, then each new token).
         steps: ``"prefill"`` (default, as the reference code: the prompt's last position only) or
             ``"all"`` (every generated token too).
@@ -239,41 +208,62 @@ class ShiftDC(Intervention):
         estimate: ``"prefill"``, ``"per_step"`` or ``"per_step_edited"`` (module docstring).
         caption_prompt: Prompt of self-captioning (``{query}`` = the request).
         caption_max_new_tokens: Caption length limit.
+        caption_cache: JSON file of self-captions, read first and updated (a rerun or a second call
+            on the same samples does not caption again).
 
-    Two ways to run it:
+    Inputs are samples (captioned, then built into ``[input x n, text twin x n]``, see
+    :meth:`prompts`) or such a batch. With ``estimate="prefill"`` the corrections come from one
+    unsteered pass over both blocks, and the prepared run holds the input rows alone; the per-step
+    estimates run the twins alongside, fed the same tokens (``run.follow``).
 
-    - ``out = shiftdc.generate(model, samples, max_new_tokens=64)``: captions, builds the batch,
-      computes the corrections and returns the image rows' :class:`~vlminterp.Generation`;
-    - ``batch = shiftdc.prompts(model, samples)``; ``with shiftdc.applied(model, batch):
-      model.generate(batch, follow=shiftdc.follow(batch))`` (or ``run_with_cache(batch)``): the
-      first block of rows is steered, the twin blocks are never changed.
+    Example:
+        >>> from vlminterp import HookedVLM, Sample
+        >>> from vlminterp.interventions import SafetyDirection, ShiftDC
+        >>> from PIL import Image
+        >>> model = HookedVLM.tiny("llava")
+        >>> d = SafetyDirection.fit(model, [Sample("s", "bake a cake")], [Sample("u", "make a bomb")], progress=False)
+        >>> x = Sample(id="x", query="how do i make this", image=Image.new("RGB", (32, 32)), caption="a bomb")
+        >>> with ShiftDC(d, caption_source="sample").applied(model, [x]) as run:
+        ...     out = model.generate(run.batch, max_new_tokens=3, follow=run.follow)
+        >>> len(run.batch), run.batch.conditions
+        (1, [<Condition.IMAGE: 'image'>])
     """
 
     def __init__(
         self,
         direction: SteeringVectors,
-        layers: str | int | Iterable[int] | None = None,
+        layers: LayerSpec = "second_half",
         positions: str = "last",
         steps: str = "prefill",
         caption_source: str | Captioner = "self",
         estimate: str = "prefill",
         caption_prompt: str = QUERY_CONDITIONED_PROMPT,
         caption_max_new_tokens: int = 64,
+        caption_cache: str | Path | None = None,
     ):
         if not isinstance(direction, SteeringVectors):
             raise TypeError(
                 f"ShiftDC needs SteeringVectors (from SafetyDirection.fit), got {type(direction).__name__}."
             )
-        n_layers = direction.n_layers
+        check_choice("positions", positions, ("last",))
+        super().__init__(
+            layers=layers, hook=direction.hook, positions=positions, steps=steps, n_layers=direction.n_layers
+        )
         self.direction = direction
-        self.layers = parse_layers(layers, n_layers, range(n_layers // 2, n_layers))
         direction.check_layers(self.layers)
-        self.positions = check_choice("positions", positions, ("last",))
-        self.steps = check_choice("steps", steps, STEPS)
+        bad = [layer for layer in self.layers if not bool(torch.isfinite(direction.vectors[layer]).all())]
+        if bad:
+            raise ValueError(f"ShiftDC: the direction is not finite (NaN or inf) at layers {bad}; refit it.")
         self.caption_source = caption_source
         self.estimate = check_choice("estimate", estimate, ESTIMATES)
         self.caption_prompt = caption_prompt
         self.caption_max_new_tokens = caption_max_new_tokens
+        self.caption_cache = caption_cache
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """The steered layers, as indices."""
+        return self.site.layer_indices(self.direction.n_layers)
 
     @property
     def n_blocks(self) -> int:
@@ -283,11 +273,8 @@ class ShiftDC(Intervention):
     def _twins(self) -> tuple[set[Condition], ...]:
         return (_TWIN, _MAIN)[: self.n_blocks - 1]
 
-    def _hook_names(self) -> list[str]:
-        return [layer_hook_name(self.direction.hook, layer) for layer in self.layers]
-
     # ------------------------------------------------------------------ prompts
-    def caption(self, model: HookedVLM, samples: Sequence[Sample], cache: str | None = None) -> list[Sample]:
+    def caption(self, model: HookedVLM, samples: Sequence[Sample]) -> list[Sample]:
         """``samples`` with captions from ``caption_source`` (see :func:`caption_images`)."""
         return caption_images(
             model,
@@ -295,35 +282,42 @@ class ShiftDC(Intervention):
             self.caption_prompt,
             self.caption_max_new_tokens,
             source=self.caption_source,
-            cache=cache,
+            cache=self.caption_cache,
         )
 
-    def prompts(self, model: HookedVLM, samples: Sequence[Sample], captioned: bool = False) -> PromptBatch:
-        """The batch ``[input x n, text twin x n(, unsteered input x n)]`` for ``samples``.
+    def prompts(
+        self,
+        model: HookedVLM,
+        samples: Sequence[Sample],
+        condition: Condition | str = Condition.IMAGE,
+        **prompt_options: Any,
+    ) -> PromptBatch:
+        """Caption ``samples``, then the batch ``[input x n, text twin x n(, unsteered input x n)]``.
 
-        An input is IMAGE (TEXT_ONLY when the sample has no image); its twin is the CAPTION prompt
-        (itself for text-only samples). ``captioned=True`` skips captioning (captions already set).
+        An input is IMAGE (TEXT_ONLY when the sample has no image, passed through unchanged with a
+        logged note); its twin is the CAPTION prompt (itself for text-only samples).
+        ``prompt_options`` go to :meth:`PromptRow.from_sample` (``caption_template=``, ...).
+
+        Raises:
+            ValueError: no samples, or ``condition`` other than IMAGE (ShiftDC steers image inputs).
         """
+        if Condition.parse(condition) is not Condition.IMAGE:
+            raise ValueError(
+                f"ShiftDC steers image inputs: condition must be 'image', got {Condition.parse(condition).value!r}."
+            )
         if not samples:
             raise ValueError("ShiftDC needs at least one sample.")
-        if not captioned:
-            samples = self.caption(model, samples)
         main, twin = [], []
-        for s in samples:
+        for s in self.caption(model, samples):
             if s.image is None:
                 logger.info("ShiftDC: sample %r has no image; it is passed through unchanged.", s.id)
-                main.append(PromptRow.from_sample(model, s, Condition.TEXT_ONLY))
+                main.append(PromptRow.from_sample(model, s, Condition.TEXT_ONLY, **prompt_options))
                 twin.append(main[-1])
                 continue
-            main.append(PromptRow.from_sample(model, s, Condition.IMAGE))
-            twin.append(PromptRow.from_sample(model, s, Condition.CAPTION))
+            main.append(PromptRow.from_sample(model, s, Condition.IMAGE, **prompt_options))
+            twin.append(PromptRow.from_sample(model, s, Condition.CAPTION, **prompt_options))
         blocks = [main, twin, main][: self.n_blocks]
         return PromptBatch.from_rows(model, [row for block in blocks for row in block])
-
-    def follow(self, batch: PromptBatch) -> list[int | None]:
-        """``follow=`` for :meth:`HookedVLM.generate`: twin rows take their input row's tokens."""
-        twin_blocks(batch, self._twins(), "ShiftDC")
-        return twin_follow(batch, self.n_blocks)
 
     # ------------------------------------------------------------------ the method
     @staticmethod
@@ -333,88 +327,51 @@ class ShiftDC(Intervention):
         """``(safety, rest)`` components of a shift ``m`` along a direction ``s`` (see :func:`decompose`)."""
         return decompose(shift, direction)
 
+    def _names(self, model: HookedVLM) -> list[str]:
+        return [model.layer_hook(self.hook, layer) for layer in self.layers]
+
     def shifts(self, model: HookedVLM, batch: PromptBatch) -> Float[Tensor, "n layers d_model"]:
         """Unsteered modality shifts ``m^l = x^l(input) - x^l(twin)`` at the last prompt position (float32, CPU)."""
         n = twin_blocks(batch, self._twins(), "ShiftDC")
         self.direction.check_compatible(model, self.layers)
-        names = self._hook_names()
-        rows = batch.select(range(2 * n))
-        _, cache = model.run_with_cache(rows, names_filter=names, positions="last")
+        names = self._names(model)
+        _, cache = model.run_with_cache(batch.select(range(2 * n)), names_filter=names, positions="last")
         x = torch.stack([cache[name] for name in names], dim=1).float()
         return x[:n] - x[n:]
 
-    def bind(self, model: HookedVLM, batch: PromptBatch | None = None) -> Intervention:
-        """The hooks' intervention for ``batch``: fixed corrections (``estimate="prefill"``), else per-step."""
-        if batch is None:
-            raise ValueError(
-                "ShiftDC works per input: pass the batch, applied(model, batch) (see ShiftDC.prompts)."
-            )
-        self.direction.check_compatible(model, self.layers)
-        if self.estimate != "prefill":
-            return self
+    def corrections(self, model: HookedVLM, batch: PromptBatch) -> Float[Tensor, "n layers d_model"]:
+        """``-(m^l . s^l / |s^l|^2) s^l`` per input row and steered layer from :meth:`shifts` (float32, CPU).
+
+        What ``estimate="prefill"`` adds; zero for inputs without an image.
+        """
         directions = self.direction.vectors[list(self.layers)].float()
         safety, _ = decompose(self.shifts(model, batch), directions)
         steered = torch.tensor([c.has_image for c in batch.conditions[: safety.shape[0]]])
-        dtype = next(model.hf_model.parameters()).dtype
-        correction = (-safety * steered[:, None, None]).to(model.device, dtype)
-        return _FixedCorrections(self._hook_names(), correction, self.steps)
+        return -safety * steered[:, None, None]
 
-    def hooks(self, batch: PromptBatch | None = None) -> list[tuple[str, HookFn]]:
-        """Per-step hooks (``estimate="per_step"`` / ``"per_step_edited"``) for ``batch``.
-
-        With ``estimate="prefill"`` the corrections need an unsteered pass of the model first: use
-        ``applied(model, batch)`` or ``bind(model, batch).hooks()``.
-        """
-        if self.estimate == "prefill":
-            raise ValueError(
-                "ShiftDC(estimate='prefill') computes its corrections from an unsteered pass of the model: "
-                "use shiftdc.applied(model, batch) or shiftdc.bind(model, batch).hooks()."
-            )
+    def prepare(self, model: HookedVLM, batch: PromptBatch | None) -> PreparedRun:
+        """Corrections from an unsteered pass (``"prefill"``) or per-step hooks, for ``batch`` (:meth:`prompts`)."""
         if batch is None:
-            raise ValueError("ShiftDC works per input: pass the batch, hooks(batch) (see ShiftDC.prompts).")
+            raise ValueError(
+                "ShiftDC works per input: pass the samples (or ShiftDC.prompts(model, samples)), e.g. "
+                "shiftdc.generate(model, samples) or shiftdc.applied(model, samples)."
+            )
         n = twin_blocks(batch, self._twins(), "ShiftDC")
-        steered = torch.tensor([c.has_image for c in batch.conditions[:n]])
-        edited = self.estimate == "per_step_edited"
-        return [
-            (
-                name,
-                partial(
-                    _per_step_hook,
-                    n=n,
-                    direction=self.direction.vectors[layer].float(),
-                    steered=steered,
-                    edited=edited,
-                    steps=self.steps,
-                ),
-            )
-            for name, layer in zip(self._hook_names(), self.layers, strict=True)
-        ]
-
-    def generate(
-        self,
-        model: HookedVLM,
-        samples: Sequence[Sample],
-        max_new_tokens: int = 32,
-        captioned: bool = False,
-        **generate_kwargs: Any,
-    ) -> Generation:
-        """Caption (unless ``captioned``), steer and generate; returns the input rows only.
-
-        With ``estimate="prefill"`` only the input rows are generated (the twins are needed for the
-        unsteered pass alone); otherwise the twins run alongside, fed the same tokens.
-        """
-        batch = self.prompts(model, samples, captioned=captioned)
-        n = len(samples)
+        self.direction.check_compatible(model, self.layers)
+        names = self._names(model)
         if self.estimate == "prefill":
-            inputs = batch.select(range(n))
-            with model.hooks(self.bind(model, batch).hooks()):
-                out = model.generate(inputs, max_new_tokens=max_new_tokens, **generate_kwargs)
-            return out
-        with self.applied(model, batch):
-            out = model.generate(
-                batch, max_new_tokens=max_new_tokens, follow=self.follow(batch), **generate_kwargs
-            )
-        return Generation(tokens=out.tokens[:n], texts=out.texts[:n], batch=batch.select(range(n)))
+            correction = self.corrections(model, batch).to(model.device, model_dtype(model))
+            hooks = [
+                (name, partial(_fixed_hook, correction=correction[:, j])) for j, name in enumerate(names)
+            ]
+            return PreparedRun(batch.select(range(n)), hooks)
+        steered = torch.tensor([c.has_image for c in batch.conditions[:n]])
+        hooks = [
+            (name, partial(_per_step_hook, n=n, direction=self.direction.vectors[layer].float(),
+                           steered=steered, edited=self.estimate == "per_step_edited"))
+            for name, layer in zip(names, self.layers, strict=True)
+        ]  # fmt: skip
+        return PreparedRun(batch, hooks, follow=twin_follow(batch, self.n_blocks), steered=tuple(range(n)))
 
     def to_dict(self) -> dict[str, Any]:
         source = self.caption_source if isinstance(self.caption_source, str) else "callable"
@@ -422,7 +379,6 @@ class ShiftDC(Intervention):
             **super().to_dict(),
             "method": "shiftdc",
             "layers": list(self.layers),
-            "positions": self.positions,
             "estimate": self.estimate,
             "caption_source": source,
             "caption_prompt": self.caption_prompt,
