@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from vlminterp import Condition, PromptBatch, Sample
+from vlminterp.directions import decompose
 from vlminterp.interventions import SafetyDirection, ShiftDC, SteeringVectorsMismatchError, caption_images
-from vlminterp.interventions.shiftdc import decompose
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,10 @@
 """Directions per layer: diff-in-means, first-PC variant, cosines across layers, projections, and
 ShiftDC's safety perception distortion.
 
+The maths lives in :mod:`vlminterp.directions` (torch, shared with CMRM and ShiftDC); the functions
+here are its numpy adapters for the analyses: they validate rows (:func:`check_matrix`: rank, NaN,
+no rows), compute in float64 through that module and return numpy arrays.
+
 Shape glossary: ``n`` rows, ``layers`` layers, ``d_model`` width. Functions that take ``[..., d_model]``
 broadcast a ``[d_model]`` direction over any leading axes and a ``[layers, d_model]`` direction over
 ``[n, layers, d_model]`` rows.
@@ -29,8 +33,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from jaxtyping import Float
 
+from vlminterp import directions as _maths
 from vlminterp.analysis.activations import ConditionActivations, check_matrix, condition_key
 
 __all__ = [
@@ -50,6 +56,11 @@ __all__ = [
 Direction = Float[np.ndarray, " d_model"] | Float[np.ndarray, "layers d_model"]
 
 
+def _t(x: np.ndarray) -> torch.Tensor:
+    """A float64 array as a tensor sharing its memory."""
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+
+
 def diff_in_means(
     a: Float[np.ndarray, "n *layers d_model"], b: Float[np.ndarray, "m *layers d_model"]
 ) -> Direction:
@@ -60,30 +71,39 @@ def diff_in_means(
     """
     a = check_matrix(a, "diff_in_means a", ndim=(2, 3))
     b = check_matrix(b, "diff_in_means b", ndim=(2, 3))
-    if a.shape[1:] != b.shape[1:]:
-        raise ValueError(
-            f"diff_in_means needs a and b with the same [*layers, d_model], got {list(a.shape[1:])} and "
-            f"{list(b.shape[1:])} (mismatched layer counts?)."
-        )
-    return a.mean(0) - b.mean(0)
+    return _maths.diff_in_means(_t(a), _t(b)).numpy()
 
 
-def first_pc_direction(diffs: Float[np.ndarray, "n *layers d_model"]) -> Direction:
-    """The dominant direction of per-sample differences (CMRM's "first principal component" variant).
+def first_pc_direction(
+    diffs: Float[np.ndarray, "n *layers d_model"], *, center: bool = False, scale: bool = True
+) -> Direction:
+    """The first principal component of per-sample differences, per layer (:func:`vlminterp.directions.pc1`).
 
-    The first right singular vector of the *uncentred* differences (so a shared offset is the
-    component), signed to agree with ``mean(diffs)`` and scaled to the mean's projection on it, so it
-    is comparable with :func:`diff_in_means`.
+    Two conventions, chosen by name:
+
+    - ``center=True, scale=False``: exactly the unit vector ``CMRM.fit(estimator="pc1")`` steers with
+      (centred, sklearn PCA's convention, signed along ``mean(diffs)``). Use this wherever the
+      direction stands for CMRM's pc1 estimator (the representation-gap study's ``cmrm_first_pc``).
+    - ``center=False, scale=True`` (the default, kept for existing callers): the dominant axis of the
+      *uncentred* differences (so a shared offset is the component), scaled to the mean's component
+      along it, ``(mean·u)u``, so it is comparable in size with :func:`diff_in_means`.
+
+    Args:
+        diffs: ``[n, d_model]`` or ``[n, layers, d_model]`` differences (e.g. ``text − blank``).
+        center: Subtract ``mean(diffs)`` before the SVD.
+        scale: Return ``(mean·u)u`` instead of the unit vector ``u`` (which is signed along the mean).
+
+    Example:
+        >>> import numpy as np
+        >>> d = np.array([[-1.0, 5.0], [1.0, 5.0]])
+        >>> first_pc_direction(d).tolist(), first_pc_direction(d, center=True, scale=False).tolist()
+        ([0.0, 5.0], [1.0, 0.0])
     """
-    diffs = check_matrix(diffs, "first_pc_direction diffs", ndim=(2, 3))
-    stacked = diffs[:, None] if diffs.ndim == 2 else diffs
-    out = np.empty(stacked.shape[1:])
-    for layer in range(stacked.shape[1]):
-        x = stacked[:, layer]
-        _, _, vt = np.linalg.svd(x, full_matrices=False)
-        u = vt[0]
-        out[layer] = (x.mean(0) @ u) * u
-    return out[0] if diffs.ndim == 2 else out
+    diffs = _t(check_matrix(diffs, "first_pc_direction diffs", ndim=(2, 3)))
+    u = _maths.pc1(diffs, center=center)
+    if scale:
+        u = _maths.decompose(diffs.mean(0), u)[0]
+    return u.numpy()
 
 
 def normalize(v: Float[np.ndarray, "*layers d_model"]) -> Float[np.ndarray, "*layers d_model"]:
@@ -92,11 +112,7 @@ def normalize(v: Float[np.ndarray, "*layers d_model"]) -> Float[np.ndarray, "*la
     Raises:
         ValueError: a zero vector (a direction of two identical means).
     """
-    v = check_matrix(v, "direction", ndim=(1, 2))
-    norms = np.linalg.norm(v, axis=-1, keepdims=True)
-    if (norms == 0).any():
-        raise ValueError("A direction is the zero vector (identical means?), so it cannot be normalised.")
-    return v / norms
+    return _maths.unit(_t(check_matrix(v, "direction", ndim=(1, 2)))).numpy()
 
 
 def cosine_matrix(
@@ -124,9 +140,9 @@ def _check_broadcast(x: np.ndarray, direction: np.ndarray) -> None:
 def scalar_projection(x: Float[np.ndarray, "... d_model"], direction: Direction) -> Float[np.ndarray, "..."]:
     """``x · s / ‖s‖`` along the last axis (per layer when ``direction`` is ``[layers, d_model]``)."""
     x = np.asarray(x, dtype=np.float64)
-    unit = normalize(direction)
-    _check_broadcast(x, unit)
-    return (x * unit).sum(-1)
+    direction = check_matrix(direction, "direction", ndim=(1, 2))
+    _check_broadcast(x, direction)
+    return _maths.scalar_projection(_t(x), _t(direction)).numpy()
 
 
 def cosine(x: Float[np.ndarray, "... d_model"], direction: Direction) -> Float[np.ndarray, "..."]:
@@ -162,8 +178,14 @@ def distortion(
 def safety_direction(
     acts: ConditionActivations, condition: str = "text_only"
 ) -> Float[np.ndarray, "layers d_model"]:
-    """ShiftDC's ``s = mean(benign) − mean(harmful)`` of one condition's rows, per layer."""
-    return diff_in_means(acts.get(condition, label="benign"), acts.get(condition, label="harmful"))
+    """ShiftDC's ``s = mean(benign) − mean(harmful)`` of one condition's rows, per layer.
+
+    :func:`vlminterp.directions.safety_direction` on the rows (``SafetyDirection.fit`` computes the
+    same from streamed means).
+    """
+    safe = check_matrix(acts.get(condition, label="benign"), "safety_direction benign", ndim=(2, 3))
+    unsafe = check_matrix(acts.get(condition, label="harmful"), "safety_direction harmful", ndim=(2, 3))
+    return _maths.safety_direction(_t(safe), _t(unsafe)).numpy()
 
 
 def direction_rows(

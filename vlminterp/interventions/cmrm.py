@@ -11,7 +11,8 @@ BLANK state equals the TEXT_ONLY state); the paper's Eq. 6 leaves the sign in do
 
 - Dataset level: ``v`` is the mean over an anchor set (:meth:`CMRM.fit`, ``estimator="mean"``), or
   the first principal component of the per-sample differences with its sign aligned to the mean
-  (``estimator="pc1"``; a unit vector, so ``alpha`` is then in absolute units).
+  (``estimator="pc1"``: :func:`vlminterp.directions.pc1` with ``center=True``, sklearn PCA's
+  convention; a unit vector, so ``alpha`` is then in absolute units).
 - Sample level: each input's own difference, from its TEXT_ONLY and BLANK twins run in the same
   forward (one 3x batch) and fed the same generated tokens at every step
   (:meth:`CMRM.sample_level`, :class:`SampleCMRM`).
@@ -44,6 +45,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from vlminterp.directions import pc1
 from vlminterp.interventions.base import (
     Intervention,
     PreparedRun,
@@ -90,12 +92,6 @@ def _sample_shift_hook(
 ) -> Float[Tensor, "batch pos d_model"]:
     shift = activation[n : 2 * n, -1] - activation[2 * n :, -1]
     return add_at(activation, alpha * shift, "last", rows=slice(0, n))
-
-
-def _pc1(diffs: Float[Tensor, "n d_model"], mean: Float[Tensor, " d_model"]) -> Float[Tensor, " d_model"]:
-    """First principal component of ``diffs`` (unit norm), signed so that it points along ``mean``."""
-    component = torch.linalg.svd(diffs - diffs.mean(0), full_matrices=False).Vh[0]
-    return -component if float(component @ mean.to(component)) < 0 else component
 
 
 def _describe(samples: Sequence[Sample]) -> str:
@@ -253,7 +249,8 @@ class CMRM(Intervention):
                     vectors[layer] = mean_diff[i]
                 else:
                     text, blanks = (store.vectors(c, layer).double() for c in conditions)
-                    vectors[layer] = _pc1(text - blanks, mean_diff[i])
+                    # Centred (PCA's convention), unit norm, signed along the mean shift.
+                    vectors[layer] = pc1(text - blanks, center=True, align=mean_diff[i])
         return SteeringVectors.from_model(
             model,
             vectors.float(),

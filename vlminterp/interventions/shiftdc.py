@@ -52,6 +52,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from vlminterp.directions import decompose, safety_direction
 from vlminterp.interventions.base import (
     Intervention,
     PreparedRun,
@@ -144,7 +145,7 @@ class SafetyDirection:
             )  # fmt: skip
             means.append(store.mean(cond))
         vectors = torch.zeros(model.cfg.n_layers, model.cfg.d_model, dtype=torch.float64)
-        vectors[list(chosen)] = means[0] - means[1]
+        vectors[list(chosen)] = safety_direction(means[0][None], means[1][None])  # streamed means
         return SteeringVectors.from_model(
             model,
             vectors.float(),
@@ -155,19 +156,6 @@ class SafetyDirection:
             layers=chosen,
             meta={"condition": cond.value, "n_safe": len(safe_samples), "n_unsafe": len(unsafe_samples)},
         )
-
-
-def decompose(
-    shift: Float[Tensor, "*batch d_model"], direction: Float[Tensor, "*batch d_model"]
-) -> tuple[Float[Tensor, "*batch d_model"], Float[Tensor, "*batch d_model"]]:
-    """``(safety, rest)``: the component of ``shift`` along ``direction`` and the orthogonal remainder.
-
-    ``safety = (shift . s / |s|^2) s``, ``rest = shift - safety``; a zero direction gives zero safety.
-    """
-    norm2 = (direction * direction).sum(-1, keepdim=True)
-    coef = (shift * direction).sum(-1, keepdim=True) / norm2.clamp(min=torch.finfo(norm2.dtype).tiny)
-    safety = torch.where(norm2 > 0, coef * direction, torch.zeros_like(shift))
-    return safety, shift - safety
 
 
 def _fixed_hook(
@@ -324,7 +312,7 @@ class ShiftDC(Intervention):
     def decompose(
         shift: Float[Tensor, "*batch d_model"], direction: Float[Tensor, "*batch d_model"]
     ) -> tuple[Float[Tensor, "*batch d_model"], Float[Tensor, "*batch d_model"]]:
-        """``(safety, rest)`` components of a shift ``m`` along a direction ``s`` (see :func:`decompose`)."""
+        """``(safety, rest)`` components of a shift ``m`` along a direction ``s`` (:func:`vlminterp.directions.decompose`)."""
         return decompose(shift, direction)
 
     def _names(self, model: HookedVLM) -> list[str]:
