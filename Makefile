@@ -58,7 +58,7 @@ test-latest:
 	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -c $(LATEST)/torch-constraint.txt -e ".[dev,notebooks]"
 	$(LATEST)/bin/python -m vlminterp.versions
 	$(LATEST)/bin/python -m pytest -n 2 -q -m reference
-	$(LATEST)/bin/python -m vlminterp.cli doctor
+	$(LATEST)/bin/python -m vlminterp doctor
 
 # Refresh the lock from the venv that just passed `make test-latest`; then `make test` on it.
 lock:

@@ -39,6 +39,7 @@ from vlminterp.organism.evaluate import MAX_NEW_TOKENS, generate_texts
 from vlminterp.organism.judge import exact_refusal_rate, refusal_rate, utility
 from vlminterp.organism.tasks import organism_samples
 from vlminterp.prompts import Condition, Sample
+from vlminterp.specs import model_name
 
 if TYPE_CHECKING:
     from vlminterp.interventions import Intervention
@@ -148,7 +149,7 @@ def _activations(model: HookedVLM, cfg: DemoConfig, harmful: list[Sample], benig
         out_dir=cfg.out / "activations",
         progress=cfg.progress,
     )
-    return ConditionActivations.from_store(store, model=model.cfg.model_id, dataset="organism-test")
+    return ConditionActivations.from_store(store, model=model_name(model), dataset="organism-test")
 
 
 def _gap(acts, out: Path) -> list[dict[str, Any]]:
@@ -347,7 +348,7 @@ def _run_stages(cfg: DemoConfig, model: HookedVLM | None) -> list[dict[str, Any]
     summary, vectors, best = _steer(model, cfg, direction, splits)
     print("[5/5] layer ablation")
     _layer_ablation(model, cfg, vectors, best["alpha"], direction, test)
-    write_json_atomic(cfg.out / "config.json", {**{k: str(v) for k, v in vars(cfg).items()}, "model": model.cfg.model_id,
+    write_json_atomic(cfg.out / "config.json", {**{k: str(v) for k, v in vars(cfg).items() if k != "out"}, "model": model_name(model),
                                                  "seconds": round(time.perf_counter() - start, 1)})  # fmt: skip
     return summary
 

@@ -34,6 +34,7 @@ import argparse
 import csv
 import dataclasses
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -46,6 +47,7 @@ from vlminterp.eval.runner import generate_responses, read_responses
 from vlminterp.interventions.site import LAYER_WORDS
 from vlminterp.io import atomic_path, read_json, write_json_atomic, write_text_atomic
 from vlminterp.prompts import Condition, Sample
+from vlminterp.specs import MODEL_SPEC_HELP, ModelSpec
 
 if TYPE_CHECKING:
     from vlminterp.interventions import Intervention
@@ -175,6 +177,22 @@ def _layers(text: str) -> str | list[int]:
         ) from None
 
 
+def _check_layers(layers: list[int], n_layers: int) -> None:
+    bad = [layer for layer in layers if not -n_layers <= layer < n_layers]
+    if bad:
+        raise ValueError(f"--layers {bad} do not exist; the model has layers 0..{n_layers - 1}.")
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number.")
+    return value
+
+
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer.")
@@ -300,7 +318,7 @@ def markdown(rows: list[dict[str, Any]], metric: str = "refused_rate") -> str:
 
 # ---------------------------------------------------------------------- the commands
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="tiny | tiny:FAMILY | organism | checkpoint dir/name")
+    p.add_argument("--model", required=True, help=MODEL_SPEC_HELP)
     p.add_argument("--eval", required=True, help="evaluated DATASET[:split]")
     p.add_argument("--judge", required=True, help="organism | keyword:<preset>")
     p.add_argument("--judges-dir", default=None, help=f"keyword lists (default {DEFAULT_JUDGES_DIR})")
@@ -328,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmrm.set_defaults(parser=cmrm)
     cmrm.add_argument("--anchor", default=None, help="anchor DATASET[:split] (needed for --level dataset)")
     cmrm.add_argument("--level", choices=("dataset", "sample"), default="dataset")
-    cmrm.add_argument("--alpha", type=float, default=1.0)
+    cmrm.add_argument("--alpha", type=_finite, default=1.0)
     cmrm.add_argument("--steps", choices=("all", "prefill"), default="all")
     cmrm.add_argument(
         "--layers", type=_layers, default="all", help="'all', 'second_half' or comma-separated layers"
@@ -351,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--caption-prompt", default=None, help="self-captioning prompt ({query} = the request)"
     )
     shift.add_argument("--caption-max-new-tokens", type=_positive, default=None)
-    shift.add_argument("--compare-cmrm-alpha", type=float, default=None, help="also run dataset-level CMRM")
+    shift.add_argument("--compare-cmrm-alpha", type=_finite, default=None, help="also run dataset-level CMRM")
     shift.add_argument(
         "--anchor", default=None, help="CMRM anchor DATASET[:split] (default: the direction's)"
     )
@@ -520,6 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     sub = args.parser  # the chosen subcommand's parser, for its error messages
     try:
+        model_spec = ModelSpec.parse(args.model)
         judge = make_judge(args.judge, args.judges_dir)
         specs = {"eval": (DatasetSpec.parse(args.eval, "--eval"), args.root)}
         if args.utility:
@@ -554,15 +573,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(
                 f"--direction {args.direction!r}: fitting a safety direction needs harmful and benign samples."
             )
+        model = model_spec.load()
+        if isinstance(args.layers, list):
+            _check_layers(args.layers, model.cfg.n_layers)
         out = Path(args.out)
         _check_config(
             out, {k: v for k, v in vars(args).items() if k not in ("no_progress", "batch_size", "parser")}
         )
     except (ValueError, FileNotFoundError) as e:
         sub.error(str(e))
-    from vlminterp.sweeps import load_model
-
-    run = Run(load_model(args.model), out, args.max_new_tokens, args.batch_size, not args.no_progress)
+    run = Run(model, out, args.max_new_tokens, args.batch_size, not args.no_progress)
     (run_cmrm if args.method == "cmrm" else run_shiftdc)(args, run, judge, sets)
     print(f"\nwrote {out}/table.json, table.csv, responses.jsonl, verdicts.jsonl")
     return 0

@@ -62,6 +62,7 @@ from torch import Tensor
 from vlminterp.interventions.base import HookFn, Intervention, PreparedRun
 from vlminterp.io import write_text_atomic
 from vlminterp.prompts import Condition, PromptBatch, Sample
+from vlminterp.specs import MODEL_SPEC_HELP, model_name
 
 if TYPE_CHECKING:
     from vlminterp.models.hooked_vlm import HookedVLM
@@ -632,7 +633,7 @@ def sweep(
     generation = max((m.max_new_tokens for m in metrics if m.generates), default=None)
     manifest = {
         "format": _FORMAT,
-        "model": model.cfg.model_id,
+        "model": model_name(model),
         "dataset": dataset,
         "method": method,
         "samples": _digest(samples),
@@ -687,7 +688,7 @@ def sweep(
             group_rows = []
             for i, (p, iv) in enumerate(zip(todo, interventions, strict=True)):
                 name = method or ("none" if iv is None else iv.to_dict().get("method", type(iv).__name__))
-                base = {"model": model.cfg.model_id, "dataset": dataset, "method": name}
+                base = {"model": model_name(model), "dataset": dataset, "method": name}
                 base.update({"layer": None, "head": None, "alpha": None, **p})
                 for j, m in enumerate(metrics):
                     n = int(counts[i, j])
@@ -708,23 +709,12 @@ def sweep(
 
 
 # ---------------------------------------------------------------------- studies and command line
-#: ``--study`` -> module with ``add_study_arguments(parser)`` and ``run(args)`` (scripts in ``analyses/``).
+#: ``--study`` -> module with ``add_study_arguments(parser)`` and ``run(args)`` (in :mod:`vlminterp.studies`).
 STUDIES = {
-    "layer": "analyses.layer_ablation",
-    "head": "analyses.head_ablation",
-    "alpha-layer": "analyses.alpha_layer_grid",
+    "layer": "vlminterp.studies.layer_ablation",
+    "head": "vlminterp.studies.head_ablation",
+    "alpha-layer": "vlminterp.studies.alpha_layer_grid",
 }
-
-
-def load_model(spec: str) -> HookedVLM:
-    """``tiny`` / ``tiny:FAMILY`` (random test model), ``organism`` (the shipped toy VLM), or a checkpoint."""
-    from vlminterp.models.hooked_vlm import HookedVLM
-
-    if spec == "organism":
-        return HookedVLM.from_organism()
-    if spec == "tiny" or spec.startswith("tiny:"):
-        return HookedVLM.tiny(spec.partition(":")[2] or "llava")
-    return HookedVLM.from_pretrained(spec)
 
 
 def load_study_samples(
@@ -779,7 +769,7 @@ def finish_study(
     """Write a study's ``results.json`` + manifest (config from ``args``) and draw its heatmaps from the file."""
     config = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     results = write_results(out, rows, {**config, "study": name, "model_id": model_id})
-    from figures.ablation_heatmap import draw
+    from vlminterp.studies.ablation_heatmap import draw
 
     return [results, *draw(results, out)]
 
@@ -802,9 +792,7 @@ def study_main(
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Options every ablation study shares."""
-    parser.add_argument(
-        "--model", default="organism", help="tiny | tiny:FAMILY | organism | checkpoint dir/name"
-    )
+    parser.add_argument("--model", default="organism", help=MODEL_SPEC_HELP)
     parser.add_argument("--dataset", default="organism", help="organism, or a vlminterp.data dataset name")
     parser.add_argument("--data-root", default=None, help="dataset files (vlminterp.data datasets)")
     parser.add_argument("--split", default="test", help="split of the evaluated samples")
@@ -846,12 +834,7 @@ def write_results(
 
 
 def _study(study: str) -> Any:
-    """The study's module; ``analyses/`` and ``figures/`` are found next to the package in a source checkout."""
-    import sys
-
-    root = str(Path(__file__).resolve().parents[1])
-    if (Path(root) / "analyses").is_dir() and root not in sys.path:
-        sys.path.append(root)
+    """The module of ``--study`` (imported on demand: the studies import this module)."""
     return importlib.import_module(STUDIES[study])
 
 

@@ -28,7 +28,7 @@ def _rows(out):
 
 
 def test_layer_ablation_study(tiny_model, tmp_path):
-    from analyses import layer_ablation
+    from vlminterp.studies import layer_ablation
 
     out = tmp_path / "layer"
     written = layer_ablation.run(_args("layer", out, "--window", "2"), model=tiny_model)
@@ -53,7 +53,7 @@ def test_layer_ablation_study(tiny_model, tmp_path):
 
 
 def test_head_ablation_study_and_resume(tiny_model, tmp_path):
-    from analyses import head_ablation
+    from vlminterp.studies import head_ablation
 
     out = tmp_path / "head"
     args = _args("head", out, "--top-k", "2")
@@ -92,8 +92,7 @@ def test_alpha_layer_grid_study_through_the_cli_entry(tmp_path, capsys):
 
 
 def test_figure_script_redraws_from_results(tiny_model, tmp_path):
-    from analyses import alpha_layer_grid
-    from figures import ablation_heatmap
+    from vlminterp.studies import ablation_heatmap, alpha_layer_grid
 
     out = tmp_path / "alpha"
     alpha_layer_grid.run(_args("alpha-layer", out, "--alphas", "0.5"), model=tiny_model)
@@ -108,7 +107,7 @@ def test_figure_script_redraws_from_results(tiny_model, tmp_path):
 
 
 def test_bad_study_options_raise(tiny_model, tmp_path):
-    from analyses import alpha_layer_grid, head_ablation, layer_ablation
+    from vlminterp.studies import alpha_layer_grid, head_ablation, layer_ablation
 
     with pytest.raises(ValueError, match="choose from"):
         layer_ablation.run(_args("layer", tmp_path, "--methods", "cmrm,steer"), model=tiny_model)

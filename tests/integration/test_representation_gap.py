@@ -1,6 +1,5 @@
 """The representation_gap study end to end on the tiny llava: rows, manifest, resume, figures."""
 
-import importlib.util
 import json
 import runpy
 import sys
@@ -10,21 +9,9 @@ import numpy as np
 import pytest
 
 from vlminterp import viz
+from vlminterp.studies import representation_gap as study
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load_study():
-    spec = importlib.util.spec_from_file_location(
-        "representation_gap", ROOT / "analyses" / "representation_gap.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-study = _load_study()
 
 
 @pytest.fixture

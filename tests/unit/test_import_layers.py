@@ -1,6 +1,6 @@
 """Dependencies point downward: what each layer imports.
 
-Layers, bottom up: leaves (``hook_names``, ``positions``, ``prompts``) < ``cache`` < ``models`` <
+Layers, bottom up: leaves (``hook_names``, ``positions``, ``prompts``, ``directions``) < ``cache`` < ``models`` <
 applications. ``vlminterp.testing`` (the tiny builders) sits above ``models``: it imports the
 families, and the package calls up into it only lazily, from the two entry points listed below.
 """
@@ -19,7 +19,7 @@ import vlminterp
 
 PACKAGE = Path(vlminterp.__file__).parent
 #: Functions that import vlminterp.testing when called (never at module import).
-UPWARD_CALLS = {("models/hooked_vlm.py", "tiny"), ("doctor.py", "main")}
+UPWARD_CALLS = {("models/hooked_vlm.py", "tiny"), ("doctor.py", "main"), ("specs.py", "parse")}
 
 
 def loaded_after(statement: str) -> set[str]:
@@ -30,7 +30,7 @@ def loaded_after(statement: str) -> set[str]:
     return set(json.loads(result.stdout.splitlines()[-1]))
 
 
-@pytest.mark.parametrize("leaf", ["vlminterp.hook_names", "vlminterp.positions"])
+@pytest.mark.parametrize("leaf", ["vlminterp.hook_names", "vlminterp.positions", "vlminterp.directions"])
 def test_leaf_modules_import_neither_model_nor_cache(leaf):
     assert loaded_after(f"import {leaf}") == {"vlminterp", leaf}
 

@@ -4,11 +4,11 @@ Example (shell)::
 
     vlminterp collect --model tiny --dataset tiny --conditions image,blank,text_only \\
         --layers all --positions last --out runs/tiny-collect
-    torchrun --nproc_per_node 4 -m vlminterp.cli collect --model llava-hf/llava-1.5-7b-hf \\
+    torchrun --nproc_per_node 4 -m vlminterp collect --model llava-hf/llava-1.5-7b-hf \\
         --dataset mm-safetybench --data-root ../shared/data/mm-safetybench --out runs/mmsb --resume
 
-``--model`` is ``tiny`` (random tiny llava), ``organism`` (the shipped toy VLM) or a checkpoint id /
-directory. ``--dataset`` is ``tiny`` (a few synthetic samples) or a name of :func:`vlminterp.data.names`
+``--model`` is a model spec (:mod:`vlminterp.specs`: ``organism``, ``tiny``, ``tiny:FAMILY``, a
+checkpoint). ``--dataset`` is ``tiny`` (a few synthetic samples) or a name of :func:`vlminterp.data.names`
 read from ``--data-root``. Under ``torchrun`` / ``accelerate launch`` the process group is set up
 here (gloo on CPU, nccl on GPU) and every rank collects its own shards into ``--out``.
 
@@ -29,9 +29,11 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from vlminterp import data
 from vlminterp.cache.store import KEEP_CHOICES, ActivationStore
 from vlminterp.positions import POSITION_NAMES, check_positions, positions_from_text
 from vlminterp.prompts import Condition, Sample
+from vlminterp.specs import MODEL_SPEC_HELP, ModelSpec
 
 __all__ = ["CollectConfig", "add_arguments", "run", "tiny_dataset", "parse_layers"]
 
@@ -100,10 +102,13 @@ class CollectConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        ModelSpec.parse(self.model)
         self.conditions = [Condition.parse(c).value for c in self.conditions]
         self.positions = check_positions(self.positions, per_row=True)
         if self.keep not in KEEP_CHOICES:
             raise ValueError(f"--keep {self.keep!r}: choose from {list(KEEP_CHOICES)}.")
+        if self.dataset != "tiny" and self.dataset.replace("_", "-") not in data.names():
+            raise ValueError(f"--dataset {self.dataset!r}: use 'tiny' or one of {data.names()}.")
         if self.dataset != "tiny" and self.data_root is None:
             raise ValueError(f"--dataset {self.dataset!r} is read from a folder: pass --data-root.")
         if self.limit is not None and self.limit < 1:
@@ -148,7 +153,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``collect`` options to ``parser``."""
     d = CollectConfig(out="")
     parser.add_argument("--out", required=True, help="output directory (manifest + shards)")
-    parser.add_argument("--model", default=d.model, help="'tiny', 'organism', or a checkpoint id / directory")
+    parser.add_argument("--model", default=d.model, help=MODEL_SPEC_HELP)
     parser.add_argument(
         "--dataset", default=d.dataset, help="'tiny' or a vlminterp.data name (with --data-root)"
     )
@@ -186,28 +191,16 @@ def _init_distributed(device: str) -> str:
     return device
 
 
-def _load_model(cfg: CollectConfig, device: str) -> Any:
-    from vlminterp import HookedVLM
-
-    if cfg.model == "tiny":
-        return HookedVLM.tiny("llava")
-    if cfg.model == "organism":
-        return HookedVLM.from_organism(device=device)
-    return HookedVLM.from_pretrained(cfg.model, device=device, device_map=cfg.device_map)
-
-
 def _load_samples(cfg: CollectConfig) -> list[Sample]:
     if cfg.dataset == "tiny":
         return tiny_dataset(cfg.limit or 6)
-    from vlminterp import data
-
     return data.load(cfg.dataset, cfg.data_root, split=cfg.split, limit=cfg.limit)
 
 
 def collect(cfg: CollectConfig) -> ActivationStore:
     """Run the collection described by ``cfg``."""
     device = _init_distributed(cfg.device)
-    model = _load_model(cfg, device)
+    model = ModelSpec.parse(cfg.model).load(device=device, device_map=cfg.device_map)
     return ActivationStore.collect(
         model,
         _load_samples(cfg),

@@ -1,13 +1,14 @@
 """The ``vlminterp`` command: ``demo``, ``doctor``, ``collect``, ``gap``, ``eval``, ``steer``, ``sweep``.
 
-Each subcommand lives in the module of its idea and parses its own arguments: the module has
-either ``main(argv)`` or the pair ``add_arguments(parser)`` / ``run(args)``. This file only
-dispatches, so ``main(argv)`` is importable and testable.
+Each subcommand is a module of this package (``vlminterp.cli.<name>``) with ``HELP`` and
+``main(argv) -> int``; this module only dispatches, importing the chosen one on demand (so
+``vlminterp doctor`` does not import the studies). ``python -m vlminterp`` runs the same.
 
 Example:
-    >>> from vlminterp.cli import SUBCOMMANDS
+    >>> from vlminterp.cli import SUBCOMMANDS, main
     >>> sorted(SUBCOMMANDS)
     ['collect', 'demo', 'doctor', 'eval', 'gap', 'steer', 'sweep']
+    >>> main(["doctor", "--help"])  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -16,64 +17,36 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 __all__ = ["main", "SUBCOMMANDS"]
 
-#: subcommand -> (module, entry function or None for add_arguments/run, one-line help)
-SUBCOMMANDS: dict[str, tuple[str, str | None, str]] = {
-    "demo": ("vlminterp.demo", "main", "the whole story on the shipped organism, in minutes, on a CPU"),
-    "doctor": ("vlminterp.doctor", "main", "check the installed versions against independent references"),
-    "collect": ("vlminterp.cache.collect_cli", None, "cache paired-condition activations for a dataset"),
-    "gap": (
-        "analyses.representation_gap",
-        "main",
-        "representation gap study: PCA, probes, directions, figures",
-    ),
-    "eval": ("vlminterp.eval.pipeline", "eval_main", "generate responses for a benchmark and judge them"),
-    "sweep": ("vlminterp.sweeps", None, "layer / head / alpha-layer ablation studies"),
-    "steer": (
-        "vlminterp.steer_cli",
-        "main",
-        "one command: fit CMRM / ShiftDC, generate, judge, tabulate refusal rates",
-    ),
+#: subcommand -> one-line help (the module ``vlminterp.cli.<subcommand>`` runs it)
+SUBCOMMANDS: dict[str, str] = {
+    "demo": "the whole story on the shipped organism, in minutes, on a CPU",
+    "doctor": "check the installed versions against independent references",
+    "collect": "cache paired-condition activations for a dataset",
+    "gap": "representation gap study: PCA, probes, directions, figures",
+    "eval": "generate responses for a benchmark and judge them",
+    "steer": "one command: fit CMRM / ShiftDC, generate, judge, tabulate refusal rates",
+    "sweep": "layer / head / alpha-layer ablation studies",
 }
 
 
-def _import(module: str):
-    if module.startswith("analyses."):
-        # The studies live in the source checkout next to the package (editable installs).
-        root = Path(__file__).resolve().parents[1]
-        if not (root / "analyses").is_dir():
-            raise SystemExit(
-                f"vlminterp: {module} is a study script of the source checkout; run it from a clone."
-            )
-        if str(root) not in sys.path:
-            sys.path.insert(0, str(root))
-    return importlib.import_module(module)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status.
+
+    Example:
+        >>> main(["--help"])  # doctest: +SKIP
+        0
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     top = argparse.ArgumentParser(prog="vlminterp", description=__doc__.splitlines()[0])
     top.add_argument(
-        "command", choices=sorted(SUBCOMMANDS), help="; ".join(f"{k}: {v[2]}" for k, v in SUBCOMMANDS.items())
+        "command", choices=sorted(SUBCOMMANDS), help="; ".join(f"{k}: {v}" for k, v in SUBCOMMANDS.items())
     )
     if not argv or argv[0] in ("-h", "--help"):
         top.print_help()
         return 0 if argv else 2
-    command, rest = top.parse_args(argv[:1]).command, argv[1:]
-    module_name, entry, help_text = SUBCOMMANDS[command]
-    module = _import(module_name)
-    if entry is not None:
-        result = getattr(module, entry)(rest)
-    else:
-        parser = argparse.ArgumentParser(prog=f"vlminterp {command}", description=help_text)
-        module.add_arguments(parser)
-        result = module.run(parser.parse_args(rest))
+    command = top.parse_args(argv[:1]).command
+    result = importlib.import_module(f"vlminterp.cli.{command}").main(argv[1:])
     return result if isinstance(result, int) else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -28,6 +28,7 @@ from vlminterp.eval.metrics import rate_table
 from vlminterp.eval.runner import generate_responses
 from vlminterp.io import atomic_path, write_text_atomic
 from vlminterp.prompts import Condition
+from vlminterp.specs import MODEL_SPEC_HELP, ModelSpec
 
 if TYPE_CHECKING:
     from vlminterp.interventions import Intervention
@@ -40,7 +41,7 @@ class EvalConfig:
     """Settings of one ``vlminterp eval`` run (validated on creation, no side effects).
 
     Attributes:
-        model: ``tiny:<family>``, ``organism``, or a checkpoint name/dir for ``HookedVLM.from_pretrained``.
+        model: A model spec (:mod:`vlminterp.specs`): ``organism``, ``tiny``, ``tiny:FAMILY``, a checkpoint.
         dataset: A name from :func:`vlminterp.data.names`.
         root: The benchmark folder.
         out: Output folder.
@@ -70,6 +71,7 @@ class EvalConfig:
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        ModelSpec.parse(self.model)
         Condition.parse(self.condition)
         if self.dataset.strip().lower().replace("_", "-") not in data.names():
             raise ValueError(f"Unknown dataset {self.dataset!r}. Valid names: {data.names()}.")
@@ -95,16 +97,6 @@ class EvalConfig:
         return cls(**d)
 
 
-def _load_model(spec: str):
-    from vlminterp import HookedVLM
-
-    if spec.startswith("tiny:"):
-        return HookedVLM.tiny(spec.split(":", 1)[1])
-    if spec == "organism":
-        return HookedVLM.from_organism()
-    return HookedVLM.from_pretrained(spec)
-
-
 def run_eval(
     config: EvalConfig, model=None, intervention: Intervention | None = None
 ) -> list[dict[str, Any]]:
@@ -127,7 +119,7 @@ def run_eval(
         on_missing=config.on_missing,
         **config.options,
     )
-    model = model if model is not None else _load_model(config.model)
+    model = model if model is not None else ModelSpec.parse(config.model).load()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "config.json", json.dumps(config.to_dict(), indent=2, default=str))
@@ -169,7 +161,7 @@ def run_eval(
 def eval_main(argv: Sequence[str] | None = None) -> int:
     """``vlminterp eval`` entry point: parse ``argv``, run, print the metric table."""
     p = argparse.ArgumentParser(prog="vlminterp eval", description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help=MODEL_SPEC_HELP)
     p.add_argument("--dataset", required=True, choices=data.names())
     p.add_argument("--root", required=True)
     p.add_argument("--out", required=True)

@@ -6,7 +6,7 @@
   activations into the IMAGE run, layer × (residual stream, head 0, head 1, ...).
 - ``alpha_layer_grid``: refusal score and utility KL, rows = start layer, columns = α.
 
-Usage: ``python figures/ablation_heatmap.py results/head_ablation/results.json [--out DIR]``
+Usage: ``python -m vlminterp.studies.ablation_heatmap results/head_ablation/results.json [--out DIR]``
 (HTML always; PNG when kaleido and a Chrome-family browser are installed).
 """
 

@@ -9,7 +9,7 @@ Files in ``--out``: ``rows.jsonl`` (resumable), ``results.json``, ``manifest.jso
 
 Usage::
 
-    python analyses/alpha_layer_grid.py --model organism --alphas 0,0.5,1,1.5,2
+    python -m vlminterp.studies.alpha_layer_grid --model organism --alphas 0,0.5,1,1.5,2
     vlminterp sweep --study alpha-layer --model organism
 """
 
@@ -22,11 +22,11 @@ from pathlib import Path
 
 from vlminterp import HookedVLM
 from vlminterp.interventions import CMRM
+from vlminterp.specs import load_model, model_name
 from vlminterp.sweeps import (
     KLToUnsteered,
     RefusalScore,
     finish_study,
-    load_model,
     load_study_samples,
     study_main,
     sweep,
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace, model: HookedVLM | None = None) -> list[Path]:
     got = sweep(model, samples, make, grid, [RefusalScore(), KLToUnsteered()], out / "rows.jsonl", progress,
                 dataset=args.dataset, method="cmrm", max_rows=args.max_rows)  # fmt: skip
     rows = [{**r, "analysis": NAME, "scope": "from"} for r in got]
-    return finish_study(out, rows, args, NAME, model.cfg.model_id)
+    return finish_study(out, rows, args, NAME, model_name(model))
 
 
 def main(argv: Sequence[str] | None = None) -> list[Path]:
@@ -81,5 +81,4 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `figures` next to `analyses`
     main(sys.argv[1:])

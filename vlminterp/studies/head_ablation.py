@@ -16,7 +16,7 @@ Grid points are stacked into shared forwards (see :mod:`vlminterp.sweeps`). File
 
 Usage::
 
-    python analyses/head_ablation.py --model organism --out results/head_ablation
+    python -m vlminterp.studies.head_ablation --model organism --out results/head_ablation
     vlminterp sweep --study head --model organism --modes zero,mean --top-k 5
 """
 
@@ -30,10 +30,10 @@ from typing import Any
 
 from vlminterp import Condition, HookedVLM, PromptBatch
 from vlminterp.interventions import ActivationPatch, HeadAblation, mean_z
+from vlminterp.specs import load_model, model_name
 from vlminterp.sweeps import (
     RefusalScore,
     finish_study,
-    load_model,
     load_study_samples,
     parse_choices,
     study_main,
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace, model: HookedVLM | None = None) -> list[Path]:
     image_score = _score(model, samples, Condition.IMAGE, args.dataset)
     text_score = _score(model, samples, Condition.TEXT_ONLY, args.dataset)
     rows: list[dict[str, Any]] = [
-        {"model": c.model_id, "dataset": args.dataset, "analysis": "baseline", "condition": cond, "method": "none",
+        {"model": model_name(model), "dataset": args.dataset, "analysis": "baseline", "condition": cond, "method": "none",
          "layer": None, "head": None, "alpha": None, "metric": "refusal_score", "value": v, "n": len(samples)}
         for cond, v in (("image", image_score), ("text_only", text_score))
     ]  # fmt: skip
@@ -147,7 +147,7 @@ def run(args: argparse.Namespace, model: HookedVLM | None = None) -> list[Path]:
             for r in got
         ]  # fmt: skip
 
-    return finish_study(out, rows, args, NAME, c.model_id)
+    return finish_study(out, rows, args, NAME, model_name(model))
 
 
 def main(argv: Sequence[str] | None = None) -> list[Path]:
@@ -155,5 +155,4 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `figures` next to `analyses`
     main(sys.argv[1:])

@@ -13,7 +13,7 @@ samples). Files in ``--out``: ``rows_<method>.jsonl`` (resumable sweeps), ``resu
 
 Usage::
 
-    python analyses/layer_ablation.py --model organism --out results/layer_ablation
+    python -m vlminterp.studies.layer_ablation --model organism --out results/layer_ablation
     vlminterp sweep --study layer --model organism --window 2
 """
 
@@ -27,11 +27,11 @@ from typing import Any
 
 from vlminterp import Condition, HookedVLM, Sample
 from vlminterp.interventions import CMRM, SafetyDirection, ShiftDC
+from vlminterp.specs import load_model, model_name
 from vlminterp.sweeps import (
     KLToUnsteered,
     RefusalScore,
     finish_study,
-    load_model,
     load_study_samples,
     parse_choices,
     study_main,
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace, model: HookedVLM | None = None) -> list[Path]:
         alpha = args.cmrm_alpha if method == "cmrm" else None
         rows += [{**r, "alpha": alpha, "analysis": NAME, "window": args.window} for r in got]
 
-    return finish_study(out, rows, args, NAME, model.cfg.model_id)
+    return finish_study(out, rows, args, NAME, model_name(model))
 
 
 def main(argv: Sequence[str] | None = None) -> list[Path]:
@@ -134,5 +134,4 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `figures` next to `analyses`
     main(sys.argv[1:])

@@ -15,9 +15,9 @@ Stages (each result is a file in ``--out``; figures are drawn from those files, 
 
 Usage::
 
-    python analyses/representation_gap.py --model tiny:llava --out results/representation_gap
-    python analyses/representation_gap.py --model organism --dataset organism
-    python analyses/representation_gap.py --model llava-hf/llava-1.5-7b-hf --dataset mm-safetybench \\
+    vlminterp gap --model tiny:llava --out results/representation_gap
+    vlminterp gap --model organism --dataset organism
+    vlminterp gap --model llava-hf/llava-1.5-7b-hf --dataset mm-safetybench \\
         --data-root /work/shared/data --limit 200 --layers 8,16,24,31
 """
 
@@ -50,6 +50,7 @@ from vlminterp.analysis import (
     projection_rows,
     safety_direction,
 )
+from vlminterp.specs import MODEL_SPEC_HELP, ModelSpec, load_model, model_name
 
 DEFAULT_CONDITIONS = ("image", "blank", "text_only", "caption")
 HARMFUL_NOUNS = ("bomb", "gun", "drug", "poison", "weapon")
@@ -116,6 +117,7 @@ class RepresentationGapConfig:
                 f"limit={self.limit} leaves fewer than n_splits={self.n_splits} samples per class; "
                 f"use --limit >= {2 * self.n_splits} or lower --n-splits."
             )
+        ModelSpec.parse(self.model)
         if self.dataset not in ("demo", "organism") and self.data_root is None:
             raise ValueError(f"dataset {self.dataset!r} needs --data-root (the directory holding its files).")
 
@@ -138,15 +140,6 @@ class RepresentationGapConfig:
 
 
 # ---------------------------------------------------------------------- inputs
-def load_model(spec: str) -> HookedVLM:
-    """``tiny[:FAMILY]`` -> a tiny random VLM, ``organism`` -> the shipped organism, else a checkpoint."""
-    if spec == "tiny" or spec.startswith("tiny:"):
-        return HookedVLM.tiny(spec.partition(":")[2] or "llava")
-    if spec == "organism":
-        return HookedVLM.from_organism()
-    return HookedVLM.from_pretrained(spec)
-
-
 def _shape_image(color: str, size: tuple[int, int], box: int) -> Image.Image:
     im = Image.new("RGB", size, "white")
     w, h = size
@@ -226,9 +219,7 @@ def collect(
         batch = PromptBatch.paired(model, chunk, cfg.conditions)
         _, cache = model.run_with_cache(batch, names_filter=names, positions="last")
         caches.append(cache)
-    return ConditionActivations.from_cache(
-        caches, "resid_post", model=model.cfg.model_id, dataset=cfg.dataset
-    )
+    return ConditionActivations.from_cache(caches, "resid_post", model=model_name(model), dataset=cfg.dataset)
 
 
 def analyse(
@@ -241,7 +232,10 @@ def analyse(
     rows += gap_rows(acts, [(c, "text_only") for c in others], n_splits=cfg.n_splits, seed=cfg.seed)
     if {"image", "blank"} <= set(conds):
         _, text, blank = acts.paired("text_only", "blank")
-        shifts = {"cmrm_mean": diff_in_means(text, blank), "cmrm_first_pc": first_pc_direction(text - blank)}
+        shifts = {
+            "cmrm_mean": diff_in_means(text, blank),
+            "cmrm_first_pc": first_pc_direction(text - blank, center=True, scale=False),
+        }
         rows += gap_closed_rows(acts, shifts, source="image", target="text_only")
     pairs = [(c, c) for c in ("text_only", "image") if c in conds]
     pairs += [("text_only", c) for c in others if c in ("image", "caption")]
@@ -304,7 +298,7 @@ def run(cfg: RepresentationGapConfig, *, force: bool = False, model: HookedVLM |
                 "study": "representation_gap",
                 "config": cfg.to_dict(),
                 "config_hash": cfg.hash(),
-                "model_id": model.cfg.model_id,
+                "model_id": model_name(model),
                 "hook": "resid_post",
                 "positions": "last",
                 "layers": list(acts.layers),
@@ -322,7 +316,7 @@ def run(cfg: RepresentationGapConfig, *, force: bool = False, model: HookedVLM |
 
 def _parse(argv: Sequence[str] | None) -> tuple[RepresentationGapConfig, bool]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="tiny:llava", help="tiny[:FAMILY] | organism | checkpoint name or dir")
+    p.add_argument("--model", default="tiny:llava", help=MODEL_SPEC_HELP)
     p.add_argument("--dataset", default="demo", help="demo | organism | a vlminterp.data dataset name")
     p.add_argument("--data-root", default=None, help="directory of the dataset files")
     p.add_argument("--limit", type=int, default=None, help="at most this many samples")

@@ -1,0 +1,26 @@
+"""``vlminterp collect``: cache paired-condition activations for a dataset.
+
+Example:
+    >>> from vlminterp.cli import collect
+    >>> collect.main(["--model", "tiny", "--out", "runs/tiny-collect", "--limit", "4"])  # doctest: +SKIP
+    0
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from vlminterp.cache.collect_cli import add_arguments, run
+from vlminterp.cli import SUBCOMMANDS
+
+__all__ = ["HELP", "main"]
+
+HELP = SUBCOMMANDS["collect"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (the arguments after ``collect``) and run; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="vlminterp collect", description=HELP)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
