@@ -16,7 +16,7 @@ export MALLOC_TOP_PAD_ ?= 1073741824
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install fonts demo test test-slow test-latest lock doctor bench lint clean
+.PHONY: install fonts demo test test-slow test-wheel test-latest lock doctor bench lint clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || python3 -m venv .venv
@@ -44,6 +44,10 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest -q -m slow -s
+
+# A wheel built from the repo, installed outside the checkout, runs every subcommand (also in test-slow).
+test-wheel: install
+	$(PY) -m pytest -q -m slow tests/integration/test_wheel.py
 
 doctor: install
 	.venv/bin/vlminterp doctor
