@@ -9,6 +9,7 @@ smallest options from an empty temp folder. Slow (about two minutes): ``make tes
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -27,10 +28,16 @@ REPO = Path(__file__).resolve().parents[2]
 def installed(tmp_path_factory):
     """``(python, workdir)``: a venv with the built wheel, and an empty folder outside the checkout."""
     root = tmp_path_factory.mktemp("wheel")
-    dist, venv, work = root / "dist", root / "venv", root / "work"
+    source, dist, venv, work = root / "source", root / "dist", root / "venv", root / "work"
     work.mkdir()
+    # Build from a copy of the tracked files: setuptools writes build/ next to the sources.
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, check=True, capture_output=True, text=True)
+    for name in tracked.stdout.splitlines():
+        if (REPO / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(REPO)], check=True
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(source)], check=True
     )
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
