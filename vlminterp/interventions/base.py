@@ -62,7 +62,8 @@ from vlminterp.prompts import Condition, PromptBatch, Sample
 if TYPE_CHECKING:
     from vlminterp.cache import ActivationCache
     from vlminterp.hook_names import NamesFilter
-    from vlminterp.models.hooked_vlm import Generation, HookedVLM, Positions
+    from vlminterp.models.hooked_vlm import Generation, HookedVLM
+    from vlminterp.positions import Positions
 
 __all__ = [
     "Intervention",
