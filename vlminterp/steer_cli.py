@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from vlminterp.eval.judges import KEYWORD_PRESETS, Judge, KeywordJudge, Verdict
 from vlminterp.eval.metrics import rate_table
 from vlminterp.eval.runner import generate_responses, read_responses
-from vlminterp.interventions.site import LAYER_WORDS
+from vlminterp.interventions.site import LAYER_WORDS, resolve_layers
 from vlminterp.io import atomic_path, read_json, write_json_atomic, write_text_atomic
 from vlminterp.prompts import Condition, Sample
 from vlminterp.specs import MODEL_SPEC_HELP, ModelSpec
@@ -175,12 +175,6 @@ def _layers(text: str) -> str | list[int]:
             f"--layers {text!r}: use one of {list(LAYER_WORDS)} or comma-separated layer indices (8,9,10; "
             "negative: from the end)."
         ) from None
-
-
-def _check_layers(layers: list[int], n_layers: int) -> None:
-    bad = [layer for layer in layers if not -n_layers <= layer < n_layers]
-    if bad:
-        raise ValueError(f"--layers {bad} do not exist; the model has layers 0..{n_layers - 1}.")
 
 
 def _finite(text: str) -> float:
@@ -575,7 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         model = model_spec.load()
         if isinstance(args.layers, list):
-            _check_layers(args.layers, model.cfg.n_layers)
+            resolve_layers(args.layers, model.cfg.n_layers, "--layers")
         out = Path(args.out)
         _check_config(
             out, {k: v for k, v in vars(args).items() if k not in ("no_progress", "batch_size", "parser")}
