@@ -75,8 +75,8 @@ bench: install
 	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done
 
 lint: install
-	.venv/bin/ruff check vlminterp tests benchmarks analyses figures
-	.venv/bin/ruff format --check vlminterp tests benchmarks analyses figures
+	.venv/bin/ruff check conftest.py vlminterp tests benchmarks analyses figures
+	.venv/bin/ruff format --check conftest.py vlminterp tests benchmarks analyses figures
 
 clean:
 	rm -rf .venv $(LATEST) results .pytest_cache
