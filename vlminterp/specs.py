@@ -1,10 +1,20 @@
-"""The one parser of model specs, shared by every command and study.
+"""The specs every command and study shares: model, dataset and judge, parsed and checked once.
+
+Parsing validates (names, splits, folders, presets) without loading anything, so a command checks
+all its arguments before it writes a file; ``load`` / ``build`` then do the work.
 
 A model spec is ``organism`` (the shipped toy VLM), ``tiny`` / ``tiny:FAMILY`` (a tiny random VLM
 built offline; ``tiny`` is ``tiny:llava``), a local checkpoint folder, or a hub id. Parsing
 validates without loading anything; :meth:`ModelSpec.load` loads. :attr:`ModelSpec.name` (and
 :func:`model_name` for a loaded model) is the string that names the model in result files and
 figure subtitles: never a machine path.
+
+A dataset spec (:class:`DatasetSpec`) is ``DATASET[:split]`` with a root folder, a per-label limit
+and what to do about missing images: ``organism`` (the shipped organism's ``test`` / ``val`` /
+``train`` requests, harmful then benign, one image each), ``tiny`` / ``demo`` (synthetic sets,
+:mod:`vlminterp.data.synthetic`), or a :mod:`vlminterp.data` benchmark read from ``root``. A judge
+spec (:class:`JudgeSpec`) is ``none``, ``organism`` (the response starts with ``sorry``) or
+``keyword:<preset>`` (:data:`vlminterp.eval.judges.KEYWORD_PRESETS`, lists from ``judges_dir``).
 
 Example:
     >>> spec = ModelSpec.parse("tiny")
@@ -14,23 +24,48 @@ Example:
     'organism'
     >>> ModelSpec.parse("llava-hf/llava-1.5-7b-hf").name
     'llava-hf/llava-1.5-7b-hf'
+    >>> data = DatasetSpec.parse("organism:val", limit=2)
+    >>> str(data), [s.label for s in data.load()]
+    ('organism:val', ['harmful', 'harmful', 'benign', 'benign'])
+    >>> JudgeSpec.parse("organism").build().judge(None, ["sorry , no ."])[0].refused
+    True
 """
 
 from __future__ import annotations
 
 import re
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from vlminterp.eval.judges import Judge
     from vlminterp.models.hooked_vlm import HookedVLM
+    from vlminterp.prompts import Sample
 
-__all__ = ["MODEL_SPEC_HELP", "ModelSpec", "model_name", "load_model"]
+__all__ = [
+    "MODEL_SPEC_HELP",
+    "DATASET_SPEC_HELP",
+    "JUDGE_SPEC_HELP",
+    "DEFAULT_JUDGES_DIR",
+    "ModelSpec",
+    "DatasetSpec",
+    "JudgeSpec",
+    "model_name",
+    "load_model",
+]
 
 #: ``--model`` help text of every command.
 MODEL_SPEC_HELP = "organism | tiny | tiny:FAMILY | a hub id or a local checkpoint folder"
+#: ``--dataset`` / ``--eval`` help text of every command.
+DATASET_SPEC_HELP = "organism[:test|val|train] | tiny | demo | a vlminterp.data name[:split] (with its root)"
+#: ``--judge`` help text of every command.
+JUDGE_SPEC_HELP = "none | organism | keyword:<preset>"
+#: Folder of the published keyword lists in a source checkout (``shared/data/judges`` next to it).
+DEFAULT_JUDGES_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "judges"
+_SYNTHETIC = ("tiny", "demo")
 _HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 
 
@@ -131,3 +166,194 @@ def model_name(model: HookedVLM) -> str:
     if source.resolve().parent == (Path(tempfile.gettempdir()) / "vlminterp-tiny").resolve():
         return f"tiny:{model.cfg.family}"
     return source.name
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset to read: ``DATASET[:split]``, its root folder, a per-label limit and ``on_missing``.
+
+    Attributes:
+        name: ``organism``, ``tiny``, ``demo`` or a :func:`vlminterp.data.names` name.
+        split: The split (organism: ``test`` by default; a benchmark: its first split when None).
+        root: The benchmark's folder (benchmarks only).
+        limit: Keep the first ``limit`` samples of each label, in dataset order (None: all).
+        on_missing: What a benchmark does about missing image files (:data:`vlminterp.data.ON_MISSING`).
+        options: Benchmark options passed to :func:`vlminterp.data.load` (``{"scenarios": ["01"]}``).
+    """
+
+    name: str
+    split: str | None = None
+    root: str | None = None
+    limit: int | None = None
+    on_missing: str = "raise"
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(
+        cls,
+        text: str,
+        root: str | Path | None = None,
+        limit: int | None = None,
+        on_missing: str = "raise",
+        options: Mapping[str, Any] | None = None,
+        option: str = "--dataset",
+    ) -> DatasetSpec:
+        """Validate ``DATASET[:split]`` and its settings (no loading).
+
+        Args:
+            text: ``DATASET[:split]``.
+            root: The benchmark's folder (needed by benchmarks, an existing folder).
+            limit: First samples per label (>= 1), or None.
+            on_missing: A value of :data:`vlminterp.data.ON_MISSING`.
+            options: Benchmark options.
+            option: The command-line option named in error messages.
+
+        Raises:
+            ValueError: an unknown dataset or organism split, a bad limit or on_missing, a benchmark
+                without an existing ``root`` folder.
+
+        Example:
+            >>> DatasetSpec.parse("organism:train")
+            DatasetSpec(name='organism', split='train', root=None, limit=None, on_missing='raise', options={})
+            >>> DatasetSpec.parse("figstep", option="--eval")
+            Traceback (most recent call last):
+            ...
+            ValueError: --eval 'figstep' is read from files: pass its root folder (--root).
+        """
+        from vlminterp import data
+        from vlminterp.organism.tasks import SPLITS
+
+        name, _, split = str(text).partition(":")
+        name = name.strip().lower()
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ValueError(
+                f"{option} {text!r}: the limit must be a positive integer or None, got {limit!r}."
+            )
+        if on_missing not in data.ON_MISSING:
+            raise ValueError(
+                f"{option} {text!r}: on_missing must be one of {list(data.ON_MISSING)}, got {on_missing!r}."
+            )
+        settings = {"limit": limit, "on_missing": on_missing, "options": dict(options or {})}
+        if name == "organism":
+            split = split or "test"
+            if split not in SPLITS:
+                raise ValueError(f"{option} {text!r}: the organism has splits {list(SPLITS)}, not {split!r}.")
+            return cls(name, split, **settings)
+        if name in _SYNTHETIC:
+            if split:
+                raise ValueError(f"{option} {text!r}: the synthetic set {name!r} has no splits.")
+            return cls(name, **settings)
+        if name.replace("_", "-") not in data.names():
+            raise ValueError(
+                f"{option} {text!r}: unknown dataset {name!r}. Use organism, tiny, demo or one of {data.names()}."
+            )
+        if root is None:
+            raise ValueError(f"{option} {text!r} is read from files: pass its root folder (--root).")
+        if not Path(root).is_dir():
+            raise ValueError(f"{option} {text!r}: the root {str(root)!r} is not a folder.")
+        return cls(name, split or None, str(root), **settings)
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.split}" if self.split else self.name
+
+    def load(self, per_label: Mapping[str, int] | None = None) -> list[Sample]:
+        """The samples, in dataset order: the first :attr:`limit` of each label (all when None).
+
+        Args:
+            per_label: Label -> how many to keep, instead of :attr:`limit` (labels not named are dropped).
+
+        Example:
+            >>> [s.label for s in DatasetSpec.parse("tiny", limit=1).load()]
+            ['benign', 'harmful']
+            >>> len(DatasetSpec.parse("demo").load({"harmful": 3, "benign": 0}))
+            3
+        """
+        if self.name == "organism":
+            from vlminterp.organism.tasks import organism_samples
+
+            samples = [
+                s for kind in ("harmful", "benign") for s in organism_samples(self.split, kind, n_images=1)
+            ]
+        elif self.name in _SYNTHETIC:
+            from vlminterp.data.synthetic import demo_samples, tiny_samples
+
+            most = max(per_label.values(), default=0) if per_label is not None else self.limit
+            if self.name == "tiny":
+                samples = tiny_samples(6 if most is None else 2 * most)
+            else:
+                samples = demo_samples(12 if most is None else most)
+        else:
+            from vlminterp import data
+
+            samples = data.load(
+                self.name, self.root, split=self.split, on_missing=self.on_missing, **self.options
+            )
+        if per_label is None and self.limit is None:
+            return list(samples)
+        seen: dict[str | None, int] = {}
+        kept = []
+        for s in samples:
+            seen[s.label] = seen.get(s.label, 0) + 1
+            cap = self.limit if per_label is None else per_label.get(s.label, 0)
+            if seen[s.label] <= cap:
+                kept.append(s)
+        return kept
+
+
+@dataclass(frozen=True)
+class JudgeSpec:
+    """A judge to build: ``none``, ``organism`` or ``keyword:<preset>`` with its lists' folder.
+
+    Example:
+        >>> JudgeSpec.parse("keyword:gcg", judges_dir=".").name
+        'keyword:gcg'
+        >>> JudgeSpec.parse("gpt4")
+        Traceback (most recent call last):
+        ...
+        ValueError: --judge 'gpt4': use none, organism or keyword:<preset> with a preset from ['gcg', 'gcg_api', 'gcg_attack_manager', 'gcg_demo', 'refusal_direction', 'vlguard'].
+    """
+
+    kind: str
+    preset: str = ""
+    judges_dir: str | None = None
+
+    @classmethod
+    def parse(cls, text: str, judges_dir: str | Path | None = None, option: str = "--judge") -> JudgeSpec:
+        """Validate a judge spec (a keyword judge's folder must exist; default :data:`DEFAULT_JUDGES_DIR`).
+
+        Raises:
+            ValueError: an unknown judge or preset, or a keyword folder that does not exist.
+        """
+        from vlminterp.eval.judges import KEYWORD_PRESETS
+
+        text = str(text).strip()
+        if text in ("none", "organism"):
+            return cls(text)
+        kind, _, preset = text.partition(":")
+        if kind != "keyword" or preset not in KEYWORD_PRESETS:
+            raise ValueError(
+                f"{option} {text!r}: use none, organism or keyword:<preset> with a preset from {sorted(KEYWORD_PRESETS)}."
+            )
+        folder = Path(judges_dir) if judges_dir is not None else DEFAULT_JUDGES_DIR
+        if not folder.is_dir():
+            raise ValueError(
+                f"{option} {text!r} reads its keyword list from --judges-dir; {str(folder)!r} is not a folder."
+            )
+        return cls("keyword", preset, str(folder))
+
+    @property
+    def name(self) -> str:
+        """The spec as text (the ``judge`` column of result rows)."""
+        return f"keyword:{self.preset}" if self.kind == "keyword" else self.kind
+
+    def build(self) -> Judge | None:
+        """The judge (None for ``none``)."""
+        from vlminterp.eval.judges import KeywordJudge, PredicateJudge
+
+        if self.kind == "none":
+            return None
+        if self.kind == "organism":
+            from vlminterp.organism.judge import is_refusal
+
+            return PredicateJudge(is_refusal, "organism")
+        return KeywordJudge.preset(self.preset, self.judges_dir)

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from vlminterp import sweeps, viz
+from vlminterp import viz
+from vlminterp.cli import sweep as sweep_cli
 
 
 @pytest.fixture(autouse=True)
@@ -18,7 +19,7 @@ def _html_only(monkeypatch):
 
 def _args(study, out, *extra):
     parser = argparse.ArgumentParser()
-    sweeps.add_arguments(parser)
+    sweep_cli.add_arguments(parser)
     base = ["--study", study, "--model", "tiny", "--out", str(out), "--n-harmful", "3", "--n-benign", "2"]
     return parser.parse_args([*base, "--no-progress", *extra])
 
@@ -77,15 +78,14 @@ def test_head_ablation_study_and_resume(tiny_model, tmp_path):
 
 
 def test_alpha_layer_grid_study_through_the_cli_entry(tmp_path, capsys):
-    """``vlminterp sweep ...`` is ``sweeps.add_arguments`` + ``sweeps.run`` (cli.py wires them)."""
+    """``vlminterp sweep ...`` is ``vlminterp.cli.sweep.main``; ``--layers`` chooses the grid's start layers."""
     out = tmp_path / "alpha"
-    parser = argparse.ArgumentParser(prog="vlminterp sweep")
-    sweeps.add_arguments(parser)
     argv = ["--study", "alpha-layer", "--model", "tiny", "--out", str(out), "--alphas", "0,1",
-            "--n-harmful", "2", "--n-benign", "2", "--no-progress"]  # fmt: skip
-    assert sweeps.run(parser.parse_args(argv)) == 0
+            "--n-harmful", "2", "--n-benign", "2", "--layers", "0,-1", "--no-progress"]  # fmt: skip
+    assert sweep_cli.main(argv) == 0
     rows = _rows(out)
-    assert {(r["alpha"], r["layer"]) for r in rows} == {(a, lay) for a in (0.0, 1.0) for lay in range(2)}
+    assert {(r["alpha"], r["layer"]) for r in rows} == {(a, lay) for a in (0.0, 1.0) for lay in (0, 1)}
+    assert (out / "results.csv").read_text().splitlines()[0].startswith("model,dataset,analysis,")
     kl = {(r["alpha"], r["layer"]): r["value"] for r in rows if r["metric"] == "kl_to_unsteered"}
     assert kl[0.0, 0] == pytest.approx(0.0, abs=1e-9)  # alpha = 0 is no intervention
     assert "alpha_layer_grid_refusal_score.html" in capsys.readouterr().out

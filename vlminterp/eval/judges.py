@@ -45,6 +45,7 @@ __all__ = [
     "Judge",
     "KeywordJudge",
     "LLMJudge",
+    "PredicateJudge",
     "KEYWORD_PRESETS",
     "LLAMA_GUARD_TEMPLATE",
     "MMSB_TEMPLATE",
@@ -94,6 +95,25 @@ class Judge:
         for i, r in enumerate(responses):
             if not isinstance(r, str):
                 raise TypeError(f"response {i} is {type(r).__name__}, expected str.")
+
+
+class PredicateJudge(Judge):
+    """A judge from a ``text -> refused`` rule (``unsafe`` is its negation).
+
+    Example:
+        >>> from vlminterp.organism.judge import is_refusal
+        >>> [v.refused for v in PredicateJudge(is_refusal, "organism").judge(None, ["sorry , no .", "sure ."])]
+        [True, False]
+    """
+
+    def __init__(self, refuses: Callable[[str], bool], name: str):
+        self.refuses, self.name = refuses, name
+
+    def judge(self, samples: Sequence[Sample] | None, responses: Sequence[str]) -> list[Verdict]:
+        self._check(samples, responses)
+        return [
+            Verdict(refused=(r := bool(self.refuses(t))), unsafe=not r, judge=self.name) for t in responses
+        ]
 
 
 # preset -> (file name, case-sensitive, lower-case the response, strip the response, exact-match extras)

@@ -22,15 +22,8 @@ from pathlib import Path
 
 from vlminterp import HookedVLM
 from vlminterp.interventions import CMRM
-from vlminterp.specs import load_model, model_name
-from vlminterp.sweeps import (
-    KLToUnsteered,
-    RefusalScore,
-    finish_study,
-    load_study_samples,
-    study_main,
-    sweep,
-)
+from vlminterp.studies.common import finish_study, study_inputs, study_main
+from vlminterp.sweeps import KLToUnsteered, RefusalScore, sweep
 
 NAME = "alpha_layer_grid"
 
@@ -54,26 +47,22 @@ def parse_alphas(text: str) -> list[float]:
 
 def run(args: argparse.Namespace, model: HookedVLM | None = None) -> list[Path]:
     """Run (or resume) the study; returns the files written."""
-    out = Path(args.out or f"results/{NAME}")
     alphas = parse_alphas(args.alphas)
-    model = model or load_model(args.model)
+    inputs = study_inputs(args, NAME, model)
+    out, model = inputs.out, inputs.model
     n_layers = model.cfg.n_layers
-    samples = [s for s in load_study_samples(args.dataset, args.split, args.n_harmful, args.n_benign, args.data_root)
-               if s.image is not None]  # fmt: skip
-    anchors = load_study_samples(
-        args.dataset, args.anchor_split, args.n_harmful, args.n_benign, args.data_root
-    )
+    samples = [s for s in inputs.samples if s.image is not None]
     progress = not args.no_progress
-    vectors = CMRM.fit(model, anchors, progress=progress)
+    vectors = CMRM.fit(model, inputs.anchors, progress=progress)
 
     def make(alpha: float, layer: int) -> CMRM:
         return CMRM(vectors, alpha=alpha, layers=range(layer, n_layers))
 
-    grid = {"alpha": alphas, "layer": list(range(n_layers))}
+    grid = {"alpha": alphas, "layer": inputs.layers}
     got = sweep(model, samples, make, grid, [RefusalScore(), KLToUnsteered()], out / "rows.jsonl", progress,
                 dataset=args.dataset, method="cmrm", max_rows=args.max_rows)  # fmt: skip
     rows = [{**r, "analysis": NAME, "scope": "from"} for r in got]
-    return finish_study(out, rows, args, NAME, model_name(model))
+    return finish_study(out, rows, args, NAME, model)
 
 
 def main(argv: Sequence[str] | None = None) -> list[Path]:

@@ -30,15 +30,9 @@ from typing import Any
 
 from vlminterp import Condition, HookedVLM, PromptBatch
 from vlminterp.interventions import ActivationPatch, HeadAblation, mean_z
-from vlminterp.specs import load_model, model_name
-from vlminterp.sweeps import (
-    RefusalScore,
-    finish_study,
-    load_study_samples,
-    parse_choices,
-    study_main,
-    sweep,
-)
+from vlminterp.specs import model_name
+from vlminterp.studies.common import finish_study, parse_choices, study_inputs, study_main
+from vlminterp.sweeps import RefusalScore, sweep
 
 NAME = "head_ablation"
 MODES = ("zero", "mean")
@@ -84,14 +78,13 @@ def top_heads(rows: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
 
 def run(args: argparse.Namespace, model: HookedVLM | None = None) -> list[Path]:
     """Run (or resume) the study; returns the files written."""
-    out = Path(args.out or f"results/{NAME}")
     modes = parse_choices("--modes", args.modes, MODES)
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}.")
-    model = model or load_model(args.model)
+    inputs = study_inputs(args, NAME, model, n_benign=0)
+    out, model = inputs.out, inputs.model
     c = model.cfg
-    samples = [s for s in load_study_samples(args.dataset, args.split, args.n_harmful, 0, args.data_root)
-               if s.image is not None and s.label == "harmful"]  # fmt: skip
+    samples = [s for s in inputs.samples if s.image is not None and s.label == "harmful"]
     progress = not args.no_progress
     image_score = _score(model, samples, Condition.IMAGE, args.dataset)
     text_score = _score(model, samples, Condition.TEXT_ONLY, args.dataset)
@@ -103,17 +96,13 @@ def run(args: argparse.Namespace, model: HookedVLM | None = None) -> list[Path]:
 
     means = None
     if "mean" in modes:
-        anchors = load_study_samples(
-            args.dataset, args.anchor_split, args.n_harmful, args.n_benign, args.data_root
-        )
-        means = mean_z(
-            model, PromptBatch.paired(model, [s for s in anchors if s.image is not None], [Condition.IMAGE])
-        )
+        anchors = [s for s in inputs.anchors if s.image is not None]
+        means = mean_z(model, PromptBatch.paired(model, anchors, [Condition.IMAGE]))
 
     def ablate(mode: str, layer: int, head: int) -> HeadAblation:
         return HeadAblation([(layer, head)], mode=mode, mean_from=means if mode == "mean" else None)
 
-    grid = {"mode": modes, "layer": list(range(c.n_layers)), "head": list(range(c.n_heads))}
+    grid = {"mode": modes, "layer": inputs.layers, "head": list(range(c.n_heads))}
     got = sweep(model, samples, ablate, grid, RefusalScore(), out / "rows_ablation.jsonl", progress,
                 dataset=args.dataset, method="head_ablation", max_rows=args.max_rows)  # fmt: skip
     changes = [
@@ -136,7 +125,7 @@ def run(args: argparse.Namespace, model: HookedVLM | None = None) -> list[Path]:
             heads = None if head is None else [head]
             return ActivationPatch(cache, hook=kind, layers=layer, positions="last", heads=heads)
 
-        grid = {"layer": list(range(c.n_layers)), "head": [None, *range(c.n_heads)]}
+        grid = {"layer": inputs.layers, "head": [None, *range(c.n_heads)]}
         got = sweep(model, samples, patch, grid, RefusalScore(), out / "rows_patching.jsonl", progress,
                     dataset=args.dataset, method="patch_text_only", max_rows=args.max_rows)  # fmt: skip
         gap = text_score - image_score
@@ -147,7 +136,7 @@ def run(args: argparse.Namespace, model: HookedVLM | None = None) -> list[Path]:
             for r in got
         ]  # fmt: skip
 
-    return finish_study(out, rows, args, NAME, model_name(model))
+    return finish_study(out, rows, args, NAME, model)
 
 
 def main(argv: Sequence[str] | None = None) -> list[Path]:

@@ -27,16 +27,8 @@ from typing import Any
 
 from vlminterp import Condition, HookedVLM, Sample
 from vlminterp.interventions import CMRM, SafetyDirection, ShiftDC
-from vlminterp.specs import load_model, model_name
-from vlminterp.sweeps import (
-    KLToUnsteered,
-    RefusalScore,
-    finish_study,
-    load_study_samples,
-    parse_choices,
-    study_main,
-    sweep,
-)
+from vlminterp.studies.common import finish_study, parse_choices, study_inputs, study_main
+from vlminterp.sweeps import KLToUnsteered, RefusalScore, sweep
 
 NAME = "layer_ablation"
 SCOPES = ("single", "window", "from")
@@ -81,20 +73,16 @@ def baseline_rows(
 
 def run(args: argparse.Namespace, model: HookedVLM | None = None) -> list[Path]:
     """Run (or resume) the study; returns the files written."""
-    out = Path(args.out or f"results/{NAME}")
     methods = parse_choices("--methods", args.methods, METHODS)
     if args.window < 1:
         raise ValueError(f"--window must be >= 1, got {args.window}.")
-    model = model or load_model(args.model)
+    inputs = study_inputs(args, NAME, model)
+    out, model, anchors = inputs.out, inputs.model, inputs.anchors
     n_layers = model.cfg.n_layers
-    samples = [s for s in load_study_samples(args.dataset, args.split, args.n_harmful, args.n_benign, args.data_root)
-               if s.image is not None]  # fmt: skip
-    anchors = load_study_samples(
-        args.dataset, args.anchor_split, args.n_harmful, args.n_benign, args.data_root
-    )
+    samples = [s for s in inputs.samples if s.image is not None]
     progress = not args.no_progress
     metrics = [RefusalScore(), KLToUnsteered()]
-    grid = {"scope": list(SCOPES), "layer": list(range(n_layers))}
+    grid = {"scope": list(SCOPES), "layer": inputs.layers}
     rows = baseline_rows(model, samples, args)
 
     for method in methods:
@@ -126,7 +114,7 @@ def run(args: argparse.Namespace, model: HookedVLM | None = None) -> list[Path]:
         alpha = args.cmrm_alpha if method == "cmrm" else None
         rows += [{**r, "alpha": alpha, "analysis": NAME, "window": args.window} for r in got]
 
-    return finish_study(out, rows, args, NAME, model_name(model))
+    return finish_study(out, rows, args, NAME, model)
 
 
 def main(argv: Sequence[str] | None = None) -> list[Path]:
