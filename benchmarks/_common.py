@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -32,8 +31,6 @@ LLAVA_QUICK = dict(
     patch_size=14,
 )
 
-MALLOC_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
-
 
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
     """Median wall time of ``fn`` over ``repeats`` runs after ``warmup`` untimed runs."""
@@ -60,9 +57,11 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int) -> d
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def malloc_settings() -> dict[str, str | None]:
-    """The glibc malloc environment this run used (it changes CPU timings by up to 40%)."""
-    return {k: os.environ.get(k) for k in MALLOC_VARS}
+def malloc_settings() -> dict:
+    """The glibc malloc settings this run used: environment and vlminterp's mallopt (up to 40% of CPU time)."""
+    from vlminterp.malloc import malloc_settings as settings
+
+    return settings()
 
 
 def emit(benchmark: str, ratios: dict[str, float], targets: dict[str, float], config: dict) -> None:

@@ -1,6 +1,7 @@
 """vlminterp: TransformerLens-style interpretability for vision-language models.
 
-The names below load their modules on first use, so importing a leaf module such as
+Importing the package tunes glibc malloc for fast CPU forwards (:mod:`vlminterp.malloc`; opt out
+with ``VLMINTERP_MALLOC=0``). The names below load their modules on first use, so importing a leaf module such as
 :mod:`vlminterp.hook_names` or :mod:`vlminterp.positions` never pulls in the model stack
 (TransformerLens, transformers) or the caches.
 
@@ -16,12 +17,18 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from vlminterp.malloc import tune_malloc
+
 if TYPE_CHECKING:
     from vlminterp.models.hooked_vlm import Generation, HookedVLM
     from vlminterp.prompts import Condition, PromptBatch, Sample
 
 __all__ = ["HookedVLM", "Generation", "Sample", "Condition", "PromptBatch"]
 __version__ = "0.1.0"
+
+# CPU forwards without glibc's mmap/trim churn wherever the library is imported (opt out:
+# VLMINTERP_MALLOC=0; see vlminterp.malloc).
+tune_malloc()
 
 _HOMES = {
     "HookedVLM": "vlminterp.models.hooked_vlm",
