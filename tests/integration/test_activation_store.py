@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import vlminterp.cache.store as store_mod
-from vlminterp import Condition, PromptBatch, Sample
+from vlminterp import Condition, HookedVLM, PromptBatch, Sample
 from vlminterp.cache import ActivationStore, IncompleteStoreError, ManifestMismatchError, ShardCorruptError
 
 CONDS = [Condition.IMAGE, Condition.BLANK, Condition.TEXT_ONLY]
@@ -130,8 +130,10 @@ def test_vectors_round_trip(tiny_model, dataset, tmp_path):
         ["d3", "d4", "d5"],
         ["d6"],
     ]
-    for field in ("model_id", "family", "hook_names", "layers", "positions", "conditions", "dtype"):
+    for field in ("model_id", "model_fingerprint", "family", "hook_names", "layers", "positions", "dtype"):
         assert field in manifest["config"]
+    assert manifest["config"]["model_id"] == "tiny:llava"
+    assert str(tiny_model.cfg.model_id) not in (out / "manifest.json").read_text()  # no machine path
     assert manifest["config"]["vlminterp_version"]
     for cond in ("image", "text_only"):
         direct = direct_vectors(tiny_model, dataset, Condition(cond))
@@ -173,7 +175,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(tiny_model, dataset,
     kwargs = dict(batch_size=2, shard_size=2, keep="both", covariance=True, progress=False)
     full = ActivationStore.collect(tiny_model, dataset, CONDS, out_dir=tmp_path / "full", **kwargs)
 
-    real_save, saved = store_mod._save_shard, []
+    real_save, saved = store_mod.save_shard, []
 
     def failing_save(out, index, *args):
         if len(saved) == 2:
@@ -181,20 +183,14 @@ def test_resume_after_interruption_equals_uninterrupted_run(tiny_model, dataset,
         saved.append(index)
         return real_save(out, index, *args)
 
-    monkeypatch.setattr(store_mod, "_save_shard", failing_save)
+    monkeypatch.setattr(store_mod, "save_shard", failing_save)
     with pytest.raises(RuntimeError, match="injected crash"):
         ActivationStore.collect(tiny_model, dataset, CONDS, out_dir=tmp_path / "cut", **kwargs)
     with pytest.raises(IncompleteStoreError, match="has not finished"):
         ActivationStore.load(tmp_path / "cut")
-    monkeypatch.setattr(store_mod, "_save_shard", real_save)
+    monkeypatch.setattr(store_mod, "save_shard", real_save)
 
-    real_run, computed = store_mod._run_shard, []
-
-    def counting_run(model, samples, plan):
-        computed.append([s.id for s in samples])
-        return real_run(model, samples, plan)
-
-    monkeypatch.setattr(store_mod, "_run_shard", counting_run)
+    computed = _counting_run(monkeypatch)
     resumed = ActivationStore.collect(tiny_model, dataset, CONDS, out_dir=tmp_path / "cut", **kwargs)
     assert computed == [["d4", "d5"], ["d6"]]  # shards 0 and 1 were read back, not recomputed
     assert shard_bytes(tmp_path / "cut") == shard_bytes(tmp_path / "full")
@@ -250,9 +246,9 @@ def test_manifest_of_another_model_or_dataset_raises(tiny_model, dataset, tmp_pa
     with pytest.raises(ManifestMismatchError, match="'samples_digest'"):
         ActivationStore.collect(tiny_model, dataset[1:3], ["text_only"], out_dir=out, progress=False)
     manifest = json.loads((out / "manifest.json").read_text())
-    manifest["config"]["model_id"] = "llava-hf/llava-1.5-7b-hf"
+    manifest["config"]["d_model"] = 4096
     (out / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ManifestMismatchError, match="'model_id'.*llava-1.5-7b-hf"):
+    with pytest.raises(ManifestMismatchError, match="'d_model'.*4096"):
         ActivationStore.collect(tiny_model, dataset[:2], ["text_only"], out_dir=out, progress=False)
     with pytest.raises(FileExistsError, match="resume=True"):
         ActivationStore.collect(
@@ -264,6 +260,55 @@ def test_manifest_of_another_model_or_dataset_raises(tiny_model, dataset, tmp_pa
         ActivationStore.collect(
             tiny_model, dataset[:2], ["text_only"], out_dir=tmp_path / "busy", progress=False
         )
+
+
+def _counting_run(monkeypatch):
+    """Patch the store's shard runner to record the sample ids of every shard it computes."""
+    real_run, computed = store_mod.run_shard, []
+
+    def counting_run(model, samples, plan):
+        computed.append([s.id for s in samples])
+        return real_run(model, samples, plan)
+
+    monkeypatch.setattr(store_mod, "run_shard", counting_run)
+    return computed
+
+
+def test_checkpoint_copied_to_another_folder_resumes(tiny_model, dataset, tmp_path, monkeypatch):
+    """The resume key is the model's fingerprint, not the folder it was loaded from."""
+    import shutil
+
+    out = tmp_path / "store"
+    kwargs = dict(conditions=["text_only"], shard_size=2, keep="both", out_dir=out, progress=False)
+    first = ActivationStore.collect(tiny_model, dataset[:4], **kwargs)
+    manifest = json.loads((out / "manifest.json").read_text())
+    # cut the collection after its first shard, as a crash would
+    (out / "shards" / "shard-00001.json").unlink()
+    manifest["complete"] = False
+    (out / "manifest.json").write_text(json.dumps(manifest))
+
+    copy = tmp_path / "elsewhere" / "my-checkpoint"
+    shutil.copytree(tiny_model.cfg.model_id, copy)
+    moved = HookedVLM.from_pretrained(copy)
+    assert str(moved.cfg.model_id) != str(tiny_model.cfg.model_id)
+    computed = _counting_run(monkeypatch)
+    resumed = ActivationStore.collect(moved, dataset[:4], **kwargs)
+    assert computed == [["d2", "d3"]]  # shard 0 was read back: the same model, from another folder
+    assert torch.equal(resumed.mean("text_only"), first.mean("text_only"))
+    text = (out / "manifest.json").read_text()
+    assert json.loads(text)["config"]["model_id"] == "my-checkpoint" and str(tmp_path) not in text
+
+
+def test_store_of_another_model_is_refused(tiny_model, dataset, tmp_path):
+    """Same architecture and spec name, other weights (another seed): refused, naming the fingerprint."""
+    out = tmp_path / "store"
+    ActivationStore.collect(tiny_model, dataset[:2], ["text_only"], out_dir=out, progress=False)
+    before = (out / "manifest.json").read_bytes(), shard_bytes(out)
+    other = HookedVLM.tiny("llava", seed=1)
+    with pytest.raises(ManifestMismatchError, match="'model_fingerprint'.*other weights") as err:
+        ActivationStore.collect(other, dataset[:2], ["text_only"], out_dir=out, progress=False)
+    assert err.value.field == "model_fingerprint"
+    assert ((out / "manifest.json").read_bytes(), shard_bytes(out)) == before
 
 
 # ---------------------------------------------------------------------- bad input

@@ -3,6 +3,7 @@
 Layout of ``out_dir``::
 
     manifest.json               config (model, hooks, layers, positions, conditions, dtype, ...), shard list
+                                (see :mod:`vlminterp.cache.manifest`)
     shards/shard-00000.safetensors   per-sample vectors ``vectors/{hook}/{condition}/{layer}`` [n, d]
                                      and the shard's statistics ``stats/{hook}/{condition}/{label}/{field}``
     shards/shard-00000.json     the shard's record: sample ids, labels, byte size, sha256
@@ -36,7 +37,6 @@ from vlminterp.io import atomic_path as _atomic_path
 from vlminterp.io import read_json, write_json_atomic
 
 __all__ = [
-    "ManifestMismatchError",
     "ShardCorruptError",
     "IncompleteStoreError",
     "ShardRecord",
@@ -50,31 +50,12 @@ __all__ = [
     "shard_path",
     "record_path",
     "read_record",
-    "check_config",
     "file_sha256",
     "MANIFEST_NAME",
 ]
 
 MANIFEST_NAME = "manifest.json"
 SHARD_DIR = "shards"
-
-
-class ManifestMismatchError(ValueError):
-    """``out_dir`` holds a collection made with another model or configuration.
-
-    Attributes:
-        field: The first config field that differs.
-        stored: Its value in the manifest on disk.
-        requested: Its value in this call.
-    """
-
-    def __init__(self, out_dir: Path, field: str, stored: Any, requested: Any):
-        self.field, self.stored, self.requested = field, stored, requested
-        super().__init__(
-            f"{str(out_dir)!r} holds a collection with a different {field!r}: the manifest has {stored!r}, this "
-            f"call asks for {requested!r}. Nothing was overwritten. Use another out_dir, or repeat the original "
-            "call to resume it."
-        )
 
 
 class ShardCorruptError(RuntimeError):
@@ -195,14 +176,6 @@ def read_shard_tensor(path: Path, key: str) -> Tensor:
         if key not in f.keys():  # noqa: SIM118
             raise KeyError(f"{key!r} is not in shard {str(path)!r}.")
         return f.get_tensor(key)
-
-
-# ---------------------------------------------------------------------- manifest
-def check_config(out_dir: Path, stored: dict[str, Any], requested: dict[str, Any]) -> None:
-    """Raise :class:`ManifestMismatchError` naming the first field (in ``requested`` order) that differs."""
-    for field in [*requested, *(f for f in stored if f not in requested)]:
-        if stored.get(field) != requested.get(field):
-            raise ManifestMismatchError(out_dir, field, stored.get(field), requested.get(field))
 
 
 def torch_dtype(name: str | torch.dtype) -> torch.dtype:

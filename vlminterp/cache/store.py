@@ -10,9 +10,10 @@
 
 Samples are cut into shards of ``shard_size`` samples (the unit of resume and of multi-process
 work) and every shard into forward batches of ``batch_size`` samples, one forward per condition so
-text-only rows are never padded to image length. With ``out_dir`` every shard is written with its
-own statistics, so re-running the same call skips finished shards and gives a bit-identical result.
-Under ``torch.distributed`` (``torchrun``, ``accelerate launch``) rank ``r`` of ``W`` takes shards
+text-only rows are never padded to image length (:mod:`vlminterp.cache.collection`). With
+``out_dir`` every shard is written with its own statistics, so re-running the same call skips
+finished shards and gives a bit-identical result (:mod:`vlminterp.cache.manifest`). Under
+``torch.distributed`` (``torchrun``, ``accelerate launch``) rank ``r`` of ``W`` takes shards
 ``r, r + W, ...`` and the statistics are all-reduced in float64.
 
 Shape glossary: ``layers`` = the collected layers (``store.layers``), ``d`` = the hook's feature size
@@ -29,10 +30,7 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,269 +39,37 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from vlminterp.cache.collection import (
+    KEEP_CHOICES,
+    UNLABELED,
+    StatsKey,
+    all_reduce,
+    barrier,
+    dist_rank_world,
+    label_key,
+    merge_into,
+    plan_collection,
+    run_shard,
+    stats_from_tensors,
+)
+from vlminterp.cache.manifest import FORMAT, collection_config, finished_shard_stats, open_out_dir, save_shard
 from vlminterp.cache.running_stats import RunningStats
 from vlminterp.cache.shards import (
     MANIFEST_NAME,
     IncompleteStoreError,
     ShardRecord,
-    check_config,
     read_json,
     read_record,
     read_shard_tensor,
     read_shard_tensors,
-    torch_dtype,
     verify_shard,
     write_json_atomic,
-    write_shard,
 )
-from vlminterp.positions import check_positions
-from vlminterp.prompts import Condition, PromptBatch, Sample
+from vlminterp.prompts import Condition, Sample
 
 __all__ = ["ActivationStore", "UNLABELED", "KEEP_CHOICES"]
 
-#: The label key of samples whose ``label`` is None.
-UNLABELED = "unlabeled"
-KEEP_CHOICES = ("stats", "vectors", "both")
-FORMAT = "vlminterp.activation_store/1"
 
-StatsKey = tuple[str, str, str]  # (hook kind, condition value, label key)
-
-
-def _version() -> str:
-    import vlminterp
-
-    return vlminterp.__version__
-
-
-def _label_key(label: str | None) -> str:
-    return UNLABELED if label is None else label
-
-
-def _dist_rank_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-def _samples_digest(samples: Sequence[Sample]) -> str:
-    """A digest of what defines the prompts (ids, texts, labels, image sources)."""
-    h = hashlib.sha256()
-    for s in samples:
-        image = s.image
-        ident = (
-            None
-            if image is None
-            else str(image)
-            if isinstance(image, (str, Path))
-            else [image.mode, image.size]
-        )
-        h.update(json.dumps([s.id, s.query, s.caption, s.label, ident], default=str).encode())
-    return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """The validated arguments of one collect call."""
-
-    conditions: list[Condition]
-    hooks: tuple[str, ...]
-    layers: list[int]
-    names: dict[str, list[str]]  # hook kind -> hook name per layer
-    positions: str | int
-    batch_size: int
-    shard_size: int
-    keep: str
-    covariance: bool
-    dtype: torch.dtype
-    prompt_options: dict[str, Any]
-
-    @property
-    def keeps_stats(self) -> bool:
-        return self.keep in ("stats", "both")
-
-    @property
-    def keeps_vectors(self) -> bool:
-        return self.keep in ("vectors", "both")
-
-
-def _validate(
-    model: Any,
-    samples: Sequence[Sample],
-    conditions: Sequence[Condition | str],
-    hooks: Sequence[str] | str,
-    layers: Sequence[int] | None,
-    positions: Any,
-    batch_size: int,
-    shard_size: int,
-    out_dir: str | Path | None,
-    keep: str,
-    covariance: bool,
-    dtype: str | torch.dtype,
-    prompt_options: dict[str, Any],
-) -> _Plan:
-    if not samples:
-        raise ValueError("ActivationStore.collect needs at least one sample.")
-    ids = [s.id for s in samples]
-    if len(set(ids)) != len(ids):
-        dupes = sorted({i for i in ids if ids.count(i) > 1})[:5]
-        raise ValueError(f"Sample ids must be unique within a collection; repeated: {dupes}.")
-    conds = [Condition.parse(c) for c in conditions]
-    if not conds:
-        raise ValueError(
-            f"ActivationStore.collect needs at least one condition; choose from {[c.value for c in Condition]}."
-        )
-    if len(set(conds)) != len(conds):
-        raise ValueError(f"Conditions must be distinct, got {[c.value for c in conds]}.")
-    hook_kinds = (hooks,) if isinstance(hooks, str) else tuple(hooks)
-    if not hook_kinds or len(set(hook_kinds)) != len(hook_kinds):
-        raise ValueError(
-            f"hooks must be one or more distinct hook kinds such as 'resid_post', got {hooks!r}."
-        )
-    n_layers = model.cfg.n_layers
-    chosen = list(range(n_layers)) if layers is None else list(layers)
-    bad = [
-        x
-        for x in chosen
-        if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or not 0 <= x < n_layers
-    ]
-    if bad or not chosen or len(set(chosen)) != len(chosen):
-        raise ValueError(
-            f"layers={list(chosen)!r} is invalid for a {n_layers}-layer model: give distinct ints in 0..{n_layers - 1} "
-            "(or None for every layer)."
-        )
-    chosen = [int(x) for x in chosen]
-    names = {kind: model.hook_names(kind, chosen) for kind in hook_kinds}
-    positions = check_positions(positions, per_row=True)
-    for name, value in (("batch_size", batch_size), ("shard_size", shard_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}.")
-    if keep not in KEEP_CHOICES:
-        raise ValueError(f"keep must be one of {list(KEEP_CHOICES)}, got {keep!r}.")
-    if keep != "stats" and out_dir is None:
-        raise ValueError(f"keep={keep!r} writes per-sample vectors to disk: pass out_dir=.")
-    if covariance and keep == "vectors":
-        raise ValueError("covariance=True is a statistic: use keep='stats' or keep='both'.")
-    unknown = set(prompt_options) - {"blank", "noise_seed", "caption_template"}
-    if unknown:
-        raise ValueError(
-            f"Unknown prompt options {sorted(unknown)}; PromptBatch.paired accepts blank, noise_seed, caption_template."
-        )
-    return _Plan(
-        conditions=conds,
-        hooks=hook_kinds,
-        layers=chosen,
-        names=names,
-        positions=positions,
-        batch_size=batch_size,
-        shard_size=shard_size,
-        keep=keep,
-        covariance=bool(covariance),
-        dtype=torch_dtype(dtype),
-        prompt_options=dict(prompt_options),
-    )
-
-
-def _config(model: Any, plan: _Plan, samples: Sequence[Sample]) -> dict[str, Any]:
-    """The manifest fields a resumed run must match."""
-    return {
-        "model_id": model.cfg.model_id,
-        "family": model.cfg.family,
-        "n_layers": model.cfg.n_layers,
-        "d_model": model.cfg.d_model,
-        "hooks": list(plan.hooks),
-        "layers": list(plan.layers),
-        "positions": plan.positions,
-        "conditions": [c.value for c in plan.conditions],
-        "keep": plan.keep,
-        "covariance": plan.covariance,
-        "dtype": str(plan.dtype).removeprefix("torch."),
-        "shard_size": plan.shard_size,
-        "n_samples": len(samples),
-        "samples_digest": _samples_digest(samples),
-        "prompt_options": json.loads(json.dumps(plan.prompt_options, default=list)),
-        "vlminterp_version": _version(),
-        "hook_names": {
-            k: list(v) for k, v in plan.names.items()
-        },  # derived: last, so the cause is named first
-    }
-
-
-# ---------------------------------------------------------------------- one shard
-def _run_shard(
-    model: Any, samples: Sequence[Sample], plan: _Plan
-) -> tuple[dict[StatsKey, RunningStats], dict[str, Tensor]]:
-    """Statistics and stacked vectors (``vectors/{hook}/{condition}/{layer}`` -> [n, d]) of one shard."""
-    stats: dict[StatsKey, RunningStats] = {}
-    chunks: dict[tuple[str, str], list[Tensor]] = {}
-    all_names = [n for names in plan.names.values() for n in names]
-    for start in range(0, len(samples), plan.batch_size):
-        batch_samples = samples[start : start + plan.batch_size]
-        paired = PromptBatch.paired(model, batch_samples, plan.conditions, **plan.prompt_options)
-        for cond in plan.conditions:
-            batch = paired.select(paired.rows(cond))
-            _, cache = model.run_with_cache(batch, names_filter=all_names, positions=plan.positions)
-            for kind, names in plan.names.items():
-                x = torch.stack([cache[n].reshape(len(batch), -1) for n in names], dim=1)  # [rows, layers, d]
-                if plan.keeps_vectors:
-                    chunks.setdefault((kind, cond.value), []).append(x.to(plan.dtype))
-                if plan.keeps_stats:
-                    for label in dict.fromkeys(batch.labels):
-                        rows = [i for i, lab in enumerate(batch.labels) if lab == label]
-                        key = (kind, cond.value, _label_key(label))
-                        if key not in stats:
-                            stats[key] = RunningStats(x.shape[1:], covariance=plan.covariance)
-                        stats[key].update(x[rows])
-    vectors = {}
-    for (kind, cond), parts in chunks.items():
-        full = torch.cat(parts)
-        for i, layer in enumerate(plan.layers):
-            vectors[f"vectors/{kind}/{cond}/{layer}"] = full[:, i].contiguous()
-    return stats, vectors
-
-
-def _stats_tensors(stats: dict[StatsKey, RunningStats]) -> dict[str, Tensor]:
-    return {f"stats/{k[0]}/{k[1]}/{k[2]}/{f}": t for k, s in stats.items() for f, t in s.to_state().items()}
-
-
-def _stats_from_tensors(tensors: dict[str, Tensor]) -> dict[StatsKey, RunningStats]:
-    states: dict[StatsKey, dict[str, Tensor]] = {}
-    for key, t in tensors.items():
-        _, kind, cond, label, field = key.split("/")
-        states.setdefault((kind, cond, label), {})[field] = t
-    return {k: RunningStats.from_state(v) for k, v in states.items()}
-
-
-def _merge_into(total: dict[StatsKey, RunningStats], part: dict[StatsKey, RunningStats]) -> None:
-    for key in sorted(part):
-        if key in total:
-            total[key].merge(part[key])
-        else:
-            total[key] = RunningStats(part[key].shape, part[key].covariance).merge(part[key])
-
-
-def _all_reduce(stats: dict[StatsKey, RunningStats], covariance: bool) -> None:
-    """Make ``stats`` the float64 all-reduce over every process (keys and shapes unioned first)."""
-    import torch.distributed as dist
-
-    shapes: list[dict[StatsKey, tuple[int, ...]]] = [{}] * dist.get_world_size()
-    dist.all_gather_object(shapes, {k: s.shape for k, s in stats.items()})
-    union = {k: v for d in shapes for k, v in d.items()}
-    for key in sorted(union):
-        if key not in stats:
-            stats[key] = RunningStats(union[key], covariance=covariance)
-        stats[key].all_reduce()
-
-
-# ---------------------------------------------------------------------- the store
 class ActivationStore:
     """Activations of a dataset under paired conditions: float64 statistics and/or on-disk vectors.
 
@@ -380,15 +146,15 @@ class ActivationStore:
             ManifestMismatchError: ``out_dir`` holds a collection of another model or config.
             FileExistsError: ``out_dir`` holds a collection and ``resume=False``.
         """
-        plan = _validate(
+        plan = plan_collection(
             model, samples, conditions, hooks, layers, positions, batch_size, shard_size,
             out_dir, keep, covariance, dtype, prompt_options,
         )  # fmt: skip
-        config = _config(model, plan, samples)
-        rank, world = _dist_rank_world()
+        config = collection_config(model, plan, samples)
+        rank, world = dist_rank_world()
         out = None if out_dir is None else Path(out_dir)
         if out is not None:
-            _open_out_dir(out, config, resume, rank, world, batch_size)
+            open_out_dir(out, config, resume, rank, world, batch_size)
         shards = [list(samples[i : i + shard_size]) for i in range(0, len(samples), shard_size)]
         mine = list(range(rank, len(shards), world))
         stats: dict[StatsKey, RunningStats] = {}
@@ -402,20 +168,20 @@ class ActivationStore:
         )
         try:
             for k in mine:
-                part = _finished_shard_stats(out, k, shards[k], plan) if out is not None else None
+                part = finished_shard_stats(out, k, shards[k], plan) if out is not None else None
                 if part is None:
-                    part, vectors = _run_shard(model, shards[k], plan)
+                    part, vectors = run_shard(model, shards[k], plan)
                     if out is not None:
-                        _save_shard(out, k, shards[k], vectors, part if plan.keeps_stats else {})
-                _merge_into(stats, part)
+                        save_shard(out, k, shards[k], vectors, part if plan.keeps_stats else {})
+                merge_into(stats, part)
                 bar.update(len(shards[k]))
         finally:
             bar.close()
         if world > 1 and plan.keeps_stats:
-            _all_reduce(stats, plan.covariance)
+            all_reduce(stats, plan.covariance)
         manifest: dict[str, Any] = {"format": FORMAT, "config": config, "batch_size": batch_size}
         if out is not None:
-            _barrier(world)
+            barrier(world)
             records = [read_record(out, k) for k in range(len(shards))]
             missing = [k for k, r in enumerate(records) if r is None]
             if missing:
@@ -425,7 +191,7 @@ class ActivationStore:
             manifest.update(complete=True, shards=[r.to_dict() for r in records if r is not None])
             if rank == 0:
                 write_json_atomic(out / MANIFEST_NAME, manifest)
-            _barrier(world)
+            barrier(world)
         return cls(manifest, stats if plan.keeps_stats else None, out)
 
     @classmethod
@@ -464,7 +230,7 @@ class ActivationStore:
         for rec in manifest["shards"]:
             shard = verify_shard(out, ShardRecord.from_dict(rec), checksum=checksum)
             if stats is not None:
-                _merge_into(stats, _stats_from_tensors(read_shard_tensors(shard, "stats/")))
+                merge_into(stats, stats_from_tensors(read_shard_tensors(shard, "stats/")))
         return cls(manifest, stats, out)
 
     # ------------------------------------------------------------------ metadata
@@ -626,57 +392,7 @@ class ActivationStore:
         conds = [self._condition(c) for c in conditions]
         if not conds:
             raise ValueError("to_numpy needs at least one condition.")
-        ids, labels = self.sample_ids(), [_label_key(x) for x in self.labels()]
+        ids, labels = self.sample_ids(), [label_key(x) for x in self.labels()]
         xs = [self.vectors(c, layer, hook).float().numpy() for c in conds]
         ys = [np.array([c] * len(ids) if target == "condition" else labels, dtype=str) for c in conds]
         return np.concatenate(xs), np.concatenate(ys), ids * len(conds)
-
-
-# ---------------------------------------------------------------------- out_dir helpers
-def _open_out_dir(
-    out: Path, config: dict[str, Any], resume: bool, rank: int, world: int, batch_size: int
-) -> None:
-    """Check an existing manifest against ``config`` (every rank), or write a new one (rank 0)."""
-    path = out / MANIFEST_NAME
-    if path.is_file():
-        if not resume:
-            raise FileExistsError(
-                f"{str(out)!r} already holds a collection; pass resume=True (CLI: --resume) to continue it, or use a "
-                "new out_dir."
-            )
-        stored = read_json(path)
-        check_config(out, stored.get("config", {}), config)
-    elif out.is_dir() and any(out.iterdir()):
-        raise FileExistsError(
-            f"{str(out)!r} is not empty and holds no {MANIFEST_NAME}; collect writes into an empty or new directory."
-        )
-    _barrier(world)
-    if rank == 0 and not path.is_file():
-        write_json_atomic(
-            path, {"format": FORMAT, "config": config, "batch_size": batch_size, "complete": False}
-        )
-    _barrier(world)
-
-
-def _finished_shard_stats(
-    out: Path, index: int, samples: Sequence[Sample], plan: _Plan
-) -> dict[StatsKey, RunningStats] | None:
-    """The statistics of shard ``index`` if it is finished on disk (else None: compute it)."""
-    record = read_record(out, index)
-    if record is None or record.sample_ids != [s.id for s in samples]:
-        return None
-    if not plan.keeps_stats:
-        return {}
-    return _stats_from_tensors(read_shard_tensors(verify_shard(out, record), "stats/"))
-
-
-def _save_shard(
-    out: Path,
-    index: int,
-    samples: Sequence[Sample],
-    vectors: dict[str, Tensor],
-    stats: dict[StatsKey, RunningStats],
-) -> ShardRecord:
-    return write_shard(
-        out, index, {**vectors, **_stats_tensors(stats)}, [s.id for s in samples], [s.label for s in samples]
-    )

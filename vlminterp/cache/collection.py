@@ -1,0 +1,274 @@
+"""One ``ActivationStore.collect`` call's work: its validated plan, each shard's forwards and statistics.
+
+:func:`plan_collection` checks every argument once and returns a :class:`CollectPlan`;
+:func:`run_shard` runs one shard's samples through the model, one forward per condition and batch,
+and returns its :class:`~vlminterp.cache.running_stats.RunningStats` per (hook, condition, label)
+and its per-sample vectors. Shard statistics are stored as flat tensors
+(:func:`stats_tensors` / :func:`stats_from_tensors`), merged in a fixed key order
+(:func:`merge_into`) and, under ``torch.distributed``, all-reduced in float64 (:func:`all_reduce`).
+
+Example:
+    >>> from vlminterp import HookedVLM, Sample
+    >>> model = HookedVLM.tiny("llava")
+    >>> samples = [Sample(id="a", query="hi")]
+    >>> plan = plan_collection(
+    ...     model, samples, ["text_only"], hooks="resid_post", layers=[1], positions="last", batch_size=8,
+    ...     shard_size=256, out_dir=None, keep="stats", covariance=False, dtype="float32", prompt_options={},
+    ... )
+    >>> plan.layers, plan.names["resid_post"]
+    ([1], ['blocks.1.hook_resid_post'])
+    >>> stats, vectors = run_shard(model, samples, plan)
+    >>> stats[("resid_post", "text_only", UNLABELED)].count, vectors
+    (1, {})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vlminterp.cache.running_stats import RunningStats
+from vlminterp.cache.shards import torch_dtype
+from vlminterp.positions import check_positions
+from vlminterp.prompts import Condition, PromptBatch, Sample
+
+__all__ = [
+    "UNLABELED",
+    "KEEP_CHOICES",
+    "StatsKey",
+    "CollectPlan",
+    "label_key",
+    "dist_rank_world",
+    "barrier",
+    "plan_collection",
+    "run_shard",
+    "stats_tensors",
+    "stats_from_tensors",
+    "merge_into",
+    "all_reduce",
+]
+
+#: The label key of samples whose ``label`` is None.
+UNLABELED = "unlabeled"
+#: What a collection keeps: float64 statistics, per-sample vectors on disk, or both.
+KEEP_CHOICES = ("stats", "vectors", "both")
+#: A statistics key: (hook kind, condition value, label key).
+StatsKey = tuple[str, str, str]
+
+
+def label_key(label: str | None) -> str:
+    """The statistics key of a sample label (:data:`UNLABELED` for None).
+
+    Example:
+        >>> label_key(None), label_key("harmful")
+        ('unlabeled', 'harmful')
+    """
+    return UNLABELED if label is None else label
+
+
+def dist_rank_world() -> tuple[int, int]:
+    """``(rank, world size)`` under an initialised ``torch.distributed`` group, else ``(0, 1)``."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def barrier(world: int) -> None:
+    """Wait for every process when there are several (``world > 1``)."""
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+@dataclass(frozen=True)
+class CollectPlan:
+    """The validated arguments of one collect call (see :meth:`~vlminterp.cache.ActivationStore.collect`)."""
+
+    conditions: list[Condition]
+    hooks: tuple[str, ...]
+    layers: list[int]
+    names: dict[str, list[str]]  # hook kind -> hook name per layer
+    positions: str | int
+    batch_size: int
+    shard_size: int
+    keep: str
+    covariance: bool
+    dtype: torch.dtype
+    prompt_options: dict[str, Any]
+
+    @property
+    def keeps_stats(self) -> bool:
+        return self.keep in ("stats", "both")
+
+    @property
+    def keeps_vectors(self) -> bool:
+        return self.keep in ("vectors", "both")
+
+
+def plan_collection(
+    model: Any,
+    samples: Sequence[Sample],
+    conditions: Sequence[Condition | str],
+    hooks: Sequence[str] | str,
+    layers: Sequence[int] | None,
+    positions: Any,
+    batch_size: int,
+    shard_size: int,
+    out_dir: str | Path | None,
+    keep: str,
+    covariance: bool,
+    dtype: str | torch.dtype,
+    prompt_options: dict[str, Any],
+) -> CollectPlan:
+    """Check the arguments of :meth:`~vlminterp.cache.ActivationStore.collect` (described there) once.
+
+    Raises:
+        ValueError: no samples or repeated ids, no or repeated conditions, bad hooks or layers, a
+            non-positive batch or shard size, an unknown ``keep``, vectors without ``out_dir``,
+            covariance without statistics, or an unknown prompt option.
+    """
+    if not samples:
+        raise ValueError("ActivationStore.collect needs at least one sample.")
+    ids = [s.id for s in samples]
+    if len(set(ids)) != len(ids):
+        dupes = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise ValueError(f"Sample ids must be unique within a collection; repeated: {dupes}.")
+    conds = [Condition.parse(c) for c in conditions]
+    if not conds:
+        raise ValueError(
+            f"ActivationStore.collect needs at least one condition; choose from {[c.value for c in Condition]}."
+        )
+    if len(set(conds)) != len(conds):
+        raise ValueError(f"Conditions must be distinct, got {[c.value for c in conds]}.")
+    hook_kinds = (hooks,) if isinstance(hooks, str) else tuple(hooks)
+    if not hook_kinds or len(set(hook_kinds)) != len(hook_kinds):
+        raise ValueError(
+            f"hooks must be one or more distinct hook kinds such as 'resid_post', got {hooks!r}."
+        )
+    n_layers = model.cfg.n_layers
+    chosen = list(range(n_layers)) if layers is None else list(layers)
+    bad = [
+        x
+        for x in chosen
+        if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or not 0 <= x < n_layers
+    ]
+    if bad or not chosen or len(set(chosen)) != len(chosen):
+        raise ValueError(
+            f"layers={list(chosen)!r} is invalid for a {n_layers}-layer model: give distinct ints in 0..{n_layers - 1} "
+            "(or None for every layer)."
+        )
+    chosen = [int(x) for x in chosen]
+    names = {kind: model.hook_names(kind, chosen) for kind in hook_kinds}
+    positions = check_positions(positions, per_row=True)
+    for name, value in (("batch_size", batch_size), ("shard_size", shard_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}.")
+    if keep not in KEEP_CHOICES:
+        raise ValueError(f"keep must be one of {list(KEEP_CHOICES)}, got {keep!r}.")
+    if keep != "stats" and out_dir is None:
+        raise ValueError(f"keep={keep!r} writes per-sample vectors to disk: pass out_dir=.")
+    if covariance and keep == "vectors":
+        raise ValueError("covariance=True is a statistic: use keep='stats' or keep='both'.")
+    unknown = set(prompt_options) - {"blank", "noise_seed", "caption_template"}
+    if unknown:
+        raise ValueError(
+            f"Unknown prompt options {sorted(unknown)}; PromptBatch.paired accepts blank, noise_seed, caption_template."
+        )
+    return CollectPlan(
+        conditions=conds,
+        hooks=hook_kinds,
+        layers=chosen,
+        names=names,
+        positions=positions,
+        batch_size=batch_size,
+        shard_size=shard_size,
+        keep=keep,
+        covariance=bool(covariance),
+        dtype=torch_dtype(dtype),
+        prompt_options=dict(prompt_options),
+    )
+
+
+# ---------------------------------------------------------------------- one shard
+def run_shard(
+    model: Any, samples: Sequence[Sample], plan: CollectPlan
+) -> tuple[dict[StatsKey, RunningStats], dict[str, Tensor]]:
+    """Statistics and stacked vectors (``vectors/{hook}/{condition}/{layer}`` -> [n, d]) of one shard."""
+    stats: dict[StatsKey, RunningStats] = {}
+    chunks: dict[tuple[str, str], list[Tensor]] = {}
+    all_names = [n for names in plan.names.values() for n in names]
+    for start in range(0, len(samples), plan.batch_size):
+        batch_samples = samples[start : start + plan.batch_size]
+        paired = PromptBatch.paired(model, batch_samples, plan.conditions, **plan.prompt_options)
+        for cond in plan.conditions:
+            batch = paired.select(paired.rows(cond))
+            _, cache = model.run_with_cache(batch, names_filter=all_names, positions=plan.positions)
+            for kind, names in plan.names.items():
+                x = torch.stack([cache[n].reshape(len(batch), -1) for n in names], dim=1)  # [rows, layers, d]
+                if plan.keeps_vectors:
+                    chunks.setdefault((kind, cond.value), []).append(x.to(plan.dtype))
+                if plan.keeps_stats:
+                    for label in dict.fromkeys(batch.labels):
+                        rows = [i for i, lab in enumerate(batch.labels) if lab == label]
+                        key = (kind, cond.value, label_key(label))
+                        if key not in stats:
+                            stats[key] = RunningStats(x.shape[1:], covariance=plan.covariance)
+                        stats[key].update(x[rows])
+    vectors = {}
+    for (kind, cond), parts in chunks.items():
+        full = torch.cat(parts)
+        for i, layer in enumerate(plan.layers):
+            vectors[f"vectors/{kind}/{cond}/{layer}"] = full[:, i].contiguous()
+    return stats, vectors
+
+
+def stats_tensors(stats: dict[StatsKey, RunningStats]) -> dict[str, Tensor]:
+    """``stats`` as flat shard tensors ``stats/{hook}/{condition}/{label}/{field}`` (inverse: :func:`stats_from_tensors`).
+
+    Example:
+        >>> import torch
+        >>> s = {("resid_post", "image", "benign"): RunningStats((2, 3)).update(torch.ones(4, 2, 3))}
+        >>> stats_from_tensors(stats_tensors(s))[("resid_post", "image", "benign")].count
+        4
+    """
+    return {f"stats/{k[0]}/{k[1]}/{k[2]}/{f}": t for k, s in stats.items() for f, t in s.to_state().items()}
+
+
+def stats_from_tensors(tensors: dict[str, Tensor]) -> dict[StatsKey, RunningStats]:
+    """The statistics that :func:`stats_tensors` wrote (keys ``stats/{hook}/{condition}/{label}/{field}``)."""
+    states: dict[StatsKey, dict[str, Tensor]] = {}
+    for key, t in tensors.items():
+        _, kind, cond, label, field = key.split("/")
+        states.setdefault((kind, cond, label), {})[field] = t
+    return {k: RunningStats.from_state(v) for k, v in states.items()}
+
+
+def merge_into(total: dict[StatsKey, RunningStats], part: dict[StatsKey, RunningStats]) -> None:
+    """Merge ``part`` into ``total`` in sorted key order (the same order on every process and rerun)."""
+    for key in sorted(part):
+        if key in total:
+            total[key].merge(part[key])
+        else:
+            total[key] = RunningStats(part[key].shape, part[key].covariance).merge(part[key])
+
+
+def all_reduce(stats: dict[StatsKey, RunningStats], covariance: bool) -> None:
+    """Make ``stats`` the float64 all-reduce over every process (keys and shapes unioned first)."""
+    import torch.distributed as dist
+
+    shapes: list[dict[StatsKey, tuple[int, ...]]] = [{}] * dist.get_world_size()
+    dist.all_gather_object(shapes, {k: s.shape for k, s in stats.items()})
+    union = {k: v for d in shapes for k, v in d.items()}
+    for key in sorted(union):
+        if key not in stats:
+            stats[key] = RunningStats(union[key], covariance=covariance)
+        stats[key].all_reduce()
