@@ -4,7 +4,10 @@ ShiftDC compares an image input with a text-only twin ``"{query} Image Caption: 
 paper has the VLM caption its own image, conditioned on the request
 (:data:`QUERY_CONDITIONED_PROMPT`); datasets such as VLSafe ship captions; any other captioner is a
 callable ``Sample -> str``. Captions can be cached in a JSON file (written atomically after every
-batch), so a long run resumes without captioning again.
+batch), so a long run resumes without captioning again. A cached caption is keyed by the model's
+:func:`~vlminterp.cache.identity.model_fingerprint` (not the folder it was loaded from), the
+prompt, the length limit and the sample id: the same checkpoint copied elsewhere reuses the cache,
+another model does not.
 
 Example:
     >>> from vlminterp import HookedVLM, Sample
@@ -20,11 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vlminterp.cache.identity import model_fingerprint
+from vlminterp.io import read_json, write_json_atomic
 from vlminterp.prompts import Condition, PromptBatch, Sample
 
 if TYPE_CHECKING:
@@ -43,19 +47,12 @@ Captioner = Callable[[Sample], str]
 def _load_cache(path: Path | None) -> dict[str, str]:
     if path is None or not path.is_file():
         return {}
-    data = json.loads(path.read_text())
+    data = read_json(path)
     if not isinstance(data, dict):
         raise ValueError(
             f"Caption cache {str(path)!r} must hold a JSON object of captions; delete it to start over."
         )
     return data
-
-
-def _save_cache(path: Path, cache: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def caption_images(
@@ -77,8 +74,8 @@ def caption_images(
         max_new_tokens: Caption length limit (greedy decoding).
         batch_size: Samples per generation batch.
         source: ``"self"``, ``"sample"`` (keep ``Sample.caption``) or a callable ``Sample -> str``.
-        cache: JSON file of captions by key (model id, prompt, length, sample id); read first and
-            updated after every batch.
+        cache: JSON file of captions by key (model fingerprint, prompt, length, sample id); read
+            first and updated after every batch.
 
     Returns:
         New Sample objects (the inputs are not changed).
@@ -109,9 +106,10 @@ def caption_images(
             raise ValueError("caption source 'self' needs the model: caption_images(model, samples, ...).")
         path = None if cache is None else Path(cache)
         stored = _load_cache(path)
+        fingerprint = model_fingerprint(model)
 
         def key(s: Sample) -> str:
-            return json.dumps([model.cfg.model_id, prompt, max_new_tokens, s.id])
+            return json.dumps([fingerprint, prompt, max_new_tokens, s.id])
 
         todo = [s for s in with_image if key(s) not in stored]
         for i in range(0, len(todo), batch_size):
@@ -124,7 +122,7 @@ def caption_images(
             )
             stored.update({key(s): text for s, text in zip(chunk, out.texts, strict=True)})
             if path is not None:
-                _save_cache(path, stored)
+                write_json_atomic(path, stored)
         captions = {s.id: stored[key(s)] for s in with_image}
     empty = [sid for sid, caption in captions.items() if not caption.strip()]
     if empty:
