@@ -218,7 +218,7 @@ class DatasetSpec:
             >>> DatasetSpec.parse("figstep", option="--eval")
             Traceback (most recent call last):
             ...
-            ValueError: --eval 'figstep' is read from files: pass its root folder (--root).
+            ValueError: --eval 'figstep' is read from files: pass --root (the folder holding it).
         """
         from vlminterp import data
         from vlminterp.organism.tasks import SPLITS
@@ -248,7 +248,7 @@ class DatasetSpec:
                 f"{option} {text!r}: unknown dataset {name!r}. Use organism, tiny, demo or one of {data.names()}."
             )
         if root is None:
-            raise ValueError(f"{option} {text!r} is read from files: pass its root folder (--root).")
+            raise ValueError(f"{option} {text!r} is read from files: pass --root (the folder holding it).")
         if not Path(root).is_dir():
             raise ValueError(f"{option} {text!r}: the root {str(root)!r} is not a folder.")
         return cls(name, split or None, str(root), **settings)

@@ -12,7 +12,7 @@ from vlminterp.eval.metrics import wilson_interval
 from vlminterp.interventions import SteeringVectors
 from vlminterp.io import read_json
 from vlminterp.organism.judge import is_refusal
-from vlminterp.steer_cli import main
+from vlminterp.cli.steer import main
 
 COMMON = ["--model", "organism", "--eval", "organism:test", "--judge", "organism", "--limit", "8"]
 FAST = ["--max-new-tokens", "10", "--no-progress"]
