@@ -25,9 +25,8 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,18 +36,26 @@ import transformer_lens.model_bridge.sources.transformers.helpers as _tl_helpers
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from vlminterp.cache.activation_cache import ActivationCache
 from vlminterp.hook_names import NamesFilter, layer_hook_name, resolve_names
 from vlminterp.models.compat import check_prefill_cache, fix_kv_cache_keyword
 from vlminterp.models.families import Family, family_for_config, get_family
-from vlminterp.positions import Positions, describe_positions, position_selector
+from vlminterp.models.hooking import FwdHooks, HookFn, HookingMixin, Metric
+from vlminterp.models.tl_helpers import TransformerLensHelpers
+from vlminterp.positions import Positions
 from vlminterp.prompts import PromptBatch
 
 # Positions is re-exported for code that still imports it from here (its home: vlminterp.positions).
-__all__ = ["HookedVLM", "VLMConfig", "Generation", "ProcessorLoadError", "Positions"]
+__all__ = [
+    "HookedVLM",
+    "VLMConfig",
+    "Generation",
+    "ProcessorLoadError",
+    "Positions",
+    "FwdHooks",
+    "HookFn",
+    "Metric",
+]
 
-HookFn = Callable[..., Any]
-FwdHooks = Sequence[tuple[str | Callable[[str], bool], HookFn]]
 logger = logging.getLogger(__name__)
 
 
@@ -101,7 +108,7 @@ class Generation:
         return len(self.tokens)
 
 
-class HookedVLM:
+class HookedVLM(HookingMixin, TransformerLensHelpers):
     """A VLM with TransformerLens hook names, built on ``TransformerBridge``.
 
     Build it with :meth:`from_pretrained`, :meth:`tiny` or ``from_organism``; do not call the
@@ -276,106 +283,6 @@ class HookedVLM:
     def resolve_names(self, names_filter: NamesFilter) -> list[str]:
         """Validated hook names selected by ``names_filter`` (raises on unknown names)."""
         return resolve_names(names_filter, self._valid_names)
-
-    # ------------------------------------------------------------------ hooks
-    def count_hooks(self) -> int:
-        """Hooks held by the model's hook points: 0 between vlminterp calls.
-
-        TransformerLens and transformers install a fixed set of internal capture hooks on the first
-        forward; those are not hook-point hooks and are not counted here (tests check they do not grow).
-        """
-        points = {id(hp): hp for hp in self.bridge.hook_dict.values()}  # aliases share a point
-        return sum(len(hp.fwd_hooks) + len(hp.bwd_hooks) for hp in points.values())
-
-    @contextlib.contextmanager
-    def hooks(self, fwd_hooks: FwdHooks = ()) -> Iterator[HookedVLM]:
-        """Context manager that adds ``fwd_hooks`` and removes exactly those on exit, error or not.
-
-        Args:
-            fwd_hooks: ``[(name_or_predicate, fn), ...]``; ``fn(activation, hook)`` returns a new
-                activation or None.
-
-        Raises:
-            ValueError: an unknown hook name (nothing is added then).
-        """
-        resolved = [(name, fn) for spec, fn in fwd_hooks for name in self.resolve_names(spec)]
-        handles: list[tuple[Any, Any]] = []
-        try:
-            for name, fn in resolved:
-                point = self.bridge.hook_dict[name]
-                self.bridge.check_hooks_to_add(point, name, fn)
-                handles.append((point, point.add_hook(fn, dir="fwd")))
-            yield self
-        finally:
-            for point, handle in reversed(handles):
-                handle.hook.remove()
-                if handle in point.fwd_hooks:
-                    point.fwd_hooks.remove(handle)
-
-    # ------------------------------------------------------------------ running
-    def _forward(self, batch: PromptBatch) -> Float[Tensor, "batch pos d_vocab"]:
-        device = self.device
-        kwargs = {k: v.to(device) for k, v in batch.model_kwargs().items()}
-        return self.bridge(batch.input_ids.to(device), return_type="logits", **kwargs)
-
-    def forward(self, batch: PromptBatch) -> Float[Tensor, "batch pos d_vocab"]:
-        """Logits of ``batch`` (no gradients)."""
-        with torch.no_grad():
-            return self._forward(batch)
-
-    __call__ = forward
-
-    def run_with_hooks(
-        self, batch: PromptBatch, fwd_hooks: FwdHooks = (), grad: bool = False
-    ) -> Float[Tensor, "batch pos d_vocab"]:
-        """Logits of ``batch`` with ``fwd_hooks`` active for this one forward.
-
-        Args:
-            batch: The prompts.
-            fwd_hooks: ``[(name_or_predicate, fn), ...]`` as in TransformerLens.
-            grad: Keep the autograd graph (default off).
-        """
-        with torch.set_grad_enabled(grad), self.hooks(fwd_hooks):
-            return self._forward(batch)
-
-    def run_with_cache(
-        self,
-        batch: PromptBatch,
-        names_filter: NamesFilter = None,
-        positions: Positions = None,
-        device: str | torch.device = "cpu",
-        fwd_hooks: FwdHooks = (),
-    ) -> tuple[Float[Tensor, "batch pos d_vocab"], ActivationCache]:
-        """Logits and an :class:`ActivationCache` of the hooks selected by ``names_filter``.
-
-        Args:
-            batch: The prompts.
-            names_filter: Hook names to cache (name, names, predicate; None = every hook).
-            positions: Token positions kept at capture time (:data:`vlminterp.positions.Positions`);
-                None keeps all.
-                Applies to decoder hooks (``[batch, pos, ...]``); attention patterns are selected on
-                their query axis.
-            device: Where cached tensors are stored (detached), default CPU.
-            fwd_hooks: Interventions active during the run; caching sees their result.
-
-        Returns:
-            ``(logits, cache)``; with ``positions="last"`` each ``resid_post`` entry is ``[batch, d_model]``.
-        """
-        names = self.resolve_names(names_filter)
-        select = position_selector(positions, batch, self.device)
-        store: dict[str, Tensor] = {}
-
-        def make_hook(name: str) -> HookFn:
-            def cache_hook(activation: Tensor, hook: Any) -> None:
-                value = activation if select is None else select(name, activation)
-                store[name] = value.detach().to(device)
-
-            return cache_hook
-
-        caching = [(name, make_hook(name)) for name in names]
-        with torch.no_grad(), self.hooks([*fwd_hooks, *caching]):
-            logits = self._forward(batch)
-        return logits, ActivationCache(store, positions=describe_positions(positions), meta=batch.to_dict())
 
     def generate(
         self,

@@ -1,0 +1,278 @@
+"""Hooks, caching and gradients of :class:`~vlminterp.models.hooked_vlm.HookedVLM` (a mixin).
+
+TransformerLens semantics on PromptBatch inputs:
+
+- ``hooks(fwd_hooks, bwd_hooks)`` adds hooks and removes exactly those on exit, error or not, so
+  ``count_hooks()`` is 0 after every call; inside a hook ``hook.name`` is the name it was
+  registered under (``blocks.0.hook_resid_post``), not the bridge alias of the same point;
+- ``run_with_hooks(..., bwd_hooks=..., metric=...)`` and ``run_with_cache(..., incl_bwd=True,
+  metric=...)`` run ``metric(logits).backward()`` while the hooks are in place; gradients are
+  cached under ``name + "_grad"`` as in TransformerLens;
+- ``run_with_cache`` with no ``names_filter`` caches every hook that fires (hook points gated off
+  by ``set_use_attn_result`` / ``set_use_split_qkv_input`` are skipped, as TransformerLens does).
+
+Example:
+    >>> from vlminterp import HookedVLM, Sample, Condition, PromptBatch
+    >>> model = HookedVLM.tiny("llava")
+    >>> batch = PromptBatch.paired(model, [Sample(id="a", query="hi")], [Condition.TEXT_ONLY])
+    >>> grads = {}
+    >>> def save(grad, hook):
+    ...     grads[hook.name] = grad
+    >>> _ = model.run_with_hooks(
+    ...     batch, bwd_hooks=[("blocks.0.hook_resid_post", save)], metric=lambda logits: logits[0, -1].logsumexp(-1)
+    ... )
+    >>> list(grads), model.count_hooks()
+    (['blocks.0.hook_resid_post'], 0)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from vlminterp.cache.activation_cache import ActivationCache
+from vlminterp.hook_names import NamesFilter
+from vlminterp.positions import Positions, describe_positions, position_selector
+
+if TYPE_CHECKING:
+    from vlminterp.prompts import PromptBatch
+
+__all__ = ["HookingMixin", "HookFn", "FwdHooks", "Metric"]
+
+HookFn = Callable[..., Any]
+#: ``[(name_or_predicate, fn), ...]`` as in TransformerLens (forward and backward hooks alike).
+FwdHooks = Sequence[tuple[str | Callable[[str], bool], HookFn]]
+#: A scalar function of the logits, differentiated by backward hooks and ``incl_bwd`` caching.
+Metric = Callable[[Tensor], Tensor]
+
+
+class HookingMixin:
+    """Hook management, forward passes, caching and gradients; mixed into ``HookedVLM``.
+
+    Needs ``self.bridge`` (a ``TransformerBridge``), ``self.device`` and ``self.resolve_names``.
+    """
+
+    bridge: Any
+    device: torch.device
+    resolve_names: Callable[[NamesFilter], list[str]]
+
+    # ------------------------------------------------------------------ hooks
+    def count_hooks(self) -> int:
+        """Hooks held by the model's hook points: 0 between vlminterp calls.
+
+        TransformerLens and transformers install a fixed set of internal capture hooks on the first
+        forward; those are not hook-point hooks and are not counted here (tests check they do not grow).
+        """
+        points = {id(hp): hp for hp in self.bridge.hook_dict.values()}  # aliases share a point
+        return sum(len(hp.fwd_hooks) + len(hp.bwd_hooks) for hp in points.values())
+
+    @contextlib.contextmanager
+    def hooks(self, fwd_hooks: FwdHooks = (), bwd_hooks: FwdHooks = ()) -> Iterator[Any]:
+        """Context manager that adds hooks and removes exactly those on exit, error or not.
+
+        Inside a hook, ``hook.name`` is the name the hook was registered under
+        (``blocks.0.hook_resid_post``), not the bridge's alias for the same point (``blocks.0.hook_out``).
+
+        Args:
+            fwd_hooks: ``[(name_or_predicate, fn), ...]``; ``fn(activation, hook)`` returns a new
+                activation or None.
+            bwd_hooks: The same for gradients: ``fn(grad, hook)`` sees the gradient w.r.t. the
+                activation during ``backward()`` (run it inside the context) and may return a new one.
+
+        Raises:
+            ValueError: an unknown hook name, or a hook point gated off by a ``set_use_*`` flag
+                (nothing is added then).
+
+        Example:
+            >>> from vlminterp import HookedVLM, Sample, Condition, PromptBatch
+            >>> model = HookedVLM.tiny("llava")
+            >>> batch = PromptBatch.paired(model, [Sample(id="a", query="hi")], [Condition.TEXT_ONLY])
+            >>> seen = []
+            >>> with model.hooks([("blocks.0.hook_resid_post", lambda x, hook: seen.append(hook.name))]):
+            ...     _ = model(batch)
+            >>> seen, model.count_hooks()
+            (['blocks.0.hook_resid_post'], 0)
+        """
+        resolved = [
+            (name, fn, direction)
+            for direction, pairs in (("fwd", fwd_hooks), ("bwd", bwd_hooks))
+            for spec, fn in pairs
+            for name in self.resolve_names(spec)
+        ]
+        handles: list[tuple[Any, str, Any]] = []
+        try:
+            for name, fn, direction in resolved:
+                point = self.bridge.hook_dict[name]
+                self.bridge.check_hooks_to_add(point, name, fn, dir=direction)
+                aliases = None if name == point.name else [name]  # hook.name = the registered name
+                handles.append((point, direction, point.add_hook(fn, dir=direction, alias_names=aliases)))
+            yield self
+        finally:
+            for point, direction, handle in reversed(handles):
+                handle.hook.remove()
+                held = point.fwd_hooks if direction == "fwd" else point.bwd_hooks
+                if handle in held:
+                    held.remove(handle)
+
+    # ------------------------------------------------------------------ running
+    def _forward(self, batch: PromptBatch) -> Float[Tensor, "batch pos d_vocab"]:
+        device = self.device
+        kwargs = {k: v.to(device) for k, v in batch.model_kwargs().items()}
+        return self.bridge(batch.input_ids.to(device), return_type="logits", **kwargs)
+
+    def forward(self, batch: PromptBatch) -> Float[Tensor, "batch pos d_vocab"]:
+        """Logits of ``batch`` (no gradients)."""
+        with torch.no_grad():
+            return self._forward(batch)
+
+    __call__ = forward
+
+    def _backward(self, logits: Tensor, metric: Metric, who: str) -> None:
+        """``metric(logits).backward()``, after checking that ``metric`` gives a differentiable scalar."""
+        value = metric(logits)
+        if not isinstance(value, Tensor) or value.numel() != 1:
+            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(
+                f"{who}: metric must return a scalar tensor, got {shape}; reduce it (.sum(), .mean())."
+            )
+        if not value.requires_grad:
+            raise ValueError(
+                f"{who}: the metric's value has no gradient; compute it from the logits it is given."
+            )
+        value.backward()
+
+    def run_with_hooks(
+        self,
+        batch: PromptBatch,
+        fwd_hooks: FwdHooks = (),
+        grad: bool = False,
+        bwd_hooks: FwdHooks = (),
+        metric: Metric | None = None,
+    ) -> Float[Tensor, "batch pos d_vocab"]:
+        """Logits of ``batch`` with hooks active for this one forward (and backward).
+
+        With ``bwd_hooks`` the call runs ``metric(logits).backward()`` while the hooks are in place
+        (TransformerLens leaves that to the caller, with ``reset_hooks_end=False``; here no hook
+        outlives the call). For a backward of your own, use ``with model.hooks(bwd_hooks=...)``.
+
+        Args:
+            batch: The prompts.
+            fwd_hooks: ``[(name_or_predicate, fn), ...]`` as in TransformerLens.
+            grad: Keep the autograd graph (default off; implied by ``bwd_hooks``).
+            bwd_hooks: ``[(name_or_predicate, fn), ...]``; ``fn(grad, hook)`` sees the gradient of
+                ``metric`` w.r.t. that activation.
+            metric: ``logits -> scalar tensor``; required with ``bwd_hooks``.
+
+        Raises:
+            ValueError: ``bwd_hooks`` without a scalar ``metric``.
+        """
+        if bwd_hooks:
+            _require_metric(metric, "run_with_hooks(bwd_hooks=...)")
+        with torch.set_grad_enabled(grad or bool(bwd_hooks)), self.hooks(fwd_hooks, bwd_hooks):
+            logits = self._forward(batch)
+            if bwd_hooks:
+                self._backward(logits, metric, "run_with_hooks(bwd_hooks=...)")
+                logits = logits.detach()
+        return logits
+
+    def _caching_names(self, names_filter: NamesFilter) -> list[list[str]]:
+        """Names to cache, grouped per hook point (one hook per point, stored under every name)."""
+        if names_filter is not None:
+            return [[name] for name in self.resolve_names(names_filter)]
+        groups: dict[int, list[str]] = {}
+        for name, point in self.bridge.hook_dict.items():
+            if self.bridge._gated_hook_reason(point.name or name) is None:  # gated points never fire
+                groups.setdefault(id(point), []).append(name)
+        return list(groups.values())
+
+    def run_with_cache(
+        self,
+        batch: PromptBatch,
+        names_filter: NamesFilter = None,
+        positions: Positions = None,
+        device: str | torch.device = "cpu",
+        fwd_hooks: FwdHooks = (),
+        incl_bwd: bool = False,
+        metric: Metric | None = None,
+    ) -> tuple[Float[Tensor, "batch pos d_vocab"], ActivationCache]:
+        """Logits and an :class:`ActivationCache` of the hooks selected by ``names_filter``.
+
+        Args:
+            batch: The prompts.
+            names_filter: Hook names to cache (name, names, predicate). None caches every hook that
+                fires, under each of its names (``blocks.0.hook_resid_post`` and its bridge alias
+                ``blocks.0.hook_out``), as TransformerLens does; with ``positions`` set, hooks without
+                the prompt's ``[batch, pos]`` axes (the vision tower) are left out.
+            positions: Token positions kept at capture time (:data:`vlminterp.positions.Positions`);
+                None keeps all.
+                Applies to decoder hooks (``[batch, pos, ...]``); attention patterns are selected on
+                their query axis.
+            device: Where cached tensors are stored (detached), default CPU.
+            fwd_hooks: Interventions active during the run; caching sees their result.
+            incl_bwd: Also cache the gradient of ``metric`` w.r.t. each cached activation, under
+                ``name + "_grad"`` (TransformerLens's keys).
+            metric: ``logits -> scalar tensor``; required with ``incl_bwd``.
+
+        Returns:
+            ``(logits, cache)``; with ``positions="last"`` each ``resid_post`` entry is ``[batch, d_model]``.
+
+        Example:
+            >>> from vlminterp import HookedVLM, Sample, Condition, PromptBatch
+            >>> model = HookedVLM.tiny("llava")
+            >>> batch = PromptBatch.paired(model, [Sample(id="a", query="hi")], [Condition.TEXT_ONLY])
+            >>> _, cache = model.run_with_cache(
+            ...     batch, "blocks.1.hook_resid_post", incl_bwd=True, metric=lambda logits: logits[0, -1, 5]
+            ... )
+            >>> sorted(cache)
+            ['blocks.1.hook_resid_post', 'blocks.1.hook_resid_post_grad']
+        """
+        if incl_bwd:
+            _require_metric(metric, "run_with_cache(incl_bwd=True)")
+        groups = self._caching_names(names_filter)
+        select = position_selector(positions, batch, self.device)
+        n, t = batch.input_ids.shape
+        store: dict[str, Tensor] = {}
+
+        def make_hook(names: list[str], suffix: str) -> HookFn:
+            def cache_hook(activation: Tensor, hook: Any) -> None:
+                value = activation
+                if select is not None:
+                    if names_filter is None and not _has_prompt_axes(names[0], activation, n, t):
+                        return
+                    value = select(names[0], activation)
+                value = value.detach().to(device)
+                for name in names:
+                    store[name + suffix] = value
+
+            return cache_hook
+
+        caching = [(names[0], make_hook(names, "")) for names in groups]
+        grads = [(names[0], make_hook(names, "_grad")) for names in groups] if incl_bwd else []
+        with torch.set_grad_enabled(incl_bwd), self.hooks([*fwd_hooks, *caching], grads):
+            logits = self._forward(batch)
+            if incl_bwd:
+                self._backward(logits, metric, "run_with_cache(incl_bwd=True)")
+                logits = logits.detach()
+        cache = ActivationCache(
+            store, positions=describe_positions(positions), meta=batch.to_dict(), model=self.bridge
+        )
+        return logits, cache
+
+
+def _require_metric(metric: Metric | None, who: str) -> None:
+    if metric is None:
+        raise ValueError(
+            f"{who} needs metric=: a function of the logits returning a scalar to differentiate "
+            "(e.g. lambda logits: logits[:, -1, token].sum())."
+        )
+
+
+def _has_prompt_axes(name: str, x: Tensor, n: int, t: int) -> bool:
+    """Whether ``x`` has the prompt's ``[batch, pos]`` axes (decoder hooks; not the vision tower)."""
+    pos_dim = 2 if name.endswith(("hook_pattern", "hook_attn_scores")) else 1
+    return x.dim() > pos_dim and x.shape[0] == n and x.shape[pos_dim] == t
