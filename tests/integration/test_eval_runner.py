@@ -180,11 +180,17 @@ def test_eval_main_end_to_end(tmp_path, capsys):
     assert eval_main(argv) == 0
     assert "unsafe_rate" in capsys.readouterr().out
     metrics = (tmp_path / "metrics.csv").read_text().splitlines()
-    assert metrics[0] == "dataset,condition,method,judge,metric,value,n,ci_low,ci_high" and len(metrics) == 3
+    assert (
+        metrics[0] == "model,dataset,condition,method,judge,metric,value,n,ci_low,ci_high"
+        and len(metrics) == 3
+    )
+    assert json.loads((tmp_path / "metrics.json").read_text())[0]["model"] == "tiny:llava"
     assert len(read_responses(tmp_path / "responses.jsonl")) == 3
+    responses = (tmp_path / "responses.jsonl").read_text()
+    assert '"model": "tiny:llava"' in responses and "vlminterp-tiny" not in responses  # the spec, not a path
     cfg = EvalConfig.from_dict(json.loads((tmp_path / "config.json").read_text()))
     assert cfg == EvalConfig.from_dict(cfg.to_dict()) and cfg.limit == 3
-    with pytest.raises(ValueError, match="Valid names"):
+    with pytest.raises(ValueError, match="unknown dataset"):
         EvalConfig(model="tiny:llava", dataset="nope", root=".", out=".")
     with pytest.raises(ValueError, match="keyword:<preset>"):
         EvalConfig(model="tiny:llava", dataset="figstep", root=".", out=".", judge="gpt4")

@@ -1,21 +1,22 @@
 """One evaluation run as a config: load a benchmark, generate, judge, write tidy rows.
 
 ``EvalConfig`` is what the ``vlminterp eval`` command fills in; :func:`run_eval` does the work and
-:func:`eval_main` parses ``argv`` (importable, so the CLI and tests call the same code). A run writes
-into ``out``: ``responses.jsonl`` (resumable, see :mod:`.runner`), ``verdicts.jsonl`` and
-``metrics.csv`` (tidy: one metric per row), both written tmp + rename.
+:func:`eval_main` parses ``argv`` (importable, so the CLI and tests call the same code). The model,
+dataset and judge are specs (:mod:`vlminterp.specs`), all checked when the config is made, before
+anything is written. A run writes into ``out``: ``config.json``, ``responses.jsonl`` (resumable, see
+:mod:`.runner`; the model named by its spec), ``verdicts.jsonl`` and ``metrics.json`` /
+``metrics.csv`` + ``manifest.json`` (tidy rows, :func:`vlminterp.results.write_results`).
 
 Example:
-    >>> cfg = EvalConfig(model="tiny:llava", dataset="jailbreakllms", root="data/jailbreak_llms",
-    ...                  out="results/eval", condition="text_only", limit=8, judge="none")
-    >>> EvalConfig.from_dict(cfg.to_dict()) == cfg
-    True
+    >>> cfg = EvalConfig(model="tiny:llava", dataset="organism", out="results/eval", condition="text_only",
+    ...                  limit=8, judge="organism")
+    >>> EvalConfig.from_dict(cfg.to_dict()) == cfg, str(cfg.dataset_spec()), cfg.judge_spec().name
+    (True, 'organism:test', 'organism')
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 from collections.abc import Sequence
@@ -23,12 +24,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vlminterp import data
-from vlminterp.eval.judges import KEYWORD_PRESETS, KeywordJudge
 from vlminterp.eval.metrics import rate_table
 from vlminterp.eval.runner import generate_responses
-from vlminterp.io import atomic_path, write_text_atomic
+from vlminterp.io import write_text_atomic
 from vlminterp.prompts import Condition
-from vlminterp.specs import MODEL_SPEC_HELP, ModelSpec
+from vlminterp.results import write_results
+from vlminterp.specs import (
+    DATASET_SPEC_HELP,
+    JUDGE_SPEC_HELP,
+    MODEL_SPEC_HELP,
+    DatasetSpec,
+    JudgeSpec,
+    ModelSpec,
+)
 
 if TYPE_CHECKING:
     from vlminterp.interventions import Intervention
@@ -42,29 +50,29 @@ class EvalConfig:
 
     Attributes:
         model: A model spec (:mod:`vlminterp.specs`): ``organism``, ``tiny``, ``tiny:FAMILY``, a checkpoint.
-        dataset: A name from :func:`vlminterp.data.names`.
-        root: The benchmark folder.
+        dataset: A dataset name (:class:`vlminterp.specs.DatasetSpec`: ``organism``, ``tiny``, ``demo``
+            or a :func:`vlminterp.data.names` benchmark read from ``root``).
         out: Output folder.
+        root: The benchmark folder (benchmarks only).
         condition: A :class:`Condition` value.
         method: Name recorded per row; anything but ``"none"`` needs an intervention passed to :func:`run_eval`.
-        judge: ``"none"`` or ``"keyword:<preset>"`` (presets in :data:`KEYWORD_PRESETS`).
-        judges_dir: Folder of the keyword lists (``shared/data/judges``).
-        split, limit, seed, on_missing: Passed to :func:`vlminterp.data.load`.
+        judge: A judge spec: ``"none"``, ``"organism"`` or ``"keyword:<preset>"``.
+        judges_dir: Folder of the keyword lists (default :data:`vlminterp.specs.DEFAULT_JUDGES_DIR`).
+        split, limit, on_missing: The dataset's split, first ``limit`` samples per label, missing images.
         max_new_tokens, batch_size: Generation settings.
         options: Dataset options (``{"scenarios": ["01"]}``).
     """
 
     model: str
     dataset: str
-    root: str
     out: str
+    root: str | None = None
     condition: str = "image"
     method: str = "none"
     judge: str = "keyword:refusal_direction"
     judges_dir: str | None = None
     split: str | None = None
     limit: int | None = None
-    seed: int = 0
     on_missing: str = "raise"
     max_new_tokens: int = 256
     batch_size: int = 8
@@ -73,21 +81,24 @@ class EvalConfig:
     def __post_init__(self) -> None:
         ModelSpec.parse(self.model)
         Condition.parse(self.condition)
-        if self.dataset.strip().lower().replace("_", "-") not in data.names():
-            raise ValueError(f"Unknown dataset {self.dataset!r}. Valid names: {data.names()}.")
-        if self.judge != "none":
-            kind, _, preset = self.judge.partition(":")
-            if kind != "keyword" or preset not in KEYWORD_PRESETS:
-                raise ValueError(
-                    f"judge={self.judge!r}: use 'none' or 'keyword:<preset>' with a preset from "
-                    f"{sorted(KEYWORD_PRESETS)}."
-                )
-            if self.judges_dir is None:
-                raise ValueError(
-                    "A keyword judge needs judges_dir (the folder of the keyword list JSON files)."
-                )
+        self.dataset_spec()
+        self.judge_spec()
         if self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ValueError("max_new_tokens and batch_size must be >= 1.")
+            raise ValueError("--max-new-tokens and --batch-size must be >= 1.")
+        out = Path(self.out)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {self.out!r} is a file; give a folder (it is created).")
+
+    def dataset_spec(self) -> DatasetSpec:
+        """The dataset as a :class:`DatasetSpec` (raises naming ``--dataset`` when it is not valid)."""
+        text = f"{self.dataset}:{self.split}" if self.split else self.dataset
+        return DatasetSpec.parse(
+            text, self.root, self.limit, self.on_missing, self.options, option="--dataset"
+        )
+
+    def judge_spec(self) -> JudgeSpec:
+        """The judge as a :class:`JudgeSpec` (raises naming ``--judge`` when it is not valid)."""
+        return JudgeSpec.parse(self.judge, self.judges_dir)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -110,15 +121,9 @@ def run_eval(
     """
     if config.method != "none" and intervention is None:
         raise ValueError(f"method={config.method!r} needs its intervention passed to run_eval.")
-    samples = data.load(
-        config.dataset,
-        config.root,
-        config.split,
-        config.limit,
-        config.seed,
-        on_missing=config.on_missing,
-        **config.options,
-    )
+    dataset = config.dataset_spec()
+    judge = config.judge_spec().build()
+    samples = dataset.load()
     model = model if model is not None else ModelSpec.parse(config.model).load()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -132,29 +137,22 @@ def run_eval(
         max_new_tokens=config.max_new_tokens,
         batch_size=config.batch_size,
         method=config.method,
-        dataset=config.dataset,
+        dataset=str(dataset),
     )
-    if config.judge == "none":
+    if judge is None:
         return []
-    judge = KeywordJudge.preset(config.judge.split(":", 1)[1], config.judges_dir)
-    verdicts = judge.judge(None, [r["response"] for r in rows])
+    verdicts = judge.judge(samples, [r["response"] for r in rows])
     judged = [
-        {
-            "id": r["id"],
-            "dataset": r["dataset"],
-            "condition": r["condition"],
-            "method": r["method"],
-            **v.to_dict(),
-        }
+        {k: r[k] for k in ("id", "dataset", "condition", "method")} | v.to_dict()
         for r, v in zip(rows, verdicts, strict=True)
     ]
     write_text_atomic(out / "verdicts.jsonl", "".join(json.dumps(j) + "\n" for j in judged))
     by = ["dataset", "condition", "method", "judge"]
-    metrics = rate_table(judged, "unsafe", by) + rate_table(judged, "refused", by)
-    with atomic_path(out / "metrics.csv") as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[*by, "metric", "value", "n", "ci_low", "ci_high"])
-        writer.writeheader()
-        writer.writerows(metrics)
+    name = ModelSpec.parse(config.model).name
+    metrics = [
+        {"model": name, **r} for r in rate_table(judged, "unsafe", by) + rate_table(judged, "refused", by)
+    ]
+    write_results(out, metrics, {**config.to_dict(), "model": name}, "metrics")
     return metrics
 
 
@@ -162,15 +160,14 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     """``vlminterp eval`` entry point: parse ``argv``, run, print the metric table."""
     p = argparse.ArgumentParser(prog="vlminterp eval", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help=MODEL_SPEC_HELP)
-    p.add_argument("--dataset", required=True, choices=data.names())
-    p.add_argument("--root", required=True)
+    p.add_argument("--dataset", required=True, help=DATASET_SPEC_HELP)
+    p.add_argument("--root", default=None, help="the benchmark's folder (vlminterp.data datasets)")
     p.add_argument("--out", required=True)
     p.add_argument("--condition", default="image", choices=[c.value for c in Condition])
-    p.add_argument("--judge", default="keyword:refusal_direction")
-    p.add_argument("--judges-dir", default=None)
+    p.add_argument("--judge", default="keyword:refusal_direction", help=JUDGE_SPEC_HELP)
+    p.add_argument("--judges-dir", default=None, help="folder of the keyword lists")
     p.add_argument("--split", default=None)
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None, help="first N samples of each label")
     p.add_argument("--on-missing", default="raise", choices=list(data.ON_MISSING))
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8)
@@ -187,22 +184,24 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
             options[key] = json.loads(value)
         except json.JSONDecodeError:
             options[key] = value
-    config = EvalConfig(
-        model=args.model,
-        dataset=args.dataset,
-        root=args.root,
-        out=args.out,
-        condition=args.condition,
-        judge=args.judge,
-        judges_dir=args.judges_dir,
-        split=args.split,
-        limit=args.limit,
-        seed=args.seed,
-        on_missing=args.on_missing,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        options=options,
-    )
+    try:
+        config = EvalConfig(
+            model=args.model,
+            dataset=args.dataset,
+            root=args.root,
+            out=args.out,
+            condition=args.condition,
+            judge=args.judge,
+            judges_dir=args.judges_dir,
+            split=args.split,
+            limit=args.limit,
+            on_missing=args.on_missing,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            options=options,
+        )
+    except ValueError as e:
+        p.error(str(e))
     for row in run_eval(config):
         print(
             f"{row['dataset']:<18} {row['condition']:<10} {row['method']:<8} {row['metric']:<13} "

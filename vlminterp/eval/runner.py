@@ -1,7 +1,8 @@
 """Generate responses for a benchmark under one condition (and an optional intervention), resumably.
 
 Each sample gives one JSON line ``{id, dataset, condition, method, query, response, label, meta,
-settings}`` in ``out_path``. Rows of one (condition, method, dataset) are one run; a file may hold
+settings}`` in ``out_path`` (``settings`` names the model by its spec, :func:`vlminterp.specs.model_name`,
+never a machine path). Rows of one (condition, method, dataset) are one run; a file may hold
 several. Lines are appended per batch by rewriting the file to a temporary file and renaming it (so
 an interrupted run leaves only whole lines), and a rerun skips the ids already there, so a long run
 never loses finished work.
@@ -13,8 +14,11 @@ build their twin rows there; the responses are the output rows).
 Example:
     >>> from vlminterp import HookedVLM, Sample
     >>> model = HookedVLM.tiny("llava")
-    >>> rows = generate_responses(model, [Sample("a", "hi")], "text_only", "/tmp/r.jsonl",
-    ...                           max_new_tokens=2, progress=False)  # doctest: +SKIP
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "responses.jsonl"
+    >>> rows = generate_responses(model, [Sample("a", "hi")], "text_only", path, max_new_tokens=2, progress=False)
+    >>> len(rows), rows[0]["settings"]["model"], read_responses(path) == rows
+    (1, 'tiny:llava', True)
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from tqdm.auto import tqdm
 from vlminterp.interventions.base import Intervention
 from vlminterp.io import write_text_atomic
 from vlminterp.prompts import Condition, PromptBatch, Sample
+from vlminterp.specs import model_name
 
 if TYPE_CHECKING:
     from vlminterp.models.hooked_vlm import HookedVLM
@@ -110,7 +115,7 @@ def generate_responses(
         )
     method = method or ("none" if intervention is None else type(intervention).__name__)
     settings = {
-        "model_id": model.cfg.model_id,
+        "model": model_name(model),
         "max_new_tokens": max_new_tokens,
         "do_sample": False,
         "intervention": None
