@@ -133,7 +133,10 @@ class HookingMixin:
     __call__ = forward
 
     def _backward(self, logits: Tensor, metric: Metric, who: str) -> None:
-        """``metric(logits).backward()``, after checking that ``metric`` gives a differentiable scalar."""
+        """``metric(logits).backward()``, after checking that ``metric`` gives a differentiable scalar.
+
+        The weights' ``.grad`` are left as they were: the backward is for the hooks, not for training.
+        """
         value = metric(logits)
         if not isinstance(value, Tensor) or value.numel() != 1:
             shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
@@ -144,7 +147,13 @@ class HookingMixin:
             raise ValueError(
                 f"{who}: the metric's value has no gradient; compute it from the logits it is given."
             )
-        value.backward()
+        params = [p for p in self.bridge.original_model.parameters() if p.requires_grad]
+        saved = [p.grad for p in params]
+        try:
+            value.backward()
+        finally:
+            for p, g in zip(params, saved, strict=True):
+                p.grad = g
 
     def run_with_hooks(
         self,
