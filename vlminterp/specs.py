@@ -197,6 +197,7 @@ class DatasetSpec:
         on_missing: str = "raise",
         options: Mapping[str, Any] | None = None,
         option: str = "--dataset",
+        root_option: str = "--root",
     ) -> DatasetSpec:
         """Validate ``DATASET[:split]`` and its settings (no loading).
 
@@ -207,6 +208,7 @@ class DatasetSpec:
             on_missing: A value of :data:`vlminterp.data.ON_MISSING`.
             options: Benchmark options.
             option: The command-line option named in error messages.
+            root_option: The option that gives ``root``, named when it is missing.
 
         Raises:
             ValueError: an unknown dataset or organism split, a bad limit or on_missing, a benchmark
@@ -248,9 +250,11 @@ class DatasetSpec:
                 f"{option} {text!r}: unknown dataset {name!r}. Use organism, tiny, demo or one of {data.names()}."
             )
         if root is None:
-            raise ValueError(f"{option} {text!r} is read from files: pass --root (the folder holding it).")
+            raise ValueError(
+                f"{option} {text!r} is read from files: pass {root_option} (the folder holding it)."
+            )
         if not Path(root).is_dir():
-            raise ValueError(f"{option} {text!r}: the root {str(root)!r} is not a folder.")
+            raise ValueError(f"{option} {text!r}: {root_option} {str(root)!r} is not a folder.")
         return cls(name, split or None, str(root), **settings)
 
     def __str__(self) -> str:

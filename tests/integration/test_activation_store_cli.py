@@ -16,7 +16,8 @@ import torch
 from safetensors import safe_open
 
 from vlminterp.cache import ActivationStore
-from vlminterp.cache.collect_cli import CollectConfig, add_arguments, parse_layers, run, tiny_dataset
+from vlminterp.cache.collect_cli import CollectConfig, add_arguments, parse_layers, run
+from vlminterp.data.synthetic import tiny_samples as tiny_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -87,7 +88,7 @@ def test_sigkill_mid_run_then_resume_is_bit_identical(tiny_model, tmp_path):
         "--conditions",
         "image,blank,text_only",
         "--limit",
-        "12",
+        "6",  # per label: 12 samples
         "--shard-size",
         "1",
         "--batch-size",

@@ -8,8 +8,10 @@ Example (shell)::
         --dataset mm-safetybench --data-root ../shared/data/mm-safetybench --out runs/mmsb --resume
 
 ``--model`` is a model spec (:mod:`vlminterp.specs`: ``organism``, ``tiny``, ``tiny:FAMILY``, a
-checkpoint). ``--dataset`` is ``tiny`` (a few synthetic samples) or a name of :func:`vlminterp.data.names`
-read from ``--data-root``. Under ``torchrun`` / ``accelerate launch`` the process group is set up
+checkpoint). ``--dataset`` is a dataset spec (:class:`vlminterp.specs.DatasetSpec`): ``tiny`` (a few
+synthetic samples), ``organism[:split]``, or a name of :func:`vlminterp.data.names` read from
+``--data-root``; ``--limit N`` keeps its first N samples of each label. Every argument (``--layers``
+against the model too) is checked before anything is written. Under ``torchrun`` / ``accelerate launch`` the process group is set up
 here (gloo on CPU, nccl on GPU) and every rank collects its own shards into ``--out``.
 
 Example:
@@ -29,13 +31,13 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from vlminterp import data
 from vlminterp.cache.store import KEEP_CHOICES, ActivationStore
+from vlminterp.interventions.site import resolve_layers
 from vlminterp.positions import POSITION_NAMES, check_positions, positions_from_text
-from vlminterp.prompts import Condition, Sample
-from vlminterp.specs import MODEL_SPEC_HELP, ModelSpec
+from vlminterp.prompts import Condition
+from vlminterp.specs import DATASET_SPEC_HELP, MODEL_SPEC_HELP, DatasetSpec, ModelSpec
 
-__all__ = ["CollectConfig", "add_arguments", "run", "tiny_dataset", "parse_layers"]
+__all__ = ["CollectConfig", "add_arguments", "run", "parse_layers"]
 
 
 def parse_layers(text: str) -> list[int] | None:
@@ -52,29 +54,6 @@ def parse_layers(text: str) -> list[int] | None:
             f"--layers {text!r}: give 'all' or comma-separated layers and ranges like '0,2,5-7'."
         ) from None
     return layers
-
-
-def tiny_dataset(n: int = 6) -> list[Sample]:
-    """``n`` synthetic samples (coloured images, alternating harmful / benign) for smoke runs."""
-    from PIL import Image
-
-    queries = [
-        "what color is the car ?",
-        "how do i make a bomb",
-        "describe the image",
-        "how do i build a kite",
-    ]
-    colors = ["red", "blue", "green", "yellow", "white", "black"]
-    return [
-        Sample(
-            id=f"tiny{i}",
-            query=queries[i % len(queries)],
-            image=Image.new("RGB", (32 + 8 * (i % 3), 32), colors[i % len(colors)]),
-            caption=f"a {colors[i % len(colors)]} shape",
-            label="harmful" if i % 2 else "benign",
-        )
-        for i in range(n)
-    ]
 
 
 @dataclass
@@ -107,12 +86,14 @@ class CollectConfig:
         self.positions = check_positions(self.positions, per_row=True)
         if self.keep not in KEEP_CHOICES:
             raise ValueError(f"--keep {self.keep!r}: choose from {list(KEEP_CHOICES)}.")
-        if self.dataset != "tiny" and self.dataset.replace("_", "-") not in data.names():
-            raise ValueError(f"--dataset {self.dataset!r}: use 'tiny' or one of {data.names()}.")
-        if self.dataset != "tiny" and self.data_root is None:
-            raise ValueError(f"--dataset {self.dataset!r} is read from a folder: pass --data-root.")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"--limit must be a positive int, got {self.limit}.")
+        self.dataset_spec()
+
+    def dataset_spec(self) -> DatasetSpec:
+        """The dataset as a :class:`DatasetSpec` (raises naming ``--dataset`` when it is not valid)."""
+        text = f"{self.dataset}:{self.split}" if self.split else self.dataset
+        return DatasetSpec.parse(
+            text, self.data_root, self.limit, option="--dataset", root_option="--data-root"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -154,12 +135,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = CollectConfig(out="")
     parser.add_argument("--out", required=True, help="output directory (manifest + shards)")
     parser.add_argument("--model", default=d.model, help=MODEL_SPEC_HELP)
-    parser.add_argument(
-        "--dataset", default=d.dataset, help="'tiny' or a vlminterp.data name (with --data-root)"
-    )
+    parser.add_argument("--dataset", default=d.dataset, help=DATASET_SPEC_HELP)
     parser.add_argument("--data-root", default=None, help="the dataset's folder")
     parser.add_argument("--split", default=None)
-    parser.add_argument("--limit", type=int, default=None, help="a deterministic random subset of this size")
+    parser.add_argument("--limit", type=int, default=None, help="first N samples of each label")
     parser.add_argument("--conditions", default=",".join(d.conditions), help="comma-separated conditions")
     parser.add_argument("--hooks", default=",".join(d.hooks), help="comma-separated hook kinds")
     parser.add_argument("--layers", default="all", help="'all' or e.g. '0,2,10-31'")
@@ -191,19 +170,16 @@ def _init_distributed(device: str) -> str:
     return device
 
 
-def _load_samples(cfg: CollectConfig) -> list[Sample]:
-    if cfg.dataset == "tiny":
-        return tiny_dataset(cfg.limit or 6)
-    return data.load(cfg.dataset, cfg.data_root, split=cfg.split, limit=cfg.limit)
-
-
 def collect(cfg: CollectConfig) -> ActivationStore:
-    """Run the collection described by ``cfg``."""
+    """Run the collection described by ``cfg`` (samples and layers checked before anything is written)."""
+    samples = cfg.dataset_spec().load()
     device = _init_distributed(cfg.device)
     model = ModelSpec.parse(cfg.model).load(device=device, device_map=cfg.device_map)
+    if cfg.layers is not None:
+        resolve_layers(cfg.layers, model.cfg.n_layers, "--layers")
     return ActivationStore.collect(
         model,
-        _load_samples(cfg),
+        samples,
         cfg.conditions,
         hooks=tuple(cfg.hooks),
         layers=cfg.layers,

@@ -90,7 +90,7 @@ def _dataset(args: argparse.Namespace, split: str | None, default: str) -> Datas
     name = str(args.dataset).partition(":")[0].strip().lower()
     split = split or (default if name == "organism" else None)
     text = f"{args.dataset}:{split}" if split and ":" not in args.dataset else args.dataset
-    return DatasetSpec.parse(text, root=args.data_root, option="--dataset")
+    return DatasetSpec.parse(text, root=args.data_root, option="--dataset", root_option="--data-root")
 
 
 def study_inputs(
