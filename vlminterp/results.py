@@ -158,7 +158,11 @@ def _portable(config: Mapping[str, Any], out: Path) -> dict[str, Any]:
 
 
 def write_results(
-    out: str | Path, rows: Sequence[Mapping[str, Any]], config: Mapping[str, Any], name: str = "results"
+    out: str | Path,
+    rows: Sequence[Mapping[str, Any]],
+    config: Mapping[str, Any],
+    name: str = "results",
+    info: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``out/NAME.json`` + ``out/NAME.csv`` (the rows) and ``out/manifest.json``; returns the JSON path.
 
@@ -169,6 +173,8 @@ def write_results(
             are written relative to it).
         name: File stem; a command with several tables calls this once per table (the manifest lists
             every file in the folder).
+        info: Facts about the run for the manifest that are not settings (seconds, sample counts):
+            recorded under ``info``, not hashed.
 
     Returns:
         The path of ``NAME.json``.
@@ -183,6 +189,7 @@ def write_results(
     manifest = {
         "config": settings,
         "config_hash": config_hash(settings),
+        "info": dict(info or {}),
         "versions": versions(),
         "files": sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith(".")),
     }

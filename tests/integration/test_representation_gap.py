@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from vlminterp import viz
+from vlminterp.data.synthetic import demo_samples
 from vlminterp.studies import representation_gap as study
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,7 +21,7 @@ def no_png(monkeypatch):
 
 
 def test_collection_batched_equals_one_sample_at_a_time(tiny_model):
-    samples = study.demo_samples(4)
+    samples = demo_samples(2)
     cfg = study.RepresentationGapConfig(limit=None, batch_size=4)
     one = study.collect(tiny_model, samples, study.RepresentationGapConfig(batch_size=1))
     batched = study.collect(tiny_model, samples, cfg)
@@ -32,7 +33,7 @@ def test_collection_batched_equals_one_sample_at_a_time(tiny_model):
 
 def test_study_end_to_end(tiny_model, tmp_path, no_png, capsys):
     out = tmp_path / "rg"
-    cfg = study.RepresentationGapConfig(limit=12, n_splits=3, out=str(out))
+    cfg = study.RepresentationGapConfig(limit=6, n_splits=3, out=str(out))
     study.run(cfg, model=tiny_model)
     rows = json.loads((out / "results.json").read_text())
     assert all({"model", "dataset", "analysis", "layer", "metric", "value"} <= set(r) for r in rows)
@@ -60,8 +61,10 @@ def test_study_end_to_end(tiny_model, tmp_path, no_png, capsys):
     n_pc = sum(r["analysis"] == "pca" and r["metric"] == "pc1" for r in rows)
     assert n_pc == 12 * 4 * tiny_model.cfg.n_layers  # samples x conditions x layers
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["config_hash"] == cfg.hash() and manifest["n_rows"] == len(rows)
-    assert study.RepresentationGapConfig.from_dict(manifest["config"]) == cfg
+    assert manifest["config_hash"] == cfg.hash() and manifest["info"]["n_rows"] == len(rows)
+    assert manifest["info"]["model"] == "tiny:llava" and "out" not in manifest["config"]
+    assert (out / "results.csv").read_text().count("\n") == len(rows) + 1
+    assert study.RepresentationGapConfig.from_dict({**manifest["config"], "out": str(out)}) == cfg
     for name in viz.FIGURES:
         assert (out / f"{name}.html").is_file()
 
@@ -75,7 +78,7 @@ def test_study_end_to_end(tiny_model, tmp_path, no_png, capsys):
 def test_figure_script_runs_on_the_study_json(tiny_model, tmp_path, no_png, monkeypatch):
     out = tmp_path / "rg"
     study.run(
-        study.RepresentationGapConfig(limit=10, n_splits=2, out=str(out), conditions=("image", "text_only")),
+        study.RepresentationGapConfig(limit=5, n_splits=2, out=str(out), conditions=("image", "text_only")),
         model=tiny_model,
     )
     argv = [str(out / "results.json"), "--out", str(tmp_path / "fig")]
@@ -89,8 +92,8 @@ def test_figure_script_runs_on_the_study_json(tiny_model, tmp_path, no_png, monk
     [
         ({"conditions": ("image", "blank")}, "must include 'text_only'"),
         ({"conditions": ("image", "text_only", "photo")}, "Unknown condition 'photo'"),
-        ({"limit": 6}, "use --limit >= 10"),
-        ({"dataset": "mm-safetybench"}, "needs --data-root"),
+        ({"limit": 4}, "use --limit >= 5"),
+        ({"dataset": "mm-safetybench"}, "pass --data-root"),
         ({"n_splits": 1}, "n_splits must be >= 2"),
     ],
 )
@@ -100,5 +103,15 @@ def test_config_rejects_bad_input(kwargs, match):
 
 
 def test_bad_layer_names_the_range(tiny_model):
-    with pytest.raises(ValueError, match=r"layers \[7\] do not exist; the model has layers 0..1"):
-        study.collect(tiny_model, study.demo_samples(2), study.RepresentationGapConfig(layers=(7,)))
+    with pytest.raises(ValueError, match=r"--layers \[7\] are out of range for a 2-layer model"):
+        study.collect(tiny_model, demo_samples(1), study.RepresentationGapConfig(layers=(7,)))
+
+
+def test_cli_refuses_bad_layers_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "gap"
+    with pytest.raises(SystemExit) as e:
+        study.main(
+            ["--model", "tiny", "--limit", "2", "--n-splits", "2", "--layers", "0,9", "--out", str(out)]
+        )
+    assert e.value.code == 2 and "--layers [9] are out of range" in capsys.readouterr().err
+    assert not out.exists()

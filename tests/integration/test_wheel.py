@@ -90,7 +90,7 @@ def test_the_installed_package_is_the_wheel_not_the_checkout(installed):
         ["demo", "--out", "demo", "--no-progress"],
         ["doctor", "--families", "llava"],
         ["collect", "--model", "tiny", "--limit", "2", "--no-progress", "--out", "collect"],
-        ["gap", "--model", "tiny:llava", "--limit", "4", "--n-splits", "2", "--out", "gap"],
+        ["gap", "--model", "tiny:llava", "--limit", "2", "--n-splits", "2", "--out", "gap"],
         ["steer", "cmrm", "--model", "organism", "--eval", "organism:test", "--judge", "organism", "--limit", "4",
          "--anchor", "organism:train", "--alpha", "0.5", "--max-new-tokens", "10", "--no-progress", "--out", "cmrm"],
         ["steer", "shiftdc", "--model", "organism", "--eval", "organism:test", "--judge", "organism", "--limit", "4",
