@@ -132,6 +132,26 @@ def test_logit_lens_of_the_last_layer_is_the_models_logits(model):
     close(model.W_E, model.hf_model.get_input_embeddings().weight)
 
 
+def test_token_helpers_and_roles_of_a_batch_row(tiny_model, samples):
+    tok = tiny_model.tokenizer
+    ids = tiny_model.to_tokens("what color is the car ?")
+    assert ids[0].tolist() == tok("what color is the car ?")["input_ids"]
+    assert tiny_model.to_string(ids[0]) == tok.decode(ids[0])
+    batch = image_batch(tiny_model, samples)
+    for row in range(len(batch)):
+        tokens, roles = tiny_model.to_str_tokens(batch, row=row, return_roles=True)
+        assert tokens == [tok.decode([t]) for t in batch.input_ids[row].tolist()]
+        for role in ("image", "instruction", "template"):
+            expected = batch.masks[role][row].nonzero().flatten().tolist()
+            assert [i for i, r in enumerate(roles) if r == role] == expected
+        assert roles.count("pad") == int((batch.attention_mask[row] == 0).sum())
+    assert "image" in tiny_model.to_str_tokens(batch, row=0, return_roles=True)[1]
+    with pytest.raises(ValueError, match="give the row to read"):
+        tiny_model.to_str_tokens(batch)
+    with pytest.raises(ValueError, match="PromptBatch input only"):
+        tiny_model.to_str_tokens("hi", row=0)
+
+
 # ---------------------------------------------------------------------- image prompts and positions
 def test_decomposition_sums_to_the_residual_stream_on_image_prompts(model, samples):
     _, cache = model.run_with_cache(image_batch(model, samples))

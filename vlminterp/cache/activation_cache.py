@@ -79,13 +79,14 @@ class ModelFreedError(RuntimeError):
 class _ModelView:
     """What TransformerLens's cache methods read from ``cache.model``, without owning the model.
 
-    ``cfg`` is kept (a small config object); every other attribute (``blocks``, ``ln_final``,
+    ``cfg`` is kept (a small config object, absent without a model); every other attribute (``blocks``, ``ln_final``,
     ``W_U``, ``tokens_to_residual_directions``, ...) is read from the bridge through a weak reference.
     """
 
     def __init__(self, bridge: Any | None):
-        self.cfg = None if bridge is None else bridge.cfg
         self._ref = None if bridge is None else weakref.ref(bridge)
+        if bridge is not None:
+            self.cfg = bridge.cfg
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
@@ -93,13 +94,13 @@ class _ModelView:
         bridge = None if self._ref is None else self._ref()
         if bridge is None:
             why = (
-                "was built without one (pass model=model.bridge)"
+                "it was built without a model: pass model=model.bridge"
                 if self._ref is None
-                else "was freed (keep the HookedVLM alive while you use its cache)"
+                else "the model it came from was freed: keep the HookedVLM alive while you use its cache"
             )
             raise ModelFreedError(
-                f"This ActivationCache needs the model's {name!r} (weights, layer norms or tokenizer), "
-                f"but the model it came from {why}."
+                f"This ActivationCache needs the model's {name!r} (config, weights, layer norms or "
+                f"tokenizer), but {why}."
             )
         return getattr(bridge, name)
 
@@ -161,13 +162,7 @@ class ActivationCache(transformer_lens.ActivationCache):
         return f"ActivationCache({len(self)} hooks, positions={self.positions!r})"
 
     def _n_layers(self) -> int:
-        cfg = self.model.cfg
-        if cfg is None:
-            raise ModelFreedError(
-                "Negative layer indices need the model's n_layers; this cache was built without a model "
-                "(pass model=model.bridge, or use a layer index >= 0)."
-            )
-        return int(cfg.n_layers)
+        return int(self.model.cfg.n_layers)
 
     # ------------------------------------------------------------------ vlminterp additions
     def stack(self, kind: str, layers: Sequence[int] | None = None) -> Float[Tensor, "layers ..."]:
