@@ -192,11 +192,13 @@ def test_exact_head_grid_equals_patching_written_out(tiny_model, hf, noise_pair)
     assert model.count_hooks() == 0
 
 
-def test_batched_equals_one_pair_at_a_time(tiny_model, noise_pair):
+def test_batched_and_stacked_equal_one_pair_and_one_cell_at_a_time(tiny_model, noise_pair):
     model = tiny_model
     clean, corrupt = batches(model, noise_pair, (Condition.TEXT_ONLY, Condition.IMAGE))
     exact = patching.resid_grid(model, clean, corrupt, metric, groups=("instruction", "last"))
     estimate = attribution.attribution_grids(model, clean, corrupt, metric, groups=("instruction", "last"))
+    unstacked = patching.resid_grid(model, clean, corrupt, metric, groups=("instruction", "last"), max_rows=1)
+    torch.testing.assert_close(exact.effects, unstacked.effects, atol=TOL, rtol=TOL)
     for i, sample in enumerate(noise_pair):
         one_clean, one_corrupt = batches(model, [sample], (Condition.TEXT_ONLY, Condition.IMAGE))
         one = patching.resid_grid(model, one_clean, one_corrupt, metric, groups=("instruction", "last"))

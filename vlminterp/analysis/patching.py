@@ -213,18 +213,18 @@ def _patch_hook(
     x: Float[Tensor, "batch pos ..."],
     hook: Any,
     *,
-    source: Float[Tensor, "batch src_pos ..."],
-    pairs: GroupPairs,
-    head: int | None,
+    source: Float[Tensor, "row src_pos ..."],
+    blocks: Sequence[tuple[GroupPairs, int | None]],
 ) -> Float[Tensor, "batch pos ..."]:
+    """Block ``b`` (rows ``b * row .. (b + 1) * row``) gets its group's clean tokens (one head, or all)."""
     out = x.clone()
-    for i, pair in enumerate(pairs):
-        if pair is not None:
-            src, dst = pair
-            if head is None:
-                out[i, dst] = source[i, src].to(out.dtype)
-            else:
-                out[i, dst, head] = source[i, src, head].to(out.dtype)
+    n = source.shape[0]
+    for b, (pairs, head) in enumerate(blocks):
+        for i, pair in enumerate(pairs):
+            if pair is not None:
+                src, dst = pair
+                at = () if head is None else (head,)
+                out[(b * n + i, dst, *at)] = source[(i, src, *at)].to(out.dtype)
     return out
 
 
@@ -236,7 +236,10 @@ def _exact_grid(
     hook: str,
     groups: Sequence[str],
     per_head: bool,
+    max_rows: int,
 ) -> PatchGrid:
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, got {max_rows}.")
     pairs = {g: group_pairs(clean, corrupt, g) for g in groups}
     names = model.hook_names(hook)
     clean_logits, cache = model.run_with_cache(clean, names_filter=names, device=model.device)
@@ -244,19 +247,27 @@ def _exact_grid(
         clean_metric = evaluate(metric, clean_logits)
         corrupt_metric = evaluate(metric, model(corrupt))
     heads: list[int | None] = list(range(model.cfg.n_heads)) if per_head else [None]
-    shape = (len(corrupt), len(names), len(groups), *([len(heads)] if per_head else []))
-    effects = torch.full(shape, float("nan"), dtype=torch.float64)
+    n = len(corrupt)
+    effects = torch.full((n, len(names), len(groups), len(heads)), float("nan"), dtype=torch.float64)
+    # Cells (group, head) with a defined row pair; several stacked in one forward, each a copy of the rows.
+    cells = [(g, h) for g, group in enumerate(groups) if any(pairs[group]) for h in range(len(heads))]
+    per_forward = max(1, max_rows // n)
+    stacked: dict[int, PromptBatch] = {}
     for layer, name in enumerate(names):
-        for g, group in enumerate(groups):
-            rows = [i for i, p in enumerate(pairs[group]) if p is not None]
-            if not rows:
-                continue
-            for h, head in enumerate(heads):
-                patch = partial(_patch_hook, source=cache[name], pairs=pairs[group], head=head)
-                with torch.no_grad():
-                    patched = evaluate(metric, model.run_with_hooks(corrupt, fwd_hooks=[(name, patch)]))
-                cell = (rows, layer, g, *([h] if per_head else []))
-                effects[cell] = (patched - corrupt_metric)[rows].double().cpu()
+        for start in range(0, len(cells), per_forward):
+            chunk = cells[start : start + per_forward]
+            if len(chunk) not in stacked:
+                stacked[len(chunk)] = PromptBatch.concat([corrupt] * len(chunk))
+            blocks = [(pairs[groups[g]], heads[h]) for g, h in chunk]
+            patch = partial(_patch_hook, source=cache[name], blocks=blocks)
+            with torch.no_grad():
+                logits = model.run_with_hooks(stacked[len(chunk)], fwd_hooks=[(name, patch)])
+                patched = evaluate(metric, logits).view(len(chunk), n)
+            for (g, h), values in zip(chunk, patched - corrupt_metric, strict=True):
+                rows = [i for i, p in enumerate(pairs[groups[g]]) if p is not None]
+                effects[rows, layer, g, h] = values[rows].double().cpu()
+    if not per_head:
+        effects = effects[..., 0]
     return PatchGrid(
         effects=effects,
         hook=hook,
@@ -276,11 +287,14 @@ def resid_grid(
     metric: Metric,
     hook: str = "resid_pre",
     groups: Sequence[str] = GROUPS,
+    max_rows: int = 64,
 ) -> PatchGrid:
     """Exact patching of a residual-stream hook per layer x position group (clean into corrupt).
 
-    One corrupt forward per (layer, group) cell with at least one defined row pair (plus one clean
-    forward with a cache and one unpatched corrupt forward).
+    One patched corrupt run per (layer, group) cell with at least one defined row pair (plus one
+    clean run with a cache and one unpatched corrupt run). Runs of one layer are stacked into one
+    forward of up to ``max_rows`` rows (each cell a copy of the corrupt rows); the values equal one
+    cell per forward.
 
     Args:
         model: The model.
@@ -290,6 +304,7 @@ def resid_grid(
         hook: A ``[batch, pos, d_model]`` hook kind: ``resid_pre``, ``resid_mid``, ``resid_post``,
             ``attn_out``, ``mlp_out``.
         groups: Position groups to patch (default :data:`GROUPS`).
+        max_rows: Rows per forward when cells are stacked (at least one cell per forward).
 
     Returns:
         A :class:`PatchGrid` whose ``values`` are ``[layer, group]``.
@@ -297,7 +312,7 @@ def resid_grid(
     Raises:
         ValueError: unpaired batches, an unknown group or hook, a metric that does not return ``[batch]``.
     """
-    return _exact_grid(model, clean, corrupt, metric, hook, groups, per_head=False)
+    return _exact_grid(model, clean, corrupt, metric, hook, groups, per_head=False, max_rows=max_rows)
 
 
 def head_grid(
@@ -306,6 +321,7 @@ def head_grid(
     corrupt: PromptBatch,
     metric: Metric,
     groups: Sequence[str] = GROUPS,
+    max_rows: int = 64,
 ) -> PatchGrid:
     """Exact patching of each head's output (``attn.hook_z``) per layer x position group x head.
 
@@ -318,8 +334,9 @@ def head_grid(
         corrupt: Patched prompts, paired row by row with ``clean``.
         metric: ``metric(logits) -> [batch]``.
         groups: Position groups to patch (default :data:`GROUPS`).
+        max_rows: Rows per forward when cells are stacked (see :func:`resid_grid`).
 
     Returns:
         A :class:`PatchGrid` whose ``values`` are ``[layer, group, head]``.
     """
-    return _exact_grid(model, clean, corrupt, metric, "z", groups, per_head=True)
+    return _exact_grid(model, clean, corrupt, metric, "z", groups, per_head=True, max_rows=max_rows)
