@@ -1,4 +1,4 @@
-"""Samples, paired conditions and left-padded prompt batches with per-token role masks.
+"""Left-padded prompt batches with per-token role masks, built from paired conditions.
 
 Shape glossary: ``batch`` rows (one per (condition, sample) pair), ``pos`` token positions after
 left padding (the last real token of every row is at ``pos - 1``).
@@ -24,180 +24,22 @@ Example:
 
 from __future__ import annotations
 
-import enum
-import hashlib
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from jaxtyping import Bool, Int
-from PIL import Image
 from torch import Tensor
+
+from vlminterp.prompts.encoding import ROLE_NAMES, encode_row
+from vlminterp.prompts.rows import PromptRow
+from vlminterp.prompts.samples import Condition, Sample
 
 if TYPE_CHECKING:
     from vlminterp.models.hooked_vlm import HookedVLM
 
-__all__ = ["Sample", "Condition", "PromptRow", "PromptBatch", "load_image", "ROLE_NAMES"]
-
-ROLE_NAMES = ("image", "instruction", "template", "generated")
-_SENTINEL = "\u2063VLMINTERP_QUERY\u2063"
-
-
-@dataclass
-class Sample:
-    """One request of a dataset.
-
-    Attributes:
-        id: Unique id within its dataset.
-        query: The user's request text.
-        image: A PIL image, a path to an image file, or None.
-        caption: A text description of the image (CAPTION condition), or None.
-        label: ``"harmful"``, ``"benign"`` or None.
-        meta: The benchmark's own fields.
-    """
-
-    id: str
-    query: str
-    image: Image.Image | str | Path | None = None
-    caption: str | None = None
-    label: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.label not in (None, "harmful", "benign"):
-            raise ValueError(
-                f"Sample {self.id!r}: label must be 'harmful', 'benign' or None, got {self.label!r}."
-            )
-
-
-class Condition(str, enum.Enum):
-    """How a sample is turned into a prompt. Only the image part differs between conditions."""
-
-    IMAGE = "image"  # query + the sample's image
-    BLANK = "blank"  # query + a blank image of the same size
-    NOISE = "noise"  # query + a seeded noise image of the same size
-    CAPTION = "caption"  # no image; the caption template "{query} Image Caption: {caption}"
-    TEXT_ONLY = "text_only"  # query alone, no image tokens
-
-    @property
-    def has_image(self) -> bool:
-        return self in (Condition.IMAGE, Condition.BLANK, Condition.NOISE)
-
-    @classmethod
-    def parse(cls, value: str | Condition) -> Condition:
-        """A Condition from its value (``"text_only"``) or name (``"TEXT_ONLY"``)."""
-        if isinstance(value, Condition):
-            return value
-        key = str(value).strip().lower()
-        for c in cls:
-            if key == c.value:
-                return c
-        raise ValueError(f"Unknown condition {value!r}. Choose from {[c.value for c in cls]}.")
-
-
-def load_image(image: Image.Image | str | Path, sample_id: str = "?") -> Image.Image:
-    """Open ``image`` as an RGB PIL image; a missing file raises naming the sample."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    path = Path(image)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"Sample {sample_id!r}: image file {str(path)!r} does not exist. Check the dataset's image root, "
-            "or use Condition.TEXT_ONLY / Condition.CAPTION for samples without images."
-        )
-    with Image.open(path) as im:
-        return im.convert("RGB")
-
-
-def _blank_image(
-    size: tuple[int, int], blank: str | tuple[int, int, int], reference: Image.Image | None
-) -> Image.Image:
-    if blank == "mean_pixel":
-        if reference is None:
-            raise ValueError("blank='mean_pixel' needs a sample image to average; use blank='white' instead.")
-        color = tuple(int(round(c)) for c in np.asarray(reference, dtype=np.float64).reshape(-1, 3).mean(0))
-        return Image.new("RGB", size, color)
-    return Image.new("RGB", size, blank)
-
-
-def _noise_image(size: tuple[int, int], seed: int, sample_id: str) -> Image.Image:
-    digest = hashlib.sha256(f"{seed}:{sample_id}".encode()).digest()
-    rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
-    return Image.fromarray(rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8), "RGB")
-
-
-@dataclass(frozen=True)
-class PromptRow:
-    """One prompt before tokenisation: a condition, the user text and the image it carries.
-
-    Raises:
-        ValueError: an image given to a text condition, or no image for an image condition.
-    """
-
-    sample_id: str
-    condition: Condition
-    text: str
-    image: Image.Image | None = None
-    label: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.condition.has_image and self.image is None:
-            raise ValueError(
-                f"Sample {self.sample_id!r}: Condition.{self.condition.name} needs an image but none was given. "
-                "Give the sample an image, or use Condition.TEXT_ONLY."
-            )
-        if not self.condition.has_image and self.image is not None:
-            raise ValueError(
-                f"Sample {self.sample_id!r}: an image was given to Condition.{self.condition.name}, which has no "
-                "image tokens. Drop the image, or use Condition.IMAGE / BLANK / NOISE."
-            )
-
-    @classmethod
-    def from_sample(
-        cls,
-        model: HookedVLM,
-        sample: Sample,
-        condition: Condition | str,
-        *,
-        blank: str | tuple[int, int, int] = "white",
-        noise_seed: int = 0,
-        caption_template: str | None = None,
-    ) -> PromptRow:
-        """The row of ``sample`` under ``condition`` (see :meth:`PromptBatch.paired` for the options)."""
-        cond = Condition.parse(condition)
-        image: Image.Image | None = None
-        text = sample.query
-        if cond is Condition.IMAGE:
-            if sample.image is None:
-                raise ValueError(
-                    f"Sample {sample.id!r} has no image, so Condition.IMAGE cannot be built. Give it an image, or use "
-                    "Condition.BLANK / NOISE / TEXT_ONLY."
-                )
-            image = load_image(sample.image, sample.id)
-        elif cond in (Condition.BLANK, Condition.NOISE):
-            reference = load_image(sample.image, sample.id) if sample.image is not None else None
-            size = reference.size if reference is not None else _default_image_size(model)
-            image = (
-                _blank_image(size, blank, reference)
-                if cond is Condition.BLANK
-                else _noise_image(size, noise_seed, sample.id)
-            )
-        elif cond is Condition.CAPTION:
-            if not sample.caption:
-                raise ValueError(
-                    f"Sample {sample.id!r} has no caption, so Condition.CAPTION cannot be built. Set sample.caption "
-                    "(a dataset caption, or one from vlminterp's captioning step)."
-                )
-            text = (
-                caption_template.format(query=sample.query, caption=sample.caption)
-                if caption_template
-                else model.family_rules.caption_text(sample.query, sample.caption)
-            )
-        return cls(sample_id=sample.id, condition=cond, text=text, image=image, label=sample.label)
+__all__ = ["PromptBatch"]
 
 
 @dataclass
@@ -275,7 +117,7 @@ class PromptBatch:
         """Tokenise explicit rows with the model's processor and pad them on the left."""
         if not rows:
             raise ValueError("PromptBatch.from_rows needs at least one row.")
-        encoded = [_encode_row(model, r) for r in rows]
+        encoded = [encode_row(model, r) for r in rows]
         length = max(len(e[0]) for e in encoded)
         pad = model.tokenizer.pad_token_id
         if pad is None:
@@ -468,7 +310,6 @@ class PromptBatch:
         }
 
 
-# ---------------------------------------------------------------------- helpers
 def _cat_padded(tensors: Sequence[Tensor]) -> Tensor:
     """Concatenate per-image tensors on dim 0, zero-padding every other dim to the largest.
 
@@ -483,112 +324,3 @@ def _cat_padded(tensors: Sequence[Tensor]) -> Tensor:
             pad += [0, shape[d - 1] - t.shape[d]]
         padded.append(torch.nn.functional.pad(t, pad) if any(pad) else t)
     return torch.cat(padded, dim=0)
-
-
-def _default_image_size(model: HookedVLM) -> tuple[int, int]:
-    ip = getattr(model.processor, "image_processor", None)
-    for attr in ("crop_size", "size"):
-        size = getattr(ip, attr, None)
-        if isinstance(size, dict):
-            if "height" in size and "width" in size:
-                return int(size["width"]), int(size["height"])
-            if "shortest_edge" in size:
-                edge = int(size["shortest_edge"])
-                if getattr(ip, "merge_size", None):  # Qwen-style: sizes are pixel counts (min_pixels)
-                    edge = math.isqrt(edge)
-                return edge, edge
-    return 336, 336
-
-
-def _render(model: HookedVLM, text: str, with_image: bool) -> str:
-    messages = model.family_rules.messages(text, with_image)
-    return model.tokenizer.apply_chat_template(
-        messages, chat_template=model.chat_template, add_generation_prompt=True, tokenize=False
-    )
-
-
-def _encode_row(
-    model: HookedVLM, row: PromptRow
-) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor] | None, dict[str, Tensor]]:
-    """Token ids, role masks, image tensors and per-token kwargs (``token_type_ids``, ...) of one row.
-
-    The prompt is the template rendered with the row's text, untouched: the instruction is the text
-    as the template inserted it (verbatim, or trimmed by templates that trim).
-    """
-    rules = model.family_rules
-    with_image = row.image is not None
-    prefix, _, suffix = _render(model, _SENTINEL, with_image).partition(_SENTINEL)
-    full = _render(model, row.text, with_image)
-    text = full[len(prefix) : len(full) - len(suffix)]
-    placed = full.startswith(prefix) and full.endswith(suffix) and len(full) >= len(prefix) + len(suffix)
-    if not (placed and text in row.text and text.strip() == row.text.strip()):
-        raise RuntimeError(
-            f"Family {model.family!r}: the chat template transforms the user text, so the instruction tokens "
-            "cannot be located. Use a template that inserts the text verbatim (trimming its surrounding whitespace "
-            "is fine)."
-        )
-    # Templates that begin with BOS already carry it: do not let the tokenizer add a second one
-    # (the rule of HF's own processor.apply_chat_template).
-    bos = model.tokenizer.bos_token
-    special = {"add_special_tokens": not (bos and full.startswith(bos))}
-    images_arg = [[row.image]] if with_image else None
-    proc_out = model.processor(text=[full], images=images_arg, return_tensors="pt", **special)
-    ids = proc_out["input_ids"][0]
-    images = {k: proc_out[k] for k in rules.image_kwargs if k in proc_out} if with_image else None
-    tokens = {k: proc_out[k][0] for k in rules.token_kwargs if k in proc_out}
-    missing = [k for k in rules.token_kwargs if k not in tokens]
-    if with_image:
-        missing += [k for k in rules.image_kwargs if k not in proc_out]
-    if missing:
-        raise RuntimeError(
-            f"Family {model.family!r}: the processor returned no {missing}; the model needs them. Load the "
-            "checkpoint's own processor (HookedVLM.from_pretrained does)."
-        )
-
-    plain = model.tokenizer(full, return_offsets_mapping=True, **special)
-    plain_ids, offsets = list(plain["input_ids"]), plain["offset_mapping"]
-    q0, q1 = len(prefix), len(prefix) + len(text)
-    instruction_plain = [(b > a) and a < q1 and b > q0 for a, b in offsets]
-    instruction = torch.zeros(len(ids), dtype=torch.bool)
-    instruction[_expanded_positions(ids.tolist(), plain_ids, instruction_plain, model)] = True
-    is_image = ids == model.image_token_id
-    masks = {
-        "image": is_image,
-        "instruction": instruction,
-        "template": ~is_image & ~instruction,
-        "generated": torch.zeros_like(is_image),
-    }
-    return ids, masks, images, tokens
-
-
-def _expanded_positions(
-    expanded: list[int], plain: list[int], wanted: list[bool], model: HookedVLM
-) -> list[int]:
-    """Positions in the processor's ids of the ``wanted`` tokens of the unexpanded prompt.
-
-    The processor replaces the image placeholder with the family's image block (a run of image
-    tokens, or image tokens between row / break / boundary markers), so the two id lists share a
-    prefix and a suffix. Every wanted token must lie in them.
-    """
-    p = 0
-    while p < min(len(plain), len(expanded)) and plain[p] == expanded[p]:
-        p += 1
-    s = 0
-    while s < min(len(plain), len(expanded)) - p and plain[-1 - s] == expanded[-1 - s]:
-        s += 1
-    shift = len(expanded) - len(plain)
-    out = []
-    for i, w in enumerate(wanted):
-        if not w:
-            continue
-        if i < p:
-            out.append(i)
-        elif i >= len(plain) - s:
-            out.append(i + shift)
-        else:
-            raise RuntimeError(
-                f"Family {model.family!r}: the processor changed the prompt's text tokens (token {i}, "
-                f"{model.tokenizer.convert_ids_to_tokens(plain[i])!r}), not only the image placeholder; role masks "
-                "cannot be located. Check the family's chat template and processor."
-            )
-    return out
