@@ -317,3 +317,15 @@ def test_no_hook_outlives_a_call_that_raised(tiny_model, samples, call, error):
     with pytest.raises(error):
         call(tiny_model, image_batch(tiny_model, samples))
     assert tiny_model.count_hooks() == 0
+
+
+def test_the_fallback_adapter_caches_unfiltered_and_refuses_backward_hooks(samples):
+    from vlminterp.testing import tiny_remote_vlm_dir
+
+    model = HookedVLM.from_pretrained(tiny_remote_vlm_dir(), trust_remote_code=True)
+    batch = image_batch(model, samples)
+    _, cache = model.run_with_cache(batch)
+    assert set(model.hook_names("resid_post")) <= set(cache)
+    with pytest.raises(NotImplementedError, match="forward hooks only"):
+        model.run_with_cache(batch, model.hook_names("resid_post"), incl_bwd=True, metric=metric)
+    assert model.count_hooks() == 0

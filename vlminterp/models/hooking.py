@@ -195,8 +195,11 @@ class HookingMixin:
             return [[name] for name in self.resolve_names(names_filter)]
         groups: dict[int, list[str]] = {}
         for name, point in self.bridge.hook_dict.items():
-            if self.bridge._gated_hook_reason(point.name or name) is None:  # gated points never fire
-                groups.setdefault(id(point), []).append(name)
+            try:
+                self.bridge.check_hooks_to_add(point, name, None)
+            except ValueError:  # gated off by a set_use_* flag: the point never fires
+                continue
+            groups.setdefault(id(point), []).append(name)
         return list(groups.values())
 
     def run_with_cache(
