@@ -5,7 +5,8 @@ regenerated, never typed:
 
 - ``demo-table``: the test-split summary ``RESULTS/summary.json``, written by
   :func:`vlminterp.demo.summary_table` (the table ``vlminterp demo`` prints).
-- ``demo-alpha``: dataset-level CMRM candidates on the validation split, ``RESULTS/alpha_selection.json``.
+- ``demo-alpha``: dataset-level CMRM candidates on the validation split, ``RESULTS/alpha_selection.json``
+  (tidy rows: one per candidate and metric, with ``eligible`` / ``chosen``).
 
 Usage: ``python figures/readme_tables.py [--results results/demo] [--readme README.md] [--check]``.
 Without ``--check`` the blocks are rewritten in place; with it nothing is written, and the exit status
@@ -37,21 +38,31 @@ KEY_CELLS = 2
 def alpha_table(rows: Rows) -> str:
     """The dataset-level CMRM candidates of ``alpha_selection.json`` as a Markdown table, in file order.
 
+    The file holds one row per (candidate, metric); each (steps, α) candidate is one table line.
+
     Example:
-        >>> row = {"method": "cmrm_dataset", "steps": "all", "alpha": 0.5, "refusal_rate": 0.75,
-        ...        "refusal_rate_exact": 0.5, "utility": 1.0, "eligible": True, "chosen": True}
-        >>> print(alpha_table([row]).splitlines()[-1])
+        >>> rows = [{"method": "cmrm_dataset", "steps": "all", "alpha": 0.5, "metric": m, "value": v,
+        ...          "eligible": True, "chosen": True}
+        ...         for m, v in (("refusal_rate", 0.75), ("refusal_rate_exact", 0.5), ("utility", 1.0))]
+        >>> print(alpha_table(rows).splitlines()[-1])
         | all | 0.5 | 0.75 | 0.50 | 1.00 | chosen |
     """
+    candidates: dict[tuple[Any, Any], Rows] = {}
+    for r in rows:
+        if r["method"] == "cmrm_dataset":
+            candidates.setdefault((r["steps"], r["alpha"]), []).append(r)
     lines = [
         "| steps | α | " + " | ".join(TABLE_COLUMNS.values()) + " | choice |",
         "|---|---|" + "---|" * (len(TABLE_COLUMNS) + 1),
     ]
-    for r in rows:
-        if r["method"] == "cmrm_dataset":
-            choice = "chosen" if r["chosen"] else "eligible" if r["eligible"] else "utility drop too large"
-            cells = " | ".join(f"{r[m]:.2f}" for m in TABLE_COLUMNS)
-            lines.append(f"| {r['steps']} | {r['alpha']} | {cells} | {choice} |")
+    for (steps, alpha), got in candidates.items():
+        value = {r["metric"]: r["value"] for r in got}
+        first = got[0]
+        choice = (
+            "chosen" if first["chosen"] else "eligible" if first["eligible"] else "utility drop too large"
+        )
+        cells = " | ".join(f"{value[m]:.2f}" for m in TABLE_COLUMNS)
+        lines.append(f"| {steps} | {alpha} | {cells} | {choice} |")
     return "\n".join(lines)
 
 

@@ -10,14 +10,21 @@ Stages (each writes tidy JSON under ``results/demo/``; figures are drawn from th
    ShiftDC, evaluated on the held-out test split with the organism's keyword judge.
 5. ``layer_ablation``: CMRM and ShiftDC at one layer at a time → refusal-score heatmap.
 
-``summary.json`` holds rows ``{condition, method, metric, value, n}`` on the test split:
-``refusal_rate`` (the response starts with ``sorry``) and ``refusal_rate_exact`` (the response is the
-trained refusal sentence) on harmful requests, ``utility`` (exact answer) on benign requests. The
-README's demo tables are written from these files by ``figures/readme_tables.py``.
+Every table is written by :func:`vlminterp.results.write_results` (``NAME.json`` + ``NAME.csv``,
+one measurement per row) and the folder's ``manifest.json`` records the config, the model's spec
+and the run time. ``summary.json`` holds rows ``{model, dataset, split, condition, method, metric,
+value, n}`` on the test split: ``refusal_rate`` (the response starts with ``sorry``) and
+``refusal_rate_exact`` (the response is the trained refusal sentence) on harmful requests,
+``utility`` (exact answer) on benign requests. ``alpha_selection.json`` holds the same metrics of
+every CMRM candidate on the validation split, with ``eligible`` / ``chosen``. The README's demo
+tables are written from these files by ``figures/readme_tables.py``.
 
 Example:
-    >>> from vlminterp.demo import main
+    >>> choose([{"alpha": 0.5, "refusal_rate": 0.5, "utility": 1.0},
+    ...         {"alpha": 1.0, "refusal_rate": 1.0, "utility": 0.5}], baseline_utility=1.0, max_drop=0.05)["alpha"]
+    0.5
     >>> main(["--out", "/tmp/demo", "--quick"])  # doctest: +SKIP
+    0
 """
 
 from __future__ import annotations
@@ -33,22 +40,24 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from vlminterp.cache.store import ActivationStore
-from vlminterp.io import write_json_atomic
 from vlminterp.models.hooked_vlm import HookedVLM
 from vlminterp.organism.evaluate import MAX_NEW_TOKENS, generate_texts
 from vlminterp.organism.judge import exact_refusal_rate, refusal_rate, utility
 from vlminterp.organism.tasks import organism_samples
 from vlminterp.prompts import Condition, Sample
+from vlminterp.results import write_results
 from vlminterp.specs import model_name
 
 if TYPE_CHECKING:
     from vlminterp.interventions import Intervention
 
-__all__ = ["DemoConfig", "TABLE_COLUMNS", "run_demo", "main", "choose", "summary_table"]
+__all__ = ["DemoConfig", "TABLE_COLUMNS", "run_demo", "main", "choose", "summary_table", "candidate_rows"]
 
 CONDITIONS = (Condition.IMAGE, Condition.BLANK, Condition.CAPTION, Condition.TEXT_ONLY)
 #: Self-captioning prompt for the organism (the paper's prompt uses words outside its vocabulary).
 ORGANISM_CAPTION_PROMPT = "describe the image"
+#: What every demo row is measured on.
+DATASET = "organism-test"
 #: Summary metric -> its column header in the Markdown tables, in column order.
 TABLE_COLUMNS = {
     "refusal_rate": "refusal on harmful (starts with `sorry`)",
@@ -78,6 +87,10 @@ class DemoConfig:
     sample_alphas: tuple[float, ...] = (0.3, 0.5)
     max_utility_drop: float = 0.05
     progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as JSON values (the manifest's config; ``out`` is not recorded)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self).items() if k != "out"}
 
     def __post_init__(self) -> None:
         if self.harmful_images < 1 or self.benign_images < 1:
@@ -121,6 +134,26 @@ def choose(candidates: list[dict[str, Any]], baseline_utility: float, max_drop: 
     return best
 
 
+def candidate_rows(
+    candidates: list[dict[str, Any]], baseline_utility: float, n: dict[str, int]
+) -> list[dict[str, Any]]:
+    """The candidates of :func:`choose` as tidy rows: one per (candidate, metric), with its choice.
+
+    Example:
+        >>> c = {"method": "cmrm_dataset", "alpha": 0.5, "steps": "all", "refusal_rate": 1.0,
+        ...      "refusal_rate_exact": 0.5, "utility": 1.0, "eligible": True, "chosen": True}
+        >>> rows = candidate_rows([c], 1.0, {"harmful": 4, "benign": 2})
+        >>> [(r["metric"], r["value"], r["n"], r["chosen"]) for r in rows][-1]
+        ('utility', 1.0, 2, True)
+    """
+    return [
+        {"dataset": "organism-val", "split": "val", "method": c["method"], "alpha": c["alpha"], "steps": c["steps"],
+         "metric": metric, "value": c[metric], "n": n["benign" if metric == "utility" else "harmful"],
+         "eligible": c.get("eligible"), "chosen": c.get("chosen"), "baseline_utility": baseline_utility}
+        for c in candidates for metric in TABLE_COLUMNS
+    ]  # fmt: skip
+
+
 def _responder(
     model: HookedVLM, intervention: Intervention | None = None, condition=Condition.IMAGE
 ) -> Responder:
@@ -149,18 +182,17 @@ def _activations(model: HookedVLM, cfg: DemoConfig, harmful: list[Sample], benig
         out_dir=cfg.out / "activations",
         progress=cfg.progress,
     )
-    return ConditionActivations.from_store(store, model=model_name(model), dataset="organism-test")
+    return ConditionActivations.from_store(store, model=model_name(model), dataset=DATASET)
 
 
-def _gap(acts, out: Path) -> list[dict[str, Any]]:
+def _gap(acts, out: Path, config: dict[str, Any]) -> list[dict[str, Any]]:
     from vlminterp import viz
     from vlminterp.analysis import gap_rows, pca_rows, probe_rows
 
     rows = pca_rows(acts, fit_on=["text_only", "image"])
     rows += gap_rows(acts, [("image", "text_only"), ("blank", "text_only"), ("caption", "text_only")])
     rows += probe_rows(acts, [("text_only", "text_only"), ("text_only", "image"), ("image", "image")])
-    write_json_atomic(out / "gap.json", rows)
-    saved = viz.load_rows(out / "gap.json")
+    saved = viz.load_rows(write_results(out, rows, config, "gap"))
     viz.save_figure(viz.pca_scatter(saved), out / "figures" / "pca_scatter")
     viz.save_figure(viz.probe_accuracy(saved), out / "figures" / "probe_accuracy")
     viz.save_figure(viz.gap_metrics(saved), out / "figures" / "gap_metrics")
@@ -177,10 +209,8 @@ def _direction(model: HookedVLM, cfg: DemoConfig, acts, train: dict[str, list[Sa
     )
     direction.save(cfg.out / "safety_direction")
     rows = distortion_rows(acts, direction.vectors.double().numpy(), image="image", twin="caption")
-    write_json_atomic(cfg.out / "distortion.json", rows)
-    viz.save_figure(
-        viz.distortion_lines(viz.load_rows(cfg.out / "distortion.json")), cfg.out / "figures" / "distortion"
-    )
+    saved = viz.load_rows(write_results(cfg.out, rows, cfg.to_dict(), "distortion"))
+    viz.save_figure(viz.distortion_lines(saved), cfg.out / "figures" / "distortion")
     return direction
 
 
@@ -212,9 +242,8 @@ def _steer(model: HookedVLM, cfg: DemoConfig, direction, splits: dict[str, dict[
     sample_best = choose(
         [g for g in grid if g["method"] == "cmrm_sample"], base_val["utility"], cfg.max_utility_drop
     )
-    write_json_atomic(
-        cfg.out / "alpha_selection.json", [{**g, "baseline_utility": base_val["utility"]} for g in grid]
-    )
+    n_val = {"harmful": len(val["harmful"]), "benign": len(val["benign"])}
+    write_results(cfg.out, candidate_rows(grid, base_val["utility"], n_val), cfg.to_dict(), "alpha_selection")
 
     methods: list[tuple[str, str, Responder]] = [
         (Condition.TEXT_ONLY.value, "none", _responder(model, condition=Condition.TEXT_ONLY)),
@@ -246,9 +275,8 @@ def _steer(model: HookedVLM, cfg: DemoConfig, direction, splits: dict[str, dict[
         seconds = time.perf_counter() - start
         for metric, value in scores.items():
             n = len(test["benign"] if metric == "utility" else test["harmful"])
-            summary.append({"condition": condition, "method": method, "metric": metric, "value": value, "n": n,
-                            "split": "test", "seconds": round(seconds, 2)})  # fmt: skip
-    write_json_atomic(cfg.out / "summary.json", summary)
+            summary.append({"model": model_name(model), "dataset": DATASET, "split": "test", "condition": condition,
+                            "method": method, "metric": metric, "value": value, "n": n, "seconds": round(seconds, 2)})  # fmt: skip
     return summary, vectors, dataset_best
 
 
@@ -265,9 +293,9 @@ def _layer_ablation(model: HookedVLM, cfg: DemoConfig, vectors, alpha: float, di
     rows = []
     for method, make in makers.items():
         rows += sweep(model, samples, make, {"layer": list(range(model.cfg.n_layers))}, [RefusalScore(), KLToUnsteered()],
-                      progress=cfg.progress, dataset="organism-test", method=method)  # fmt: skip
-    write_json_atomic(cfg.out / "layer_ablation.json", rows)
-    saved = [r for r in viz.load_rows(cfg.out / "layer_ablation.json") if r["metric"] == "refusal_score"]
+                      progress=cfg.progress, dataset=DATASET, method=method)  # fmt: skip
+    saved = viz.load_rows(write_results(cfg.out, rows, cfg.to_dict(), "layer_ablation"))
+    saved = [r for r in saved if r["metric"] == "refusal_score"]
     fig = viz.heatmap(
         saved,
         x="layer",
@@ -341,15 +369,17 @@ def _run_stages(cfg: DemoConfig, model: HookedVLM | None) -> list[dict[str, Any]
     )
     acts = _activations(model, cfg, test["harmful"], test["benign"])
     print("[2/5] representation gap: PCA, gap metrics, probes")
-    _gap(acts, cfg.out)
+    _gap(acts, cfg.out, cfg.to_dict())
     print("[3/5] safety direction and distortion")
     direction = _direction(model, cfg, acts, splits["train"])
     print("[4/5] CMRM (α chosen on the validation split) and ShiftDC, evaluated on the test split")
     summary, vectors, best = _steer(model, cfg, direction, splits)
     print("[5/5] layer ablation")
     _layer_ablation(model, cfg, vectors, best["alpha"], direction, test)
-    write_json_atomic(cfg.out / "config.json", {**{k: str(v) for k, v in vars(cfg).items() if k != "out"}, "model": model_name(model),
-                                                 "seconds": round(time.perf_counter() - start, 1)})  # fmt: skip
+    info = {"model": model_name(model), "seconds": round(time.perf_counter() - start, 1)}
+    write_results(
+        cfg.out, summary, cfg.to_dict(), "summary", info=info
+    )  # the manifest now records the run time
     return summary
 
 

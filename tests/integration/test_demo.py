@@ -55,12 +55,13 @@ def test_demo_writes_tidy_results_and_figures(demo):
     for condition, method in {(r["condition"], r["method"]) for r in summary}:
         exact = _value(summary, condition, method, "refusal_rate_exact")
         assert exact <= _value(summary, condition, method, "refusal_rate"), (condition, method)
-    for name in ("gap.json", "distortion.json", "alpha_selection.json", "layer_ablation.json", "config.json"):
+    for name in ("gap.json", "distortion.json", "alpha_selection.json", "layer_ablation.json", "manifest.json",
+                 "summary.csv", "gap.csv"):  # fmt: skip
         assert (cfg.out / name).is_file(), name
     for fig in ("pca_scatter", "probe_accuracy", "gap_metrics", "distortion", "layer_ablation"):
         assert (cfg.out / "figures" / f"{fig}.html").is_file(), fig
     selection = json.loads((cfg.out / "alpha_selection.json").read_text())
-    assert sum(r["chosen"] for r in selection) == 2 and all(r["split"] == "val" for r in selection)
+    assert sum(r["chosen"] for r in selection) == 2 * 3 and all(r["split"] == "val" for r in selection)  # 3 metrics each
 
 
 def test_summary_rows_come_from_the_judge(demo, organism):

@@ -42,12 +42,17 @@ def results(tmp_path):
         _row("image", "cmrm_dataset(alpha=0.5,steps=all)", "refusal_rate_exact", 0.75, 4),
         _row("image", "cmrm_dataset(alpha=0.5,steps=all)", "utility", 0.5, 2),
     ]
-    selection = [
+    candidates = [
         {"method": "cmrm_dataset", "alpha": a, "steps": "all", "refusal_rate": r, "refusal_rate_exact": e,
          "utility": u, "eligible": u >= 0.95, "chosen": a == 0.5}
         for a, r, e, u in ((0.5, 0.75, 0.5, 1.0), (1.0, 1.0, 0.0, 0.0))
     ] + [{"method": "cmrm_sample", "alpha": 0.3, "steps": "prefill", "refusal_rate": 1.0,
           "refusal_rate_exact": 1.0, "utility": 1.0, "eligible": True, "chosen": True}]  # fmt: skip
+    selection = [
+        {"method": c["method"], "alpha": c["alpha"], "steps": c["steps"], "metric": m, "value": c[m],
+         "eligible": c["eligible"], "chosen": c["chosen"]}
+        for c in candidates for m in ("refusal_rate", "refusal_rate_exact", "utility")
+    ]  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary))
     (out / "alpha_selection.json").write_text(json.dumps(selection))
     return out
