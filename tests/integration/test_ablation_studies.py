@@ -14,7 +14,7 @@ from vlminterp.cli import sweep as sweep_cli
 @pytest.fixture(autouse=True)
 def _html_only(monkeypatch):
     """Figures as HTML only (PNG rendering starts a browser; the PNG path is viz's to test)."""
-    monkeypatch.setattr(viz, "png_unavailable_reason", lambda: "disabled in tests")
+    monkeypatch.setattr(viz.export, "png_unavailable_reason", lambda: "disabled in tests")
 
 
 def _args(study, out, *extra):

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def no_png(monkeypatch):
-    monkeypatch.setattr(viz, "png_unavailable_reason", lambda: "disabled in tests (speed)")
+    monkeypatch.setattr(viz.export, "png_unavailable_reason", lambda: "disabled in tests (speed)")
 
 
 def test_collection_batched_equals_one_sample_at_a_time(tiny_model):

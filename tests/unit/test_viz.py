@@ -106,7 +106,7 @@ def test_missing_rows_raise_naming_the_figure(rows):
 
 
 def test_save_figure_html_always_png_skipped_with_a_message(rows, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(viz, "png_unavailable_reason", lambda: "kaleido is not installed")
+    monkeypatch.setattr(viz.export, "png_unavailable_reason", lambda: "kaleido is not installed")
     written = viz.save_figure(viz.probe_accuracy(rows), tmp_path / "sub" / "probe")
     assert written == [tmp_path / "sub" / "probe.html"]
     assert "PNG skipped for probe.html: kaleido is not installed." in capsys.readouterr().out
@@ -126,7 +126,7 @@ def test_png_export(rows, tmp_path):
 
 
 def test_figure_main_and_draw_read_results_files(rows, tmp_path, monkeypatch):
-    monkeypatch.setattr(viz, "png_unavailable_reason", lambda: "disabled in this test")
+    monkeypatch.setattr(viz.export, "png_unavailable_reason", lambda: "disabled in this test")
     results = tmp_path / "results.json"
     results.write_text(json.dumps(rows))
     out = viz.figure_main("pca_scatter", [str(results), "--out", str(tmp_path / "figs" / "p")])
