@@ -90,7 +90,11 @@ class DemoConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as JSON values (the manifest's config; ``out`` is not recorded)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self).items() if k != "out"}
+        return {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in vars(self).items()
+            if k not in ("out", "progress")
+        }
 
     def __post_init__(self) -> None:
         if self.harmful_images < 1 or self.benign_images < 1:
