@@ -13,7 +13,7 @@ Example:
     >>> from vlminterp.doctor import main
     >>> main(["--families", "llava"])  # doctest: +SKIP
     torch 2.13.0 | transformers 5.23.0 | transformer-lens 4.3.0 | ...
-    llava            PASS  7/7 checks  1.9 s
+    llava            PASS  8/8 checks  1.9 s
     0
 """
 
@@ -84,12 +84,13 @@ def forward_check(model, hf_model) -> ReferenceResult:
 def check_family(family: str, max_new_tokens: int = 5) -> FamilyVerdict:
     """Every check on a tiny random ``family`` checkpoint; a crash is reported as a failed check."""
     from vlminterp.models.hooked_vlm import HookedVLM
+    from vlminterp.specs import model_name
 
     verdict = FamilyVerdict(family)
     start = time.perf_counter()
     try:
         model = HookedVLM.tiny(family)
-        verdict.results.append(ReferenceResult("load", True, model.cfg.model_id))
+        verdict.results.append(ReferenceResult("load", True, model_name(model)))
         hf_model = load_reference_model(model)
         verdict.results.append(forward_check(model, hf_model))
         verdict.results.extend(run_references(model, hf_model, max_new_tokens=max_new_tokens))
