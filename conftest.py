@@ -8,10 +8,6 @@ in the modules listed here.
 #: (issue "One intervention protocol, one application layer"); remove each entry once it lands.
 DOCTEST_EXCLUDED = [
     "vlminterp/interventions",
-    "vlminterp/eval/runner.py",
-    "vlminterp/demo.py",
-    "vlminterp/steer_cli.py",
-    "vlminterp/sweeps.py",
 ]
 
 collect_ignore = DOCTEST_EXCLUDED
