@@ -1,0 +1,238 @@
+"""Attribution patching against exact patching on the organism: results file, figure and README block.
+
+On held-out harmful requests of the shipped organism, clean = TEXT_ONLY (it refuses) and corrupt =
+IMAGE (it complies). The metric is the refusal score of :class:`vlminterp.sweeps.RefusalScore`
+(logit of ``sorry`` minus logit of ``sure`` at the last prompt position). For every layer x position
+group (``resid_pre``) and layer x group x head (``attn.hook_z``), the exact effect of patching the
+text-only activation into the image run (:mod:`vlminterp.analysis.patching`) is compared with the
+attribution-patching estimate (:mod:`vlminterp.analysis.attribution`) by Spearman's rank correlation
+over the cells defined for this pairing (the image group is not: TEXT_ONLY has no image tokens).
+
+Usage::
+
+    python -m figures.attribution_patching [--out results/attribution_patching]   # run, write files, draw
+    python -m figures.attribution_patching --readme README.md [--check]           # README block from the files
+
+The run writes ``grids.json`` / ``grids.csv`` (one row per cell and method), ``summary.json`` (one
+row per hook: Spearman ρ, cells) and ``attribution_patching.html`` (``.png`` with the ``export`` extra),
+the figure drawn from those files. ``--readme`` rewrites the ``attribution-patching`` block of README
+from ``summary.json``; with ``--check`` it only compares (exit 1 naming the rows that differ).
+
+Example:
+    >>> readme_table([{"hook": "resid_pre", "axes": "layer × group", "cells": 12, "spearman": 0.97,
+    ...                "max_abs_exact": 16.5, "max_abs_estimate": 7.7, "score_gap": 18.3}]).splitlines()[-1]
+    '| resid_pre | layer × group | 12 | 0.97 | 16.50 | 7.70 | 18.30 |'
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+
+from figures.readme_tables import differences, rewrite
+from vlminterp import Condition, HookedVLM, PromptBatch, viz
+from vlminterp.analysis import attribution, patching
+from vlminterp.io import read_json, write_json_atomic, write_text_atomic
+from vlminterp.organism.tasks import organism_samples
+from vlminterp.sweeps import Observation, RefusalScore
+
+BLOCK = "attribution-patching"
+#: Hook kind -> the axes of its grid.
+GRIDS = {"resid_pre": "layer × group", "z": "layer × group × head"}
+DEFAULT_OUT = Path("results/attribution_patching")
+
+
+def refusal_metric(model: HookedVLM) -> patching.Metric:
+    """The refusal score per row at the last position, as a ``metric(logits) -> [batch]``."""
+    score = RefusalScore(label=None)
+    score.bind(model)
+    return lambda logits: score.values(Observation(logits[:, -1], {}), None, list(range(len(logits))))
+
+
+def run(out: Path = DEFAULT_OUT, every: int = 4) -> list[dict[str, Any]]:
+    """Compute both grids on the organism, write the results files and the figure; returns the summary.
+
+    Args:
+        out: Output folder.
+        every: Use every ``every``-th held-out harmful sample (4: 16 samples, one image per request).
+    """
+    model = HookedVLM.from_organism()
+    samples = organism_samples("test", "harmful")[::every]
+    clean = PromptBatch.paired(model, samples, [Condition.TEXT_ONLY])
+    corrupt = PromptBatch.paired(model, samples, [Condition.IMAGE])
+    metric = refusal_metric(model)
+    exact = {
+        "resid_pre": patching.resid_grid(model, clean, corrupt, metric, hook="resid_pre"),
+        "z": patching.head_grid(model, clean, corrupt, metric),
+    }
+    estimate = attribution.attribution_grids(model, clean, corrupt, metric, hooks=tuple(GRIDS))
+    context = {"model": "organism", "dataset": "organism-test-harmful", "metric": "refusal_score_change"}
+    rows = [r for kind in GRIDS for grid in (exact[kind], estimate[kind]) for r in grid.to_rows(**context)]
+    summary = [
+        {
+            **context,
+            "axes": GRIDS[kind],
+            "n_samples": len(samples),
+            "score_gap": float((exact[kind].clean_metric - exact[kind].corrupt_metric).mean()),
+            **attribution.compare(exact[kind], estimate[kind]),
+        }
+        for kind in GRIDS
+    ]
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "grids.json", rows)
+    write_text_atomic(out / "grids.csv", _csv(rows))
+    write_json_atomic(out / "summary.json", summary)
+    viz.save_figure(
+        figure(read_json(out / "grids.json"), read_json(out / "summary.json")), out / "attribution_patching"
+    )
+    return summary
+
+
+def _csv(rows: Sequence[dict[str, Any]]) -> str:
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def figure(rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]]) -> go.Figure:
+    """Exact and estimated ``resid_pre`` grids side by side, and every cell's estimate against its exact effect."""
+    rho = {s["hook"]: s["spearman"] for s in summary}
+    fig = make_subplots(
+        rows=1,
+        cols=3,
+        subplot_titles=(
+            "exact patching (resid_pre)",
+            "attribution estimate (resid_pre)",
+            f"estimate vs exact (ρ resid {rho['resid_pre']:.2f}, heads {rho['z']:.2f})",
+        ),
+        horizontal_spacing=0.1,
+    )
+    resid = viz.select(rows, hook="resid_pre")
+    groups = list(dict.fromkeys(r["group"] for r in resid))
+    layers = sorted({r["layer"] for r in resid})
+    scale = max(abs(r["value"]) for r in resid if r["value"] is not None)
+    for col, method in ((1, "exact"), (2, "attribution")):
+        cells = {(r["layer"], r["group"]): r["value"] for r in viz.select(resid, method=method)}
+        fig.add_trace(
+            go.Heatmap(
+                z=[[cells[layer, g] for g in groups] for layer in layers],
+                x=groups,
+                y=[str(layer) for layer in layers],
+                colorscale="RdBu_r",
+                zmid=0,
+                zmin=-scale,
+                zmax=scale,
+                showscale=col == 2,
+                colorbar={"title": "Δ refusal score"},
+                hovertemplate="layer %{y}<br>%{x}<br>Δ %{z:.3g}<extra></extra>",
+            ),
+            row=1,
+            col=col,
+        )
+        fig.update_xaxes(title_text="position group", row=1, col=col)
+        fig.update_yaxes(title_text="layer", row=1, col=col)
+    for i, hook in enumerate(GRIDS):
+        pairs = _paired_cells(viz.select(rows, hook=hook))
+        fig.add_trace(
+            go.Scatter(
+                x=[a for a, _ in pairs],
+                y=[b for _, b in pairs],
+                mode="markers",
+                name=hook,
+                marker={"color": ("#1f77b4", "#d62728")[i], "size": 7 if hook == "resid_pre" else 5},
+            ),
+            row=1,
+            col=3,
+        )
+    fig.update_xaxes(title_text="exact Δ refusal score", row=1, col=3)
+    fig.update_yaxes(title_text="attribution estimate", row=1, col=3)
+    fig.update_layout(width=1400, height=480)
+    n = summary[0]["n_samples"]
+    title = f"Where the image pushes the organism off its refusal: TEXT_ONLY → IMAGE patching, {n} harmful requests"
+    fig.update_layout(
+        title=f"{title}<br><sup>organism · held-out harmful requests</sup>", template="plotly_white"
+    )
+    return fig
+
+
+def _paired_cells(rows: Sequence[dict[str, Any]]) -> list[tuple[float, float]]:
+    """(exact, estimate) per cell defined in both."""
+    key = ("layer", "group", "head")
+    exact = {tuple(r.get(k) for k in key): r["value"] for r in rows if r["method"] == "exact"}
+    estimate = {tuple(r.get(k) for k in key): r["value"] for r in rows if r["method"] == "attribution"}
+    return [(v, estimate[c]) for c, v in exact.items() if v is not None and estimate.get(c) is not None]
+
+
+def readme_table(summary: Sequence[dict[str, Any]]) -> str:
+    """The README block: one line per hook, from ``summary.json``."""
+    lines = [
+        "| hook | grid | cells | Spearman ρ | max abs exact | max abs estimate | text − image score gap |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s in summary:
+        lines.append(
+            f"| {s['hook']} | {s['axes']} | {s['cells']} | {s['spearman']:.2f} | "
+            f"{s['max_abs_exact']:.2f} | {s['max_abs_estimate']:.2f} | {s['score_gap']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def check(readme: Path, out: Path) -> list[str]:
+    """Rows where README's block disagrees with ``out/summary.json`` (empty when they agree)."""
+    table = readme_table(_summary(out))
+    return differences(Path(readme).read_text(encoding="utf-8"), {BLOCK: table})
+
+
+def _summary(out: Path) -> list[dict[str, Any]]:
+    path = Path(out) / "summary.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"No {path}: run `python -m figures.attribution_patching --out {out}` first.")
+    return read_json(path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m figures.attribution_patching", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
+    parser.add_argument(
+        "--readme", type=Path, help="write (or --check) README's block from the results folder"
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="with --readme: only compare, exit 1 on differences"
+    )
+    args = parser.parse_args(argv)
+    if args.readme is None:
+        torch.set_num_threads(1)  # the organism's matmuls are tiny: one thread is fastest
+        for s in run(args.out):
+            print(f"{s['hook']}: Spearman ρ = {s['spearman']:.3f} over {s['cells']} cells")
+        return 0
+    if args.check:
+        messages = check(args.readme, args.out)
+        for m in messages:
+            print(m, file=sys.stderr)
+        return 1 if messages else 0
+    text = args.readme.read_text(encoding="utf-8")
+    updated = rewrite(text, {BLOCK: readme_table(_summary(args.out))})
+    if updated != text:
+        write_text_atomic(args.readme, updated)
+    print(
+        f"{args.readme}: {BLOCK} {'rewritten' if updated != text else 'already up to date'} from {args.out}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
