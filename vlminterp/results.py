@@ -191,7 +191,9 @@ def write_results(
         "config_hash": config_hash(settings),
         "info": dict(info or {}),
         "versions": versions(),
-        "files": sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith(".")),
+        "files": sorted(
+            {MANIFEST, *(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith("."))}
+        ),
     }
     write_json_atomic(out / MANIFEST, manifest, indent=2)
     return path
