@@ -15,10 +15,17 @@ import pytest
 from analyses import _nbtools
 
 NOTEBOOKS = {p.stem: p for p in _nbtools.NOTEBOOKS}
-EXPECTED = ["01_quickstart", "02_representation_gap", "03_cmrm", "04_shiftdc", "05_layer_head_ablation"]
+EXPECTED = [
+    "01_quickstart",
+    "02_representation_gap",
+    "03_cmrm",
+    "04_shiftdc",
+    "05_layer_head_ablation",
+    "06_attribution_patching",
+]
 
 
-def test_the_five_notebooks_exist():
+def test_the_notebooks_exist():
     assert sorted(NOTEBOOKS) == EXPECTED
 
 
