@@ -329,3 +329,13 @@ def test_the_fallback_adapter_caches_unfiltered_and_refuses_backward_hooks(sampl
     with pytest.raises(NotImplementedError, match="forward hooks only"):
         model.run_with_cache(batch, model.hook_names("resid_post"), incl_bwd=True, metric=metric)
     assert model.count_hooks() == 0
+
+
+def test_an_interventions_cache_of_its_output_rows_keeps_the_tl_methods(tiny_model, samples):
+    from vlminterp.interventions import CMRM
+
+    fix = CMRM.sample_level(alpha=0.5)  # twin rows: the cache is cut to the output rows
+    _, cache = fix.run_with_cache(tiny_model, samples[:2], positions="last")
+    assert len(cache.meta["conditions"]) == 2
+    heads = cache.stack_head_results(incl_remainder=True)
+    close(heads.sum(0), cache["resid_post", -1], atol=1e-4)

@@ -112,9 +112,10 @@ class ActivationCache(transformer_lens.ActivationCache):
         data: hook name -> tensor.
         positions: The position selection applied at capture time (``None`` = full sequences).
         meta: Row metadata of the batch (``conditions``, ``sample_ids``, ``labels``).
-        model: The ``TransformerBridge`` the activations come from (held weakly); needed by the
-            methods that read weights (``stack_head_results``, ``apply_ln``, ``logit_attrs``) and
-            by negative layer indices.
+        model: The ``TransformerBridge`` the activations come from (held weakly), or another
+            cache's ``.model``; needed by the methods that read the config or weights
+            (``decompose_resid``, ``stack_head_results``, ``apply_ln``, ``logit_attrs``) and by
+            negative layer indices.
         has_batch_dim: Whether tensors have a batch axis (TL's flag; see :meth:`remove_batch_dim`).
     """
 
@@ -127,7 +128,8 @@ class ActivationCache(transformer_lens.ActivationCache):
         model: Any | None = None,
         has_batch_dim: bool = True,
     ):
-        super().__init__(dict(data), _ModelView(model), has_batch_dim=has_batch_dim)
+        view = model if isinstance(model, _ModelView) else _ModelView(model)  # another cache's .model
+        super().__init__(dict(data), view, has_batch_dim=has_batch_dim)
         self.positions = positions
         self.meta = meta or {}
 

@@ -238,7 +238,9 @@ class PreparedRun:
         rows = torch.tensor(self.rows)
         data = {name: value[rows.to(value.device)] for name, value in cache.items()}
         meta = self.batch.select(self.rows).to_dict()
-        return logits[rows.to(logits.device)], ActivationCache(data, positions=cache.positions, meta=meta)
+        return logits[rows.to(logits.device)], ActivationCache(
+            data, positions=cache.positions, meta=meta, model=cache.model
+        )
 
 
 def _guarded(fn: HookFn, who: str, prefill_only: bool, rows: int | None) -> HookFn:
