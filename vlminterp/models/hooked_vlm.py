@@ -9,6 +9,10 @@ processor and the family's prompt rules. It adds what the bridge lacks for VLM s
   ``"mean_text"``, an int, or index tensors), so a dataset cache never holds full sequences;
 - unknown hook names raise with the closest valid names (the bridge skips them silently);
 - every hook a call adds is removed by that call, on success and on error;
+- TransformerLens parity: hooks, caching and gradients (``bwd_hooks``, ``incl_bwd``) live in
+  :mod:`vlminterp.models.hooking`, the weight and tokenizer helpers (``W_U``, ``unembed``,
+  ``ln_final``, ``to_str_tokens``, ...) in :mod:`vlminterp.models.tl_helpers`, and the cache is
+  TransformerLens's own (:mod:`vlminterp.cache.activation_cache`);
 - nothing is installed at run time (TransformerLens would ``pip install torchvision`` when a
   processor fails to load; vlminterp disables that path).
 
