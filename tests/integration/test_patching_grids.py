@@ -264,3 +264,23 @@ def test_rank_correlation_matches_a_hand_computation():
     rho, n = attribution.rank_correlation(a, b)
     assert n == 4 and rho == pytest.approx(want)
     assert math.isnan(attribution.rank_correlation(torch.ones(3), torch.arange(3.0))[0])
+
+
+@pytest.mark.parametrize("family", ["gemma3", "qwen2_5_vl"])
+def test_template_tokens_of_an_image_block_are_left_out_and_the_rest_line_up(family, noise_pair):
+    """Families whose image block adds template markers: the text-only template is matched, id for id."""
+    from vlminterp import HookedVLM
+
+    model = HookedVLM.tiny(family)
+    clean, corrupt = batches(model, noise_pair, (Condition.TEXT_ONLY, Condition.IMAGE))
+    extra = [
+        (corrupt.template_mask[i].sum() - clean.template_mask[i].sum()).item() for i in range(len(clean))
+    ]
+    assert min(extra) > 0, "the image block adds no template tokens here: the test would be vacuous"
+    for i, pair in enumerate(patching.group_pairs(clean, corrupt, "template")):
+        src, dst = pair
+        assert src.tolist() == positions(clean, "template")[i]  # every text-only template token is matched
+        assert clean.input_ids[i, src].tolist() == corrupt.input_ids[i, dst].tolist()
+    grid = patching.resid_grid(model, clean, corrupt, metric, groups=("template",))
+    assert not grid.values.isnan().any()
+    assert model.count_hooks() == 0

@@ -18,7 +18,10 @@ group**, not a raw position (shape glossary: ``row`` paired rows, ``layer``, ``g
 Patching group ``g`` means: the k-th token of ``g`` in the corrupt row receives the k-th token of
 ``g`` in the clean row, for every k. A group is patched in a row pair only when it has the same,
 non-zero number of tokens in both rows; otherwise that cell is **undefined** for the pair and holds
-NaN. So ``image`` is undefined for IMAGE vs TEXT_ONLY (use IMAGE vs BLANK to patch image tokens), and
+NaN. One exception: where an image block brings template tokens of its own (Gemma 3's
+``<start_of_image>``, Qwen's ``<|vision_start|>``), the template tokens of the two rows are matched by
+their longest common prefix and suffix of token ids, and the block's extra markers stay unpatched
+(undefined when the shorter row's template is not covered that way). So ``image`` is undefined for IMAGE vs TEXT_ONLY (use IMAGE vs BLANK to patch image tokens), and
 ``instruction`` is undefined for IMAGE vs CAPTION (the caption is part of that text). Groups made of
 the same text in both conditions (instruction, template, last under IMAGE vs TEXT_ONLY) line up token
 by token. Cell values are means over the row pairs where the cell is defined.
@@ -160,7 +163,8 @@ def group_pairs(clean: PromptBatch, corrupt: PromptBatch, group: str) -> GroupPa
 
     Returns:
         Per row pair ``(clean positions, corrupt positions)``, or None when the group is empty in
-        either row or has a different number of tokens in the two (undefined for that pair).
+        either row or has a different number of tokens in the two (undefined for that pair; the
+        template is matched by common prefix and suffix then, see the module notes).
 
     Raises:
         ValueError: an unknown group, or batches whose rows are not the same samples.
@@ -176,10 +180,30 @@ def group_pairs(clean: PromptBatch, corrupt: PromptBatch, group: str) -> GroupPa
         raise ValueError(f"Unknown position group {group!r}; choose from {list(GROUPS)}.")
     check_paired(clean, corrupt)
     pairs: GroupPairs = []
-    for a, b in zip(_group_mask(clean, group), _group_mask(corrupt, group), strict=True):
+    for i, (a, b) in enumerate(zip(_group_mask(clean, group), _group_mask(corrupt, group), strict=True)):
         src, dst = a.nonzero()[:, 0], b.nonzero()[:, 0]
+        if group == "template" and len(src) != len(dst):
+            src, dst = _common_ends(
+                src, dst, clean.input_ids[i, src].tolist(), corrupt.input_ids[i, dst].tolist()
+            )
         pairs.append((src, dst) if 0 < len(src) == len(dst) else None)
     return pairs
+
+
+def _common_ends(
+    src: Int[Tensor, " m"], dst: Int[Tensor, " n"], src_ids: list[int], dst_ids: list[int]
+) -> tuple[Int[Tensor, " k"], Int[Tensor, " k"]]:
+    """The positions of the longest common prefix and suffix of two id lists, when they cover the shorter one."""
+    shorter = min(len(src_ids), len(dst_ids))
+    p = 0
+    while p < shorter and src_ids[p] == dst_ids[p]:
+        p += 1
+    s = 0
+    while s < shorter - p and src_ids[-1 - s] == dst_ids[-1 - s]:
+        s += 1
+    if p + s < shorter:
+        return src[:0], dst[:0]
+    return torch.cat([src[:p], src[len(src) - s :]]), torch.cat([dst[:p], dst[len(dst) - s :]])
 
 
 def check_paired(clean: PromptBatch, corrupt: PromptBatch) -> None:
