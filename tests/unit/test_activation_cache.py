@@ -47,6 +47,7 @@ def test_short_names_and_tuples_as_in_transformer_lens():
     assert cache["attn", 0] is cache.cache_dict["blocks.0.attn.hook_pattern"]
     assert cache["embed"] is cache.cache_dict["hook_embed"]
     assert cache["resid_post", -1] is cache.cache_dict["blocks.1.hook_resid_post"]
+    assert cache[("embed",)] is cache.cache_dict["hook_embed"]
     assert cache.stack("resid_post").shape == (2, 2, 5, 4)
 
 

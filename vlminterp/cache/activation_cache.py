@@ -141,11 +141,13 @@ class ActivationCache(transformer_lens.ActivationCache):
         names = [key] if isinstance(key, str) else []
         if isinstance(key, str) and "." not in key:
             names.append(get_act_name(key))
-        elif isinstance(key, tuple):
-            kind, layer, *rest = key
+        elif isinstance(key, tuple) and key:
+            kind, layer, *rest = (*key, None) if len(key) == 1 else key
             if layer is not None and layer < 0:
                 layer += self._n_layers()
-            names += [get_act_name(kind, layer, *rest), layer_hook_name(kind, layer)]
+            names.append(get_act_name(kind, layer, *rest))
+            if layer is not None:
+                names.append(layer_hook_name(kind, layer))
         for name in names:
             if name in self.cache_dict:
                 return self.cache_dict[name]
