@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from vlminterp import Condition, HookedVLM, PromptBatch
+from vlminterp.cli.steer import main
 from vlminterp.eval.metrics import wilson_interval
 from vlminterp.interventions import SteeringVectors
 from vlminterp.io import read_json
 from vlminterp.organism.judge import is_refusal
-from vlminterp.cli.steer import main
 
 COMMON = ["--model", "organism", "--eval", "organism:test", "--judge", "organism", "--limit", "8"]
 FAST = ["--max-new-tokens", "10", "--no-progress"]
@@ -38,7 +38,7 @@ def _check_table_from_judge(out):
         assert row["n"] == len(group) == 8
         assert row["value"] == k / len(group)
         assert (row["ci_low"], row["ci_high"]) == pytest.approx(wilson_interval(k, len(group)))
-        assert row["judge"] == "organism"
+        assert row["judge"] == "organism" and row["model"] == "organism"
     verdicts = [json.loads(line) for line in (out / "verdicts.jsonl").read_text().splitlines()]
     assert len(verdicts) == len(responses)
     return rows

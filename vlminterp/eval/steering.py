@@ -39,6 +39,7 @@ from vlminterp.eval.runner import generate_responses, read_responses
 from vlminterp.io import write_text_atomic
 from vlminterp.prompts import Condition, Sample
 from vlminterp.results import write_results
+from vlminterp.specs import model_name
 
 if TYPE_CHECKING:
     from vlminterp.interventions import Intervention
@@ -175,7 +176,7 @@ def _finish(
 ) -> list[dict[str, Any]]:
     judged = judge_rows(judge, responses, samples)
     write_text_atomic(run.out / "verdicts.jsonl", "".join(json.dumps(j) + "\n" for j in judged))
-    rows = table(judged, responses, run)
+    rows = [{"model": model_name(run.model), **r} for r in table(judged, responses, run)]
     write_results(run.out, rows, run.config, "table")
     print(markdown(rows))
     if any(r["metric"] == "correct_rate" for r in rows):
@@ -261,8 +262,9 @@ def run_shiftdc(args: argparse.Namespace, run: Run, judge: Judge, sets: dict[str
             for j, s in enumerate(part):
                 for k, layer in enumerate(shiftdc.layers):
                     for metric, value in (("shift_cosine", cos[j, k]), ("shift_projection", proj[j, k])):
-                        shift_rows.append({"dataset": name, "id": s.id, "label": s.label, "image": s.image is not None,
-                                           "layer": layer, "metric": metric, "value": float(value)})  # fmt: skip
+                        shift_rows.append({"model": model_name(model), "dataset": name, "id": s.id, "label": s.label,
+                                           "image": s.image is not None, "layer": layer, "metric": metric,
+                                           "value": float(value)})  # fmt: skip
         return run.plain(chunk, name, Condition.IMAGE, method, shiftdc)
 
     responses = _baselines(run, samples, eval_name) + steered(eval_name, samples)
