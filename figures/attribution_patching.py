@@ -10,8 +10,8 @@ over the cells defined for this pairing (the image group is not: TEXT_ONLY has n
 
 Usage::
 
-    python -m figures.attribution_patching [--out results/attribution_patching]   # run, write files, draw
-    python -m figures.attribution_patching --readme README.md [--check]           # README block from the files
+    python -m figures.attribution_patching [--out results/attribution_patching]  # run, write, draw
+    python -m figures.attribution_patching --readme README.md [--check]  # README block from the files
 
 The run writes ``grids.json`` / ``grids.csv`` (one row per cell and method), ``summary.json`` (one
 row per hook: Spearman ρ, cells) and ``attribution_patching.html`` (``.png`` with the ``export`` extra),
@@ -107,7 +107,7 @@ def _csv(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def figure(rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]]) -> go.Figure:
-    """Exact and estimated ``resid_pre`` grids side by side, and every cell's estimate against its exact effect."""
+    """Exact and estimated ``resid_pre`` grids; every cell's estimate against its exact value."""
     rho = {s["hook"]: s["spearman"] for s in summary}
     fig = make_subplots(
         rows=1,
@@ -160,7 +160,7 @@ def figure(rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]]) ->
     fig.update_yaxes(title_text="attribution estimate", row=1, col=3)
     fig.update_layout(width=1400, height=480)
     n = summary[0]["n_samples"]
-    title = f"Where the image pushes the organism off its refusal: TEXT_ONLY → IMAGE patching, {n} harmful requests"
+    title = f"Where the image pushes the organism off its refusal: TEXT_ONLY → IMAGE, {n} harmful requests"
     fig.update_layout(
         title=f"{title}<br><sup>organism · held-out harmful requests</sup>", template="plotly_white"
     )

@@ -1,4 +1,4 @@
-"""Exact patching grids and attribution patching across conditions, against plain torch on a separate HF model.
+"""Exact patching grids and attribution patching across conditions, against plain torch on another HF model.
 
 The references below are written out here with plain ``register_forward_pre_hook`` on an
 independently loaded transformers model (``load_reference_model``): the decoder layer's input is
@@ -229,6 +229,10 @@ def test_unpaired_batches_and_unknown_groups_are_refused(tiny_model, noise_pair)
         attribution.attribution_grids(model, clean, corrupt.select([0]), metric)
     with pytest.raises(ValueError, match="Unknown position group 'images'"):
         patching.resid_grid(model, clean, clean, metric, groups=("images",))
+    with pytest.raises(ValueError, match="Hook kind 'pattern' gives activations of shape"):
+        attribution.attribution_grids(model, clean, clean, metric, hooks=("resid_pre", "pattern"))
+    with pytest.raises(ValueError, match="Hook kind 'pattern' gives activations of shape"):
+        patching.resid_grid(model, clean, clean, metric, hook="pattern")
     assert model.count_hooks() == 0
 
 

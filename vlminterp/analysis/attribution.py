@@ -37,7 +37,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from vlminterp.analysis.patching import GROUPS, Metric, PatchGrid, evaluate, group_pairs
+from vlminterp.analysis.patching import GROUPS, Metric, PatchGrid, check_site, evaluate, group_pairs
 from vlminterp.prompts import PromptBatch
 
 if TYPE_CHECKING:
@@ -71,12 +71,15 @@ def attribution_grids(
         :func:`~vlminterp.analysis.patching.head_grid` (``z``).
 
     Raises:
-        ValueError: unpaired batches, an unknown group or hook, a metric that does not return ``[batch]``.
+        ValueError: unpaired batches, an unknown group or hook, a hook not shaped ``[batch, pos, ...]``,
+            a metric that does not return ``[batch]``.
     """
     pairs = {g: group_pairs(clean, corrupt, g) for g in groups}
     names = {kind: model.hook_names(kind) for kind in hooks}
     flat = [n for kind in hooks for n in names[kind]]
     clean_logits, cache = model.run_with_cache(clean, names_filter=flat, device=model.device)
+    for kind in hooks:
+        check_site(kind, cache[names[kind][0]], clean)
     acts: dict[str, Tensor] = {}
 
     def keep(x: Tensor, hook: Any, name: str) -> Tensor:
@@ -136,7 +139,8 @@ def rank_correlation(a: Tensor, b: Tensor) -> tuple[float, int]:
     Ties get their average rank; NaN when fewer than two cells remain or either side is constant.
 
     Example:
-        >>> rho, n = rank_correlation(torch.tensor([1.0, 2.0, 3.0, float("nan")]), torch.tensor([10.0, 30.0, 20.0, 5.0]))
+        >>> a, b = torch.tensor([1.0, 2.0, 3.0, float("nan")]), torch.tensor([10.0, 30.0, 20.0, 5.0])
+        >>> rho, n = rank_correlation(a, b)
         >>> round(rho, 6), n
         (0.5, 3)
     """

@@ -21,10 +21,11 @@ non-zero number of tokens in both rows; otherwise that cell is **undefined** for
 NaN. One exception: where an image block brings template tokens of its own (Gemma 3's
 ``<start_of_image>``, Qwen's ``<|vision_start|>``), the template tokens of the two rows are matched by
 their longest common prefix and suffix of token ids, and the block's extra markers stay unpatched
-(undefined when the shorter row's template is not covered that way). So ``image`` is undefined for IMAGE vs TEXT_ONLY (use IMAGE vs BLANK to patch image tokens), and
-``instruction`` is undefined for IMAGE vs CAPTION (the caption is part of that text). Groups made of
-the same text in both conditions (instruction, template, last under IMAGE vs TEXT_ONLY) line up token
-by token. Cell values are means over the row pairs where the cell is defined.
+(undefined when the shorter row's template is not covered that way). So ``image`` is undefined for
+IMAGE vs TEXT_ONLY (use IMAGE vs BLANK to patch image tokens), and ``instruction`` is undefined for
+IMAGE vs CAPTION (the caption is part of that text). Groups made of the same text in both conditions
+(instruction, template, last under IMAGE vs TEXT_ONLY) line up token by token. Cell values are means
+over the row pairs where the cell is defined.
 
 A metric is any ``metric(logits) -> [batch]`` (one value per row, e.g. a refusal logit difference
 at the last position); it sees every row, so a batch is patched in one forward per cell, and the
@@ -68,6 +69,7 @@ __all__ = [
     "GroupPairs",
     "group_pairs",
     "check_paired",
+    "check_site",
     "evaluate",
     "resid_grid",
     "head_grid",
@@ -117,7 +119,7 @@ class PatchGrid:
         return ("layer", "group", "head")[: self.effects.dim() - 1]
 
     def to_rows(self, **context: Any) -> list[dict[str, Any]]:
-        """One tidy row per cell: ``context`` keys, then method, hook, conditions, layer, group, head, value, n.
+        """One tidy row per cell: ``context`` keys, method, hook, conditions, layer, group, head, value, n.
 
         ``value`` is the mean effect (None where undefined), ``n`` the row pairs it averages;
         ``clean_metric`` and ``corrupt_metric`` are the means over all rows (for normalising).
@@ -193,7 +195,7 @@ def group_pairs(clean: PromptBatch, corrupt: PromptBatch, group: str) -> GroupPa
 def _common_ends(
     src: Int[Tensor, " m"], dst: Int[Tensor, " n"], src_ids: list[int], dst_ids: list[int]
 ) -> tuple[Int[Tensor, " k"], Int[Tensor, " k"]]:
-    """The positions of the longest common prefix and suffix of two id lists, when they cover the shorter one."""
+    """Positions of the longest common prefix and suffix of two id lists, when they cover the shorter."""
     shorter = min(len(src_ids), len(dst_ids))
     p = 0
     while p < shorter and src_ids[p] == dst_ids[p]:
@@ -210,14 +212,14 @@ def check_paired(clean: PromptBatch, corrupt: PromptBatch) -> None:
     """Raise unless row ``i`` of ``clean`` and of ``corrupt`` are the same sample, for every ``i``."""
     if len(clean) != len(corrupt):
         raise ValueError(
-            f"clean has {len(clean)} rows and corrupt {len(corrupt)}; build both with PromptBatch.paired from the "
-            "same samples (one condition each) so row i of both is the same request."
+            f"clean has {len(clean)} rows and corrupt {len(corrupt)}; build both with PromptBatch.paired "
+            "from the same samples (one condition each) so row i of both is the same request."
         )
     for i, (a, b) in enumerate(zip(clean.sample_ids, corrupt.sample_ids, strict=True)):
         if a != b:
             raise ValueError(
-                f"Row {i}: clean is sample {a!r} but corrupt is sample {b!r}; patching pairs rows of the same "
-                "sample. Build both batches from the same samples in the same order."
+                f"Row {i}: clean is sample {a!r} but corrupt is sample {b!r}; patching pairs rows of the "
+                "same sample. Build both batches from the same samples in the same order."
             )
 
 
@@ -231,6 +233,16 @@ def evaluate(metric: Metric, logits: Float[Tensor, "batch pos d_vocab"]) -> Floa
             "Reduce over positions and vocabulary inside the metric, not over rows."
         )
     return out
+
+
+def check_site(hook: str, x: Tensor, batch: PromptBatch) -> None:
+    """Raise unless ``x`` (``hook`` on ``batch``) is ``[batch, pos, d]`` or ``[batch, pos, head, d]``."""
+    if x.dim() not in (3, 4) or tuple(x.shape[:2]) != tuple(batch.input_ids.shape):
+        raise ValueError(
+            f"Hook kind {hook!r} gives activations of shape {tuple(x.shape)} on a batch of shape "
+            f"{tuple(batch.input_ids.shape)}; patching grids take [batch, pos, d] hooks (resid_pre, "
+            "resid_mid, resid_post, attn_out, mlp_out) or [batch, pos, head, d_head] hooks (z)."
+        )
 
 
 def _patch_hook(
@@ -267,6 +279,7 @@ def _exact_grid(
     pairs = {g: group_pairs(clean, corrupt, g) for g in groups}
     names = model.hook_names(hook)
     clean_logits, cache = model.run_with_cache(clean, names_filter=names, device=model.device)
+    check_site(hook, cache[names[0]], clean)
     with torch.no_grad():
         clean_metric = evaluate(metric, clean_logits)
         corrupt_metric = evaluate(metric, model(corrupt))
