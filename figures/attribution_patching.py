@@ -13,22 +13,23 @@ Usage::
     python -m figures.attribution_patching [--out results/attribution_patching]  # run, write, draw
     python -m figures.attribution_patching --readme README.md [--check]  # README block from the files
 
-The run writes ``grids.json`` / ``grids.csv`` (one row per cell and method), ``summary.json`` (one
-row per hook: Spearman ρ, cells) and ``attribution_patching.html`` (``.png`` with the ``export`` extra),
-the figure drawn from those files. ``--readme`` rewrites the ``attribution-patching`` block of README
-from ``summary.json``; with ``--check`` it only compares (exit 1 naming the rows that differ).
+The run writes, with :func:`vlminterp.results.write_results`, ``grids.json`` / ``.csv`` (one tidy row
+per cell and method), ``summary.json`` / ``.csv`` (per hook: Spearman ρ over ``n`` cells, the largest
+exact and estimated effects, the text-only − image refusal-score gap) and ``manifest.json``, then
+``attribution_patching.html`` (``.png`` with the ``export`` extra), the figure drawn from those files.
+``--readme`` rewrites the ``attribution-patching`` block of README from ``summary.json``; with
+``--check`` it only compares (exit 1 naming the rows that differ).
 
 Example:
-    >>> readme_table([{"hook": "resid_pre", "axes": "layer × group", "cells": 12, "spearman": 0.97,
-    ...                "max_abs_exact": 16.5, "max_abs_estimate": 7.7, "score_gap": 18.3}]).splitlines()[-1]
+    >>> where = {"hook": "resid_pre", "axes": "layer × group"}
+    >>> summary = [row(m, v, n=12, **where) for m, v in zip(SUMMARY_METRICS, (0.97, 16.5, 7.7, 18.3))]
+    >>> readme_table(summary).splitlines()[-1]
     '| resid_pre | layer × group | 12 | 0.97 | 16.50 | 7.70 | 18.30 |'
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,11 +42,14 @@ from plotly.subplots import make_subplots
 from figures.readme_tables import differences, rewrite
 from vlminterp import Condition, HookedVLM, PromptBatch, viz
 from vlminterp.analysis import attribution, patching
-from vlminterp.io import read_json, write_json_atomic, write_text_atomic
+from vlminterp.io import write_text_atomic
 from vlminterp.organism.tasks import organism_samples
+from vlminterp.results import read_results, row, write_results
 from vlminterp.sweeps import Observation, RefusalScore
 
 BLOCK = "attribution-patching"
+#: Summary metrics, in README column order.
+SUMMARY_METRICS = ("spearman", "max_abs_exact", "max_abs_estimate", "refusal_score_gap")
 #: Hook kind -> the axes of its grid.
 GRIDS = {"resid_pre": "layer × group", "z": "layer × group × head"}
 DEFAULT_OUT = Path("results/attribution_patching")
@@ -59,7 +63,7 @@ def refusal_metric(model: HookedVLM) -> patching.Metric:
 
 
 def run(out: Path = DEFAULT_OUT, every: int = 4) -> list[dict[str, Any]]:
-    """Compute both grids on the organism, write the results files and the figure; returns the summary.
+    """Compute both grids on the organism, write the results files and the figure; returns the summary rows.
 
     Args:
         out: Output folder.
@@ -75,40 +79,51 @@ def run(out: Path = DEFAULT_OUT, every: int = 4) -> list[dict[str, Any]]:
         "z": patching.head_grid(model, clean, corrupt, metric),
     }
     estimate = attribution.attribution_grids(model, clean, corrupt, metric, hooks=tuple(GRIDS))
-    context = {"model": "organism", "dataset": "organism-test-harmful", "metric": "refusal_score_change"}
-    rows = [r for kind in GRIDS for grid in (exact[kind], estimate[kind]) for r in grid.to_rows(**context)]
-    summary = [
-        {
-            **context,
-            "axes": GRIDS[kind],
-            "n_samples": len(samples),
-            "score_gap": float((exact[kind].clean_metric - exact[kind].corrupt_metric).mean()),
-            **attribution.compare(exact[kind], estimate[kind]),
-        }
+    context = {"model": "organism", "dataset": "organism:test:harmful", "analysis": "attribution_patching"}
+    rows = [
+        r
         for kind in GRIDS
+        for grid in (exact[kind], estimate[kind])
+        for r in grid.to_rows(**context, metric="refusal_score_change")
     ]
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "grids.json", rows)
-    write_text_atomic(out / "grids.csv", _csv(rows))
-    write_json_atomic(out / "summary.json", summary)
+    summary = []
+    for kind, axes in GRIDS.items():
+        compared = attribution.compare(exact[kind], estimate[kind])
+        cells = compared["cells"]
+        where = {
+            **context,
+            "hook": kind,
+            "axes": axes,
+            "clean": compared["clean"],
+            "corrupt": compared["corrupt"],
+        }
+        gap = float((exact[kind].clean_metric - exact[kind].corrupt_metric).mean())
+        summary += [
+            row("spearman", compared["spearman"], n=cells, **where),
+            row("max_abs_exact", compared["max_abs_exact"], n=cells, **where),
+            row("max_abs_estimate", compared["max_abs_estimate"], n=cells, **where),
+            row("refusal_score_gap", gap, n=len(samples), **where),
+        ]
+    config = {"model": "organism", "samples": "organism:test:harmful", "every": every, "hooks": list(GRIDS)}
+    write_results(out, rows, config, name="grids")
+    write_results(out, summary, config, name="summary")
     viz.save_figure(
-        figure(read_json(out / "grids.json"), read_json(out / "summary.json")), out / "attribution_patching"
+        figure(read_results(out, "grids"), read_results(out, "summary")), out / "attribution_patching"
     )
     return summary
 
 
-def _csv(rows: Sequence[dict[str, Any]]) -> str:
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
+def by_hook(summary: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Summary rows as hook -> metric -> row (hooks in file order)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in summary:
+        out.setdefault(r["hook"], {})[r["metric"]] = r
+    return out
 
 
 def figure(rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]]) -> go.Figure:
     """Exact and estimated ``resid_pre`` grids; every cell's estimate against its exact value."""
-    rho = {s["hook"]: s["spearman"] for s in summary}
+    rho = {hook: m["spearman"]["value"] for hook, m in by_hook(summary).items()}
     fig = make_subplots(
         rows=1,
         cols=3,
@@ -159,7 +174,7 @@ def figure(rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]]) ->
     fig.update_xaxes(title_text="exact Δ refusal score", row=1, col=3)
     fig.update_yaxes(title_text="attribution estimate", row=1, col=3)
     fig.update_layout(width=1400, height=480)
-    n = summary[0]["n_samples"]
+    n = by_hook(summary)["resid_pre"]["refusal_score_gap"]["n"]
     title = f"Where the image pushes the organism off its refusal: TEXT_ONLY → IMAGE, {n} harmful requests"
     fig.update_layout(
         title=f"{title}<br><sup>organism · held-out harmful requests</sup>", template="plotly_white"
@@ -176,16 +191,14 @@ def _paired_cells(rows: Sequence[dict[str, Any]]) -> list[tuple[float, float]]:
 
 
 def readme_table(summary: Sequence[dict[str, Any]]) -> str:
-    """The README block: one line per hook, from ``summary.json``."""
+    """The README block: one line per hook, from the tidy rows of ``summary.json``."""
     lines = [
         "| hook | grid | cells | Spearman ρ | max abs exact | max abs estimate | text − image score gap |",
         "|---|---|---|---|---|---|---|",
     ]
-    for s in summary:
-        lines.append(
-            f"| {s['hook']} | {s['axes']} | {s['cells']} | {s['spearman']:.2f} | "
-            f"{s['max_abs_exact']:.2f} | {s['max_abs_estimate']:.2f} | {s['score_gap']:.2f} |"
-        )
+    for hook, m in by_hook(summary).items():
+        values = " | ".join(f"{m[k]['value']:.2f}" for k in SUMMARY_METRICS)
+        lines.append(f"| {hook} | {m['spearman']['axes']} | {m['spearman']['n']} | {values} |")
     return "\n".join(lines)
 
 
@@ -199,7 +212,7 @@ def _summary(out: Path) -> list[dict[str, Any]]:
     path = Path(out) / "summary.json"
     if not path.is_file():
         raise FileNotFoundError(f"No {path}: run `python -m figures.attribution_patching --out {out}` first.")
-    return read_json(path)
+    return read_results(out, "summary")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -216,8 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.readme is None:
         torch.set_num_threads(1)  # the organism's matmuls are tiny: one thread is fastest
-        for s in run(args.out):
-            print(f"{s['hook']}: Spearman ρ = {s['spearman']:.3f} over {s['cells']} cells")
+        for hook, m in by_hook(run(args.out)).items():
+            print(f"{hook}: Spearman ρ = {m['spearman']['value']:.3f} over {m['spearman']['n']} cells")
         return 0
     if args.check:
         messages = check(args.readme, args.out)

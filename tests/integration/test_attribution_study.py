@@ -41,22 +41,27 @@ def test_files_hold_the_same_rows_and_the_summary_follows_from_them(out):
     rows = read_json(out / "grids.json")
     with open(out / "grids.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == len(rows)
-    assert (out / "attribution_patching.html").is_file()
     frame = pd.DataFrame(rows)
-    for s in read_json(out / "summary.json"):
+    spearman = [r for r in read_json(out / "summary.json") if r["metric"] == "spearman"]
+    assert [r["hook"] for r in spearman] == ["resid_pre", "z"]
+    for s in spearman:
         cells = frame[frame.hook == s["hook"]].pivot_table(
             index=["layer", "group", "head"] if s["hook"] == "z" else ["layer", "group"],
             columns="method",
             values="value",
-            dropna=True,
         )
         cells = cells.dropna()
-        assert len(cells) == s["cells"]
-        assert cells["exact"].corr(cells["attribution"], method="spearman") == pytest.approx(s["spearman"])
-    resid = read_json(out / "summary.json")[0]
-    assert (
-        resid["hook"] == "resid_pre" and resid["cells"] == 4 * 3
-    )  # 4 layers x (instruction, template, last)
+        assert len(cells) == s["n"]
+        assert cells["exact"].corr(cells["attribution"], method="spearman") == pytest.approx(s["value"])
+    assert spearman[0]["n"] == 4 * 3  # 4 layers x (instruction, template, last): no image tokens in TEXT_ONLY
+    assert sorted(p.name for p in out.iterdir() if p.suffix != ".js") == [
+        "attribution_patching.html",
+        "grids.csv",
+        "grids.json",
+        "manifest.json",
+        "summary.csv",
+        "summary.json",
+    ]
 
 
 def test_check_names_a_stale_row_and_the_readme_option_rewrites_it(out, tmp_path):
