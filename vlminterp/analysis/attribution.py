@@ -82,7 +82,7 @@ def attribution_grids(
         check_site(kind, cache[names[kind][0]], clean)
     acts: dict[str, Tensor] = {}
 
-    def keep(x: Tensor, hook: Any, name: str) -> Tensor:
+    def keep(x: Float[Tensor, "batch pos ..."], hook: Any, name: str) -> Float[Tensor, "batch pos ..."]:
         acts[name] = x
         return x  # returned, so a hook that converts shapes (hook_z) feeds this very tensor on
 
@@ -133,7 +133,7 @@ def _ranks(x: Float[Tensor, " n"]) -> Float[Tensor, " n"]:
     return ranks
 
 
-def rank_correlation(a: Tensor, b: Tensor) -> tuple[float, int]:
+def rank_correlation(a: Float[Tensor, "*cells"], b: Float[Tensor, "*cells"]) -> tuple[float, int]:
     """Spearman's rank correlation of ``a`` and ``b`` over the cells finite in both, and their count.
 
     Ties get their average rank; NaN when fewer than two cells remain or either side is constant.

@@ -54,7 +54,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from vlminterp.prompts import PromptBatch
@@ -145,7 +145,7 @@ class PatchGrid:
         return rows
 
 
-def _group_mask(batch: PromptBatch, group: str) -> Tensor:
+def _group_mask(batch: PromptBatch, group: str) -> Bool[Tensor, "batch pos"]:
     last = torch.zeros_like(batch.attention_mask, dtype=torch.bool)
     last[:, -1] = True  # left padding: every row's last prompt token is the last column
     if group == "last":
@@ -235,7 +235,7 @@ def evaluate(metric: Metric, logits: Float[Tensor, "batch pos d_vocab"]) -> Floa
     return out
 
 
-def check_site(hook: str, x: Tensor, batch: PromptBatch) -> None:
+def check_site(hook: str, x: Float[Tensor, "..."], batch: PromptBatch) -> None:
     """Raise unless ``x`` (``hook`` on ``batch``) is ``[batch, pos, d]`` or ``[batch, pos, head, d]``."""
     if x.dim() not in (3, 4) or tuple(x.shape[:2]) != tuple(batch.input_ids.shape):
         raise ValueError(
