@@ -17,6 +17,8 @@ from vlminterp import Condition, PromptBatch
 from vlminterp.analysis import attribution, patching
 from vlminterp.references import hf_decoder_layers, load_reference_model
 
+pytestmark = pytest.mark.reference  # also run by `make test-latest` (the drift guard)
+
 TOL = 1e-4
 PAIRINGS = [(Condition.TEXT_ONLY, Condition.IMAGE), (Condition.BLANK, Condition.IMAGE)]
 
