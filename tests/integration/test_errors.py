@@ -6,7 +6,9 @@ import json
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from vlminterp import Condition, HookedVLM, PromptBatch, Sample
@@ -37,6 +39,36 @@ def test_missing_image_for_image_condition(tiny_model, tmp_path):
         PromptBatch.paired(tiny_model, [Sample(id="y", query="hi", image=missing)], [Condition.IMAGE])
     with pytest.raises(ValueError, match="has no caption"):
         PromptBatch.paired(tiny_model, [Sample(id="z", query="hi")], [Condition.CAPTION])
+
+
+def test_unreadable_image_files_name_the_sample_and_path(tiny_model, tmp_path):
+    from vlminterp.prompts import ImageLoadError
+
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"this is not a PNG")
+    good = tmp_path / "good.png"
+    Image.new("RGB", (32, 24), "red").save(good)
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[:60])  # header intact, pixel data cut
+    for sample_id, path in (("c1", corrupt), ("t1", truncated)):
+        with pytest.raises(ImageLoadError) as err:
+            PromptBatch.paired(tiny_model, [Sample(id=sample_id, query="hi", image=path)], [Condition.IMAGE])
+        assert f"Sample {sample_id!r}" in str(err.value) and str(path) in str(err.value)
+        assert err.value.sample_id == sample_id and err.value.path == path
+
+
+def test_image_arrays_are_images_and_other_types_are_refused(tiny_model):
+    pixels = np.random.default_rng(0).integers(0, 256, size=(24, 32, 3), dtype=np.uint8)
+    from_array = PromptBatch.paired(tiny_model, [Sample(id="a", query="hi", image=pixels)], [Condition.IMAGE])
+    from_pil = PromptBatch.paired(
+        tiny_model, [Sample(id="a", query="hi", image=Image.fromarray(pixels))], [Condition.IMAGE]
+    )
+    assert torch.equal(from_array.input_ids, from_pil.input_ids)
+    assert torch.equal(from_array.model_kwargs()["pixel_values"], from_pil.model_kwargs()["pixel_values"])
+    with pytest.raises(TypeError, match=r"Sample 'f'.*uint8.*float64"):
+        Sample(id="f", query="hi", image=pixels / 255.0)
+    with pytest.raises(TypeError, match=r"Sample 'l'.*got list"):
+        Sample(id="l", query="hi", image=[[0, 1]])
 
 
 def test_bad_condition_and_label():

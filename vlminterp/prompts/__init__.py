@@ -17,6 +17,6 @@ Example:
 from vlminterp.prompts.batch import PromptBatch
 from vlminterp.prompts.encoding import ROLE_NAMES
 from vlminterp.prompts.rows import PromptRow
-from vlminterp.prompts.samples import Condition, Sample, load_image
+from vlminterp.prompts.samples import Condition, ImageLoadError, Sample, load_image
 
-__all__ = ["Sample", "Condition", "PromptRow", "PromptBatch", "load_image", "ROLE_NAMES"]
+__all__ = ["Sample", "Condition", "PromptRow", "PromptBatch", "load_image", "ImageLoadError", "ROLE_NAMES"]
