@@ -130,6 +130,8 @@ def test_logit_lens_of_the_last_layer_is_the_models_logits(model):
     close(lens, logits, atol=1e-4)
     close(model.W_U, model.hf_model.get_output_embeddings().weight.T)
     close(model.W_E, model.hf_model.get_input_embeddings().weight)
+    with pytest.raises(AttributeError, match="W_pos is only defined"):
+        _ = model.W_pos  # rotary: no learned position embeddings
 
 
 def test_token_helpers_and_roles_of_a_batch_row(tiny_model, samples):

@@ -83,3 +83,11 @@ def test_image_rows_need_the_decoder_input_for_embed():
         image.decompose_resid(layer=1)
     text = ActivationCache(data, meta={"conditions": ["text_only", "caption"]}, model=MODEL)
     assert text.decompose_resid(layer=1).shape == (3, 2, 5, 4)
+
+
+def test_batch_slicing_and_removing_the_batch_dim_keep_the_rows_metadata():
+    cache = make()
+    one = cache.apply_slice_to_batch_dim([1])
+    assert isinstance(one, ActivationCache) and one.meta["conditions"] == ["text_only"]
+    assert torch.equal(one["resid_post", 0][0], cache["resid_post", 0][1])
+    assert one.remove_batch_dim()["resid_post", 0].shape == (5, 4)

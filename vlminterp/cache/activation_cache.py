@@ -26,7 +26,8 @@ compare against TL running on the same bridge. The subclass changes four things:
   instead of keeping gigabytes of weights alive.
 - **Errors and metadata.** A missing name raises ``KeyError`` with the closest cached names;
   ``positions`` and ``meta`` (conditions, sample ids, labels) describe the rows, and
-  :meth:`stack` stacks one hook kind over layers.
+  :meth:`stack` stacks one hook kind over layers. As in TL, ``to(device)`` moves the tensors in
+  place and returns the cache.
 
 Shapes (``pos`` is absent after a per-row position selection):
 
@@ -190,6 +191,26 @@ class ActivationCache(transformer_lens.ActivationCache):
                     f"No {kind!r} activations in this cache; cached names: {list(self.cache_dict)[:8]}..."
                 )
         return torch.stack([self[kind, layer] for layer in layers])
+
+    def apply_slice_to_batch_dim(self, batch_slice: Any) -> ActivationCache:
+        """TL's :meth:`transformer_lens.ActivationCache.apply_slice_to_batch_dim`, keeping this class,
+        the model view, ``positions`` and the rows' ``meta``.
+
+        Example:
+            >>> cache = ActivationCache({"x": torch.zeros(3, 2)}, meta={"sample_ids": ["a", "b", "c"]})
+            >>> cache.apply_slice_to_batch_dim([0, 2]).meta["sample_ids"]
+            ['a', 'c']
+        """
+        n = self._batch_size()
+        sliced = super().apply_slice_to_batch_dim(batch_slice)
+        rows = (batch_slice if isinstance(batch_slice, Slice) else Slice(batch_slice)).indices(n)
+        meta = {
+            k: [v[int(i)] for i in rows] if isinstance(v, list) and len(v) == n else v
+            for k, v in self.meta.items()
+        }
+        return ActivationCache(
+            sliced.cache_dict, self.positions, meta, model=self.model, has_batch_dim=sliced.has_batch_dim
+        )
 
     # ------------------------------------------------------------------ position selections
     def _has_pos_axis(self) -> bool:
