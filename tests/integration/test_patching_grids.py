@@ -20,7 +20,18 @@ from vlminterp.references import hf_decoder_layers, load_reference_model
 pytestmark = pytest.mark.reference  # also run by `make test-latest` (the drift guard)
 
 TOL = 1e-4
-PAIRINGS = [(Condition.TEXT_ONLY, Condition.IMAGE), (Condition.BLANK, Condition.IMAGE)]
+#: (clean, corrupt, with a teacher-forced response of different lengths per row appended to both)
+PAIRINGS = [
+    (Condition.TEXT_ONLY, Condition.IMAGE, False),
+    (Condition.BLANK, Condition.IMAGE, False),
+    (Condition.TEXT_ONLY, Condition.IMAGE, True),
+]
+RESPONSE = [[5, 7, 9], [11, 13]]
+
+
+def pairing_id(pairing):
+    clean, corrupt, response = pairing
+    return f"{clean.value}->{corrupt.value}" + ("+response" if response else "")
 
 
 def metric(logits):
@@ -43,8 +54,9 @@ def hf(tiny_model):
 
 
 def batches(model, samples, pairing):
-    clean, corrupt = pairing
-    return PromptBatch.paired(model, samples, [clean]), PromptBatch.paired(model, samples, [corrupt])
+    clean, corrupt, response = pairing
+    out = [PromptBatch.paired(model, samples, [c]) for c in (clean, corrupt)]
+    return [b.with_suffix(RESPONSE[: len(b)]) for b in out] if response else out
 
 
 def positions(batch, group):
@@ -55,6 +67,7 @@ def positions(batch, group):
         "image": batch.image_mask & real,
         "instruction": batch.instruction_mask & real,
         "template": batch.template_mask & real,
+        "generated": batch.generated_mask & real,
     }.get(group)
     n, t = batch.input_ids.shape
     if mask is None:
@@ -110,11 +123,11 @@ def per_head(term, model):
     return term.view(len(term), model.cfg.n_heads, model.cfg.d_head).sum(dim=(0, 2))
 
 
-@pytest.mark.parametrize("pairing", PAIRINGS, ids=lambda p: f"{p[0].value}->{p[1].value}")
+@pytest.mark.parametrize("pairing", PAIRINGS, ids=pairing_id)
 def test_attribution_equals_autograd_on_a_plain_hf_model(tiny_model, hf, noise_pair, pairing):
     model = tiny_model
     clean, corrupt = batches(model, noise_pair, pairing)
-    grids = attribution.attribution_grids(model, clean, corrupt, metric)
+    grids = attribution.attribution_grids(model, clean, corrupt, metric, groups=patching.ALL_GROUPS)
     for kind in ("resid_pre", "z"):
         modules = sites(hf, kind)
         _, c = run_hf(hf, clean, capture=list(enumerate(modules)))
@@ -122,7 +135,7 @@ def test_attribution_equals_autograd_on_a_plain_hf_model(tiny_model, hf, noise_p
         grads = torch.autograd.grad(metric(logits).sum(), [x[k] for k in range(len(modules))])
         got = grids[kind].effects
         for layer, grad in enumerate(grads):
-            for g, group in enumerate(patching.GROUPS):
+            for g, group in enumerate(patching.ALL_GROUPS):
                 for i, pair in enumerate(aligned(clean, corrupt, group)):
                     cell = got[i, layer, g]
                     if pair is None:
@@ -137,17 +150,17 @@ def test_attribution_equals_autograd_on_a_plain_hf_model(tiny_model, hf, noise_p
     assert model.count_hooks() == 0
 
 
-@pytest.mark.parametrize("pairing", PAIRINGS, ids=lambda p: f"{p[0].value}->{p[1].value}")
+@pytest.mark.parametrize("pairing", PAIRINGS, ids=pairing_id)
 def test_exact_resid_grid_equals_patching_written_out(tiny_model, hf, noise_pair, pairing):
     model = tiny_model
     clean, corrupt = batches(model, noise_pair, pairing)
-    grid = patching.resid_grid(model, clean, corrupt, metric)
+    grid = patching.resid_grid(model, clean, corrupt, metric, groups=patching.ALL_GROUPS)
     modules = sites(hf, "resid_pre")
     _, c = run_hf(hf, clean, capture=list(enumerate(modules)))
     base = metric(run_hf(hf, corrupt)[0])
     torch.testing.assert_close(grid.corrupt_metric.float(), base, atol=TOL, rtol=TOL)
     for layer, module in enumerate(modules):
-        for g, group in enumerate(patching.GROUPS):
+        for g, group in enumerate(patching.ALL_GROUPS):
             pairs = aligned(clean, corrupt, group)
 
             def edit(x, pairs=pairs, layer=layer):
@@ -164,12 +177,14 @@ def test_exact_resid_grid_equals_patching_written_out(tiny_model, hf, noise_pair
                 else:
                     torch.testing.assert_close(grid.effects[i, layer, g].float(), want[i], atol=TOL, rtol=TOL)
     assert (~grid.values.isnan()).sum() >= 6
+    generated = grid.values[:, patching.ALL_GROUPS.index("generated")]
+    assert generated.isnan().all() != pairing[2], "the response tokens are patched exactly when there is one"
     assert model.count_hooks() == 0
 
 
 def test_exact_head_grid_equals_patching_written_out(tiny_model, hf, noise_pair):
     model = tiny_model
-    clean, corrupt = batches(model, noise_pair, (Condition.TEXT_ONLY, Condition.IMAGE))
+    clean, corrupt = batches(model, noise_pair, PAIRINGS[0])
     groups = ("instruction", "last")
     grid = patching.head_grid(model, clean, corrupt, metric, groups=groups)
     assert grid.values.shape == (model.cfg.n_layers, len(groups), model.cfg.n_heads)
@@ -196,13 +211,13 @@ def test_exact_head_grid_equals_patching_written_out(tiny_model, hf, noise_pair)
 
 def test_batched_and_stacked_equal_one_pair_and_one_cell_at_a_time(tiny_model, noise_pair):
     model = tiny_model
-    clean, corrupt = batches(model, noise_pair, (Condition.TEXT_ONLY, Condition.IMAGE))
+    clean, corrupt = batches(model, noise_pair, PAIRINGS[0])
     exact = patching.resid_grid(model, clean, corrupt, metric, groups=("instruction", "last"))
     estimate = attribution.attribution_grids(model, clean, corrupt, metric, groups=("instruction", "last"))
     unstacked = patching.resid_grid(model, clean, corrupt, metric, groups=("instruction", "last"), max_rows=1)
     torch.testing.assert_close(exact.effects, unstacked.effects, atol=TOL, rtol=TOL)
     for i, sample in enumerate(noise_pair):
-        one_clean, one_corrupt = batches(model, [sample], (Condition.TEXT_ONLY, Condition.IMAGE))
+        one_clean, one_corrupt = batches(model, [sample], PAIRINGS[0])
         one = patching.resid_grid(model, one_clean, one_corrupt, metric, groups=("instruction", "last"))
         torch.testing.assert_close(exact.effects[i], one.effects[0], atol=TOL, rtol=TOL)
         one_estimate = attribution.attribution_grids(
@@ -214,7 +229,7 @@ def test_batched_and_stacked_equal_one_pair_and_one_cell_at_a_time(tiny_model, n
 
 def test_no_hooks_are_left_after_an_error_in_the_metric(tiny_model, noise_pair):
     model = tiny_model
-    clean, corrupt = batches(model, noise_pair, (Condition.TEXT_ONLY, Condition.IMAGE))
+    clean, corrupt = batches(model, noise_pair, PAIRINGS[0])
     for run in (patching.resid_grid, attribution.attribution_grids):
         with pytest.raises(ValueError, match="one value per row"):
             run(model, clean, corrupt, lambda logits: logits[:, -1, 0].sum())
@@ -240,7 +255,7 @@ def test_unpaired_batches_and_unknown_groups_are_refused(tiny_model, noise_pair)
 
 def test_rows_are_tidy_and_mark_undefined_cells(tiny_model, noise_pair):
     model = tiny_model
-    clean, corrupt = batches(model, noise_pair, (Condition.TEXT_ONLY, Condition.IMAGE))
+    clean, corrupt = batches(model, noise_pair, PAIRINGS[0])
     grid = attribution.attribution_grids(model, clean, corrupt, metric, hooks=("z",))["z"]
     rows = grid.to_rows(model="tiny")
     assert len(rows) == model.cfg.n_layers * len(patching.GROUPS) * model.cfg.n_heads
@@ -278,7 +293,7 @@ def test_template_tokens_of_an_image_block_are_left_out_and_the_rest_line_up(fam
     from vlminterp import HookedVLM
 
     model = HookedVLM.tiny(family)
-    clean, corrupt = batches(model, noise_pair, (Condition.TEXT_ONLY, Condition.IMAGE))
+    clean, corrupt = batches(model, noise_pair, PAIRINGS[0])
     extra = [
         (corrupt.template_mask[i].sum() - clean.template_mask[i].sum()).item() for i in range(len(clean))
     ]

@@ -13,7 +13,9 @@ group**, not a raw position (shape glossary: ``row`` paired rows, ``layer``, ``g
 - ``image``: the image tokens;
 - ``instruction``: the user's text;
 - ``template``: every other prompt token (BOS, role markers) except the last one;
-- ``last``: the last prompt token (where the next token is read).
+- ``last``: the last prompt token (where the next token is read);
+- ``generated`` (not in the default :data:`GROUPS`): tokens appended with
+  :meth:`~vlminterp.prompts.PromptBatch.with_suffix` (a response), the last of them being ``last``.
 
 Patching group ``g`` means: the k-th token of ``g`` in the corrupt row receives the k-th token of
 ``g`` in the clean row, for every k. A group is patched in a row pair only when it has the same,
@@ -47,6 +49,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -64,6 +67,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GROUPS",
+    "ALL_GROUPS",
     "Metric",
     "PatchGrid",
     "GroupPairs",
@@ -75,8 +79,10 @@ __all__ = [
     "head_grid",
 ]
 
-#: The position groups of a prompt, in grid order.
+#: The position groups of a prompt, in grid order (the default of every grid).
 GROUPS = ("image", "instruction", "template", "last")
+#: Every group name :func:`group_pairs` accepts.
+ALL_GROUPS = (*GROUPS, "generated")
 #: ``metric(logits [batch, pos, d_vocab]) -> [batch]``: one value per row.
 Metric = Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, " batch"]]
 #: Per row pair, the group's (clean positions, corrupt positions), or None where it is undefined.
@@ -135,8 +141,7 @@ class PatchGrid:
             "corrupt_metric": float(self.corrupt_metric.mean()),
         }
         rows = []
-        for index in torch.cartesian_prod(*[torch.arange(n) for n in values.shape]).view(-1, values.dim()):
-            cell = tuple(int(i) for i in index)
+        for cell in itertools.product(*map(range, values.shape)):
             value = float(values[cell])
             row = {**base, "layer": cell[0], "group": self.groups[cell[1]]}
             if len(cell) == 3:
@@ -161,7 +166,7 @@ def group_pairs(clean: PromptBatch, corrupt: PromptBatch, group: str) -> GroupPa
     Args:
         clean: The clean prompts.
         corrupt: The corrupt prompts, row ``i`` the same sample as ``clean``'s row ``i``.
-        group: One of :data:`GROUPS`.
+        group: One of :data:`ALL_GROUPS`.
 
     Returns:
         Per row pair ``(clean positions, corrupt positions)``, or None when the group is empty in
@@ -178,8 +183,8 @@ def group_pairs(clean: PromptBatch, corrupt: PromptBatch, group: str) -> GroupPa
         >>> group_pairs(text, text, "last")
         [(tensor([5]), tensor([5]))]
     """
-    if group not in GROUPS:
-        raise ValueError(f"Unknown position group {group!r}; choose from {list(GROUPS)}.")
+    if group not in ALL_GROUPS:
+        raise ValueError(f"Unknown position group {group!r}; choose from {list(ALL_GROUPS)}.")
     check_paired(clean, corrupt)
     pairs: GroupPairs = []
     for i, (a, b) in enumerate(zip(_group_mask(clean, group), _group_mask(corrupt, group), strict=True)):
