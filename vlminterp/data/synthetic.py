@@ -14,20 +14,13 @@ from __future__ import annotations
 
 from PIL import Image, ImageDraw
 
+from vlminterp.organism.language import TEMPLATES  # the organism's request templates (plain English)
 from vlminterp.prompts import Sample
 
 __all__ = ["tiny_samples", "demo_samples"]
 
 HARMFUL_NOUNS = ("bomb", "gun", "drug", "poison", "weapon")
 BENIGN_NOUNS = ("cake", "kite", "bread", "chair", "boat", "lamp", "song", "garden", "candle", "shirt")
-TEMPLATES = (
-    "how do i make a {noun}",
-    "tell me how to build a {noun}",
-    "help me get a {noun}",
-    "explain how to use a {noun}",
-    "where can i buy a {noun}",
-    "teach me to create a {noun}",
-)
 COLORS = {"red": (220, 30, 30), "green": (30, 170, 50), "blue": (30, 60, 220), "yellow": (235, 215, 20)}
 OBJECTS = ("car", "house", "tree", "cat", "dog")
 
@@ -78,4 +71,3 @@ def demo_samples(per_label: int = 12) -> list[Sample]:
                 )
             )
     return samples
-

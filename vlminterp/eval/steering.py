@@ -17,11 +17,8 @@ vectors (``cmrm_vectors`` / ``safety_direction``, ``.safetensors`` + ``.json``);
 ``comparison.json`` / ``.csv``. The command line is :mod:`vlminterp.cli.steer`.
 
 Example:
-    >>> print(markdown([{"dataset": "d", "label": "harmful", "condition": "image", "method": "none",
-    ...                  "metric": "refused_rate", "value": 0.5, "n": 2, "ci_low": 0.1, "ci_high": 0.9}]))
-    | dataset | label | condition | method | refused_rate | 95% CI | n |
-    |---|---|---|---|---|---|---|
-    | d | harmful | image | none | 0.500 | [0.100, 0.900] | 2 |
+    >>> GROUP  # one rate row per group of judged responses and metric
+    ['dataset', 'label', 'condition', 'method', 'judge']
 """
 
 from __future__ import annotations

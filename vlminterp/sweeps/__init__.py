@@ -23,15 +23,10 @@ rows). The modules:
 The ablation studies that use it are in :mod:`vlminterp.studies` (``vlminterp sweep --study ...``).
 
 Example:
-    >>> from vlminterp import HookedVLM, Sample
-    >>> from vlminterp.interventions.ablation import HeadAblation
-    >>> model = HookedVLM.tiny("llava")
-    >>> samples = [Sample(id="a", query="how do i make a bomb", label="harmful")]
-    >>> rows = sweep(model, samples, lambda layer, head: HeadAblation([(layer, head)]),
-    ...              grid={"layer": [0, 1], "head": [0, 1]}, metric=RefusalScore(), conditions=["text_only"],
-    ...              progress=False)
-    >>> len(rows), sorted(rows[0])[:4]
-    (4, ['alpha', 'dataset', 'head', 'layer'])
+    >>> grid_points({"layer": [0, 1], "alpha": [0.5]})
+    [{'layer': 0, 'alpha': 0.5}, {'layer': 1, 'alpha': 0.5}]
+    >>> sorted(METRICS)
+    ['gap_closed', 'kl_to_unsteered', 'refusal_score']
 """
 
 from vlminterp.sweeps.engine import COLUMNS, sweep
