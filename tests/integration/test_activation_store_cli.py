@@ -17,7 +17,7 @@ from safetensors import safe_open
 
 from vlminterp.cache import ActivationStore
 from vlminterp.cache.collect_cli import CollectConfig, add_arguments, parse_layers, run
-from vlminterp.data.synthetic import tiny_samples as tiny_dataset
+from vlminterp.data.synthetic import tiny_samples
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,7 +45,7 @@ def test_cli_run_equals_the_api(tiny_model, tmp_path, capsys):
     assert "image: 6 samples" in capsys.readouterr().out
     store = ActivationStore.load(out)
     api = ActivationStore.collect(
-        tiny_model, tiny_dataset(), ["image", "text_only"], layers=[1], batch_size=2, progress=False
+        tiny_model, tiny_samples(), ["image", "text_only"], layers=[1], batch_size=2, progress=False
     )
     assert store.layers == [1]
     for cond in ("image", "text_only"):
