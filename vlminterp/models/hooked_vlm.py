@@ -29,21 +29,20 @@ Example:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import transformer_lens.model_bridge.sources.transformers.helpers as _tl_helpers
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from vlminterp.hook_names import NamesFilter, layer_hook_name, resolve_names
 from vlminterp.models.compat import check_prefill_cache, fix_kv_cache_keyword
-from vlminterp.models.families import Family, family_for_config, get_family
+from vlminterp.models.families import Family
 from vlminterp.models.hooking import FwdHooks, HookFn, HookingMixin, Metric
+from vlminterp.models.loading import ProcessorLoadError, choose_family, load_processor
 from vlminterp.models.tl_helpers import TransformerLensHelpers
 from vlminterp.positions import Positions
 from vlminterp.prompts import PromptBatch
@@ -59,26 +58,6 @@ __all__ = [
     "HookFn",
     "Metric",
 ]
-
-logger = logging.getLogger(__name__)
-
-
-class ProcessorLoadError(RuntimeError):
-    """The checkpoint's processor could not be loaded (vlminterp never installs packages to fix it)."""
-
-
-def _torchvision_importable() -> bool:
-    """TransformerLens' ``_ensure_torchvision`` without the ``pip install`` fallback."""
-    try:
-        import torchvision  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-# TransformerLens 4.3 runs `pip install torchvision` inside the user's interpreter when a processor
-# fails to load; on CPU-wheel machines that replaces torch with a multi-GB CUDA build. Never.
-_tl_helpers._ensure_torchvision = _torchvision_importable
 
 
 @dataclass(frozen=True)
@@ -183,8 +162,8 @@ class HookedVLM(HookingMixin, TransformerLensHelpers):
 
         source = str(name_or_dir)
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
-        rules = _choose_family(config, family, source)
-        processor = _load_processor(source, rules, trust_remote_code)
+        rules = choose_family(config, family, source)
+        processor = load_processor(source, rules, trust_remote_code)
         if fallback_options or not bridge_supports(config):
             bridge = load_fallback(
                 source,
@@ -368,69 +347,6 @@ class HookedVLM(HookingMixin, TransformerLensHelpers):
             tokens.append(row[: row.index(eos)] if eos in row else row)
         texts = self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
         return Generation(tokens=tokens, texts=[t.strip() for t in texts], batch=batch)
-
-
-def _choose_family(config: Any, family: str | None, source: str) -> Family:
-    """The checkpoint's family: detected from the config, or the one named by ``family=``."""
-    if family is None:
-        return family_for_config(config)
-    rules = get_family(family)
-    declared = getattr(config, "vlminterp_family", None)
-    model_type = getattr(config, "model_type", None)
-    if declared is not None and declared != rules.name:
-        raise ValueError(
-            f"Family {rules.name!r} does not match checkpoint {source!r}, which declares vlminterp_family="
-            f"{declared!r} in its config. Omit family= to use it."
-        )
-    if declared is None and rules.model_types and model_type not in rules.model_types:
-        try:
-            detected = family_for_config(config).name
-        except ValueError:
-            detected = None
-        if detected is not None:
-            raise ValueError(
-                f"Family {rules.name!r} does not match checkpoint {source!r} (model_type={model_type!r} is "
-                f"family {detected!r}; {rules.name!r} handles model types {list(rules.model_types)}). Omit family= "
-                "to detect it."
-            )
-        logger.info(
-            "%s: model_type=%r is not a registered family; using the prompt rules of family %r as asked.",
-            source,
-            model_type,
-            rules.name,
-        )
-    return rules
-
-
-def _load_processor(source: str, rules: Family, trust_remote_code: bool = False) -> Any:
-    """The checkpoint's processor: ``AutoProcessor``, else the family's own loader (no torchvision)."""
-    from transformers import AutoProcessor
-
-    try:
-        processor = AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except Exception as err:
-        if rules.load_processor is None:
-            raise _processor_error(source, err) from err
-        processor = None
-    if not hasattr(processor, "image_processor") and rules.load_processor is not None:
-        try:
-            processor = rules.load_processor(source)
-        except Exception as err:
-            raise _processor_error(source, err) from err
-    if not hasattr(processor, "image_processor"):
-        raise ProcessorLoadError(
-            f"{source!r} loaded a {type(processor).__name__}, not a multimodal processor with an image processor, "
-            f"and family {rules.name!r} has no load_processor of its own."
-        )
-    return processor
-
-
-def _processor_error(source: str, err: Exception) -> ProcessorLoadError:
-    return ProcessorLoadError(
-        f"Could not load the processor of {source!r}: {type(err).__name__}: {err}. vlminterp never installs "
-        "packages at run time; save a processor with a PIL image processor (*ImageProcessorPil) next to "
-        "the weights, or install what the error names yourself."
-    )
 
 
 def _leaders(follow: Sequence[int | None] | None, n: int) -> Int[Tensor, " batch"]:
