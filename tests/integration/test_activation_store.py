@@ -364,3 +364,11 @@ def test_bad_queries_on_a_store(tiny_model, dataset):
         store.vectors("text_only", 0)
     with pytest.raises(ValueError, match="Hook 'z' was not collected"):
         store.mean("text_only", hook="z")
+
+
+def test_sample_ids_and_labels_are_lists_like_a_batch(tiny_model, dataset, tmp_path):
+    store = ActivationStore.collect(
+        tiny_model, dataset, CONDS, batch_size=2, keep="vectors", out_dir=tmp_path / "s", progress=False
+    )
+    assert store.sample_ids == [s.id for s in dataset]
+    assert store.labels == [s.label for s in dataset]

@@ -79,7 +79,7 @@ def test_two_gloo_processes_equal_one_process(tiny_model, tmp_path):
                 torch.testing.assert_close(got[mode][key], value, rtol=1e-10, atol=1e-12, msg=key)
     # every shard was written by its rank into the same directory, readable as one store
     merged = ActivationStore.load(tmp_path / "dist", checksum=True)
-    assert merged.sample_ids() == single.sample_ids()
+    assert merged.sample_ids == single.sample_ids
     for cond in CONDS:
         torch.testing.assert_close(merged.vectors(cond, 1), single.vectors(cond, 1), rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(merged.cov(cond), single.cov(cond), rtol=1e-10, atol=1e-12)

@@ -172,7 +172,7 @@ class ConditionActivations:
             c: np.stack([store.vectors(c, layer, hook).float().numpy() for layer in layers], axis=1)
             for c in conds
         }
-        ids, labels = [str(i) for i in store.sample_ids()], list(store.labels())
+        ids, labels = [str(i) for i in store.sample_ids], list(store.labels)
         return cls(
             x,
             sample_ids=dict.fromkeys(conds, ids),

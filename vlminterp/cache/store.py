@@ -361,12 +361,14 @@ class ActivationStore:
         key = f"vectors/{kind}/{cond}/{layer}"
         return torch.cat([read_shard_tensor(verify_shard(self.out_dir, r), key) for r in self._records()])
 
+    @property
     def sample_ids(self) -> list[str]:
-        """Sample ids in the row order of :meth:`vectors`."""
+        """Sample ids in the row order of :meth:`vectors` (a list, like ``PromptBatch.sample_ids``)."""
         return [i for r in self._records() for i in r.sample_ids]
 
+    @property
     def labels(self) -> list[str | None]:
-        """Sample labels in the row order of :meth:`vectors`."""
+        """Sample labels in the row order of :meth:`vectors` (a list, like ``PromptBatch.labels``)."""
         return [lab for r in self._records() for lab in r.labels]
 
     def to_numpy(
@@ -392,7 +394,7 @@ class ActivationStore:
         conds = [self._condition(c) for c in conditions]
         if not conds:
             raise ValueError("to_numpy needs at least one condition.")
-        ids, labels = self.sample_ids(), [label_key(x) for x in self.labels()]
+        ids, labels = self.sample_ids, [label_key(x) for x in self.labels]
         xs = [self.vectors(c, layer, hook).float().numpy() for c in conds]
         ys = [np.array([c] * len(ids) if target == "condition" else labels, dtype=str) for c in conds]
         return np.concatenate(xs), np.concatenate(ys), ids * len(conds)
