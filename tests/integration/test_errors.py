@@ -122,3 +122,10 @@ def test_positions_errors(tiny_model, samples):
     with pytest.raises(ValueError, match="outside"):
         tiny_model.run_with_cache(batch, names_filter=name, positions=torch.tensor([999]))
     assert tiny_model.count_hooks() == 0
+
+
+def test_text_instead_of_a_batch_says_how_to_build_one(tiny_model):
+    for call in (tiny_model, tiny_model.run_with_cache, tiny_model.run_with_hooks, tiny_model.generate):
+        with pytest.raises(TypeError, match=r"takes a PromptBatch, got str.*PromptBatch.paired"):
+            call("some text")
+    assert tiny_model.count_hooks() == 0

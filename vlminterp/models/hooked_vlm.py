@@ -38,10 +38,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from vlminterp.cache.activation_cache import ActivationCache
 from vlminterp.hook_names import NamesFilter, layer_hook_name, resolve_names
 from vlminterp.models.compat import check_prefill_cache, fix_kv_cache_keyword
 from vlminterp.models.families import Family
-from vlminterp.models.hooking import FwdHooks, HookFn, HookingMixin, Metric
+from vlminterp.models.hooking import FwdHooks, HookFn, HookingMixin, Metric, require_batch
 from vlminterp.models.loading import ProcessorLoadError, choose_family, load_processor
 from vlminterp.models.tl_helpers import TransformerLensHelpers
 from vlminterp.positions import Positions
@@ -81,11 +82,16 @@ class Generation:
         tokens: New token ids per row, up to (not including) the first EOS.
         texts: Decoded new text per row (special tokens skipped).
         batch: The prompts that were continued.
+        cache: With ``generate(cache_names=...)``: the chosen activations at every step, joined on
+            the position axis (``[batch, prompt_pos + steps - 1, ...]``: the prompt, then each fed
+            token; the last new token is never fed). A row that stopped at EOS is fed EOS for the
+            remaining steps, so its positions past ``len(tokens[i]) + 1`` after the prompt are filler.
     """
 
     tokens: list[list[int]]
     texts: list[str]
     batch: PromptBatch
+    cache: ActivationCache | None = None
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -192,7 +198,15 @@ class HookedVLM(HookingMixin, TransformerLensHelpers):
         return cls(bridge, processor, rules, model_id=getattr(config, "_name_or_path", "") or source)
 
     @classmethod
-    def tiny(cls, family: str = "llava", seed: int = 0, **sizes: int) -> HookedVLM:
+    def tiny(
+        cls,
+        family: str = "llava",
+        seed: int = 0,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        **sizes: int,
+    ) -> HookedVLM:
         """A tiny random VLM of ``family``, saved to a cached temp dir and loaded like a checkpoint.
 
         A convenience for tests, examples and notebooks: the checkpoint comes from the test builders
@@ -202,15 +216,19 @@ class HookedVLM(HookingMixin, TransformerLensHelpers):
         Args:
             family: A family with a tiny builder (``vlminterp.testing.tiny_families()``).
             seed: Seed of the random weights.
+            device: Device to load on.
+            dtype: Weight dtype (the checkpoint is float32), e.g. ``torch.float16``.
             **sizes: ``TinySizes`` overrides (``d_model``, ``n_layers``, ...).
 
         Example:
             >>> HookedVLM.tiny("gemma3", n_layers=3).cfg.n_layers
             3
+            >>> HookedVLM.tiny("llava", dtype=torch.bfloat16).hf_model.dtype
+            torch.bfloat16
         """
         from vlminterp.testing import tiny_vlm_dir
 
-        return cls.from_pretrained(tiny_vlm_dir(family, seed, **sizes))
+        return cls.from_pretrained(tiny_vlm_dir(family, seed, **sizes), device=device, dtype=dtype)
 
     @classmethod
     def from_organism(cls, device: str | torch.device = "cpu") -> HookedVLM:
@@ -277,6 +295,7 @@ class HookedVLM(HookingMixin, TransformerLensHelpers):
         temperature: float = 1.0,
         top_k: int | None = None,
         generator: torch.Generator | None = None,
+        cache_names: NamesFilter | None = None,
     ) -> Generation:
         """Continue every prompt of ``batch`` with the KV cache, hooks firing at every step.
 
@@ -295,14 +314,26 @@ class HookedVLM(HookingMixin, TransformerLensHelpers):
             temperature: Sampling temperature (``do_sample=True``).
             top_k: Sample among the ``top_k`` most likely tokens (``do_sample=True``).
             generator: Random generator for reproducible sampling.
+            cache_names: Hooks to cache at every step (name, names or predicate; activations with a
+                ``[batch, pos, ...]`` layout, not attention patterns), returned as
+                :attr:`Generation.cache`, on CPU, after ``fwd_hooks`` acted. None caches nothing.
 
         Returns:
             A :class:`Generation` with the new tokens and texts per row.
+
+        Example:
+            >>> from vlminterp import HookedVLM, Sample, Condition, PromptBatch
+            >>> model = HookedVLM.tiny("llava")
+            >>> batch = PromptBatch.paired(model, [Sample(id="a", query="hi")], [Condition.TEXT_ONLY])
+            >>> out = model.generate(batch, max_new_tokens=3, cache_names="blocks.1.hook_resid_post")
+            >>> out.cache["resid_post", 1].shape[1] == batch.input_ids.shape[1] + len(out.tokens[0]) - 1
+            True
 
         Raises:
             KVCacheError: the prompt pass left the KV cache without the prompt (installed
                 transformers and TransformerLens disagree; see :mod:`vlminterp.models.compat`).
         """
+        require_batch(batch, "generate")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
         n = len(batch)
@@ -319,7 +350,8 @@ class HookedVLM(HookingMixin, TransformerLensHelpers):
         done = torch.zeros(n, dtype=torch.bool, device=device)
         chosen: list[Tensor] = []
         past = None
-        with torch.no_grad(), self.hooks(fwd_hooks):
+        steps, caching = self._step_cache(cache_names)
+        with torch.no_grad(), self.hooks([*fwd_hooks, *caching]):
             for _ in range(max_new_tokens):
                 kwargs: dict[str, Any] = {"attention_mask": mask, "use_cache": True}
                 if positions is not None:
@@ -346,7 +378,29 @@ class HookedVLM(HookingMixin, TransformerLensHelpers):
         for row in torch.stack(chosen, dim=1).tolist():
             tokens.append(row[: row.index(eos)] if eos in row else row)
         texts = self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
-        return Generation(tokens=tokens, texts=[t.strip() for t in texts], batch=batch)
+        cache = None
+        if cache_names is not None:
+            data = {name: torch.cat(parts, dim=1) for name, parts in steps.items()}
+            cache = ActivationCache(data, meta=batch.to_dict(), model=self.bridge)
+        return Generation(tokens=tokens, texts=[t.strip() for t in texts], batch=batch, cache=cache)
+
+    def _step_cache(self, cache_names: NamesFilter | None) -> tuple[dict[str, list[Tensor]], list[Any]]:
+        """Per-step storage and the hooks filling it, for ``generate(cache_names=...)``."""
+        if cache_names is None:
+            return {}, []
+        names = self.resolve_names(cache_names)
+        patterns = [n for n in names if n.endswith(("hook_pattern", "hook_attn_scores"))]
+        if patterns:
+            raise ValueError(
+                f"generate(cache_names=...) joins steps on the position axis; {patterns} have a key axis "
+                "that grows each step. Cache them with run_with_cache on batch.with_suffix(tokens) instead."
+            )
+        steps: dict[str, list[Tensor]] = {name: [] for name in names}
+
+        def keep(activation: Tensor, hook: Any) -> None:
+            steps[hook.name].append(activation.detach().to("cpu"))
+
+        return steps, [(name, keep) for name in names]
 
 
 def _leaders(follow: Sequence[int | None] | None, n: int) -> Int[Tensor, " batch"]:

@@ -42,7 +42,7 @@ from vlminterp.positions import Positions, describe_positions, position_selector
 if TYPE_CHECKING:
     from vlminterp.prompts import PromptBatch
 
-__all__ = ["HookingMixin", "HookFn", "FwdHooks", "Metric"]
+__all__ = ["HookingMixin", "HookFn", "FwdHooks", "Metric", "require_batch"]
 
 HookFn = Callable[..., Any]
 #: ``[(name_or_predicate, fn), ...]`` as in TransformerLens (forward and backward hooks alike).
@@ -121,6 +121,7 @@ class HookingMixin:
 
     # ------------------------------------------------------------------ running
     def _forward(self, batch: PromptBatch) -> Float[Tensor, "batch pos d_vocab"]:
+        require_batch(batch, "forward")
         device = self.device
         kwargs = {k: v.to(device) for k, v in batch.model_kwargs().items()}
         return self.bridge(batch.input_ids.to(device), return_type="logits", **kwargs)
@@ -245,6 +246,7 @@ class HookingMixin:
         """
         if incl_bwd:
             _require_metric(metric, "run_with_cache(incl_bwd=True)")
+        require_batch(batch, "run_with_cache")
         groups = self._caching_names(names_filter)
         select = position_selector(positions, batch, self.device)
         n, t = batch.input_ids.shape
@@ -274,6 +276,18 @@ class HookingMixin:
             store, positions=describe_positions(positions), meta=batch.to_dict(), model=self.bridge
         )
         return logits, cache
+
+
+def require_batch(batch: Any, who: str) -> None:
+    """Raise a TypeError saying how to build a PromptBatch when ``batch`` is anything else (e.g. a str)."""
+    from vlminterp.prompts import PromptBatch
+
+    if not isinstance(batch, PromptBatch):
+        raise TypeError(
+            f"{who} takes a PromptBatch, got {type(batch).__name__}. Build one from requests: "
+            "PromptBatch.paired(model, [Sample(id='a', query='...', image=...)], [Condition.TEXT_ONLY]) "
+            "(the chat template and image tokens are applied for you); model.to_tokens(text) gives raw ids."
+        )
 
 
 def _require_metric(metric: Metric | None, who: str) -> None:
