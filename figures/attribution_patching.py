@@ -132,7 +132,7 @@ def figure(rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]]) ->
             "attribution estimate (resid_pre)",
             f"estimate vs exact (ρ resid {rho['resid_pre']:.2f}, heads {rho['z']:.2f})",
         ),
-        horizontal_spacing=0.1,
+        horizontal_spacing=0.13,
     )
     resid = viz.select(rows, hook="resid_pre")
     groups = list(dict.fromkeys(r["group"] for r in resid))
@@ -150,7 +150,7 @@ def figure(rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]]) ->
                 zmin=-scale,
                 zmax=scale,
                 showscale=col == 2,
-                colorbar={"title": "Δ refusal score"},
+                colorbar={"title": "Δ score", "x": 0.632, "xanchor": "left", "len": 0.9},
                 hovertemplate="layer %{y}<br>%{x}<br>Δ %{z:.3g}<extra></extra>",
             ),
             row=1,
@@ -165,15 +165,29 @@ def figure(rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]]) ->
                 x=[a for a, _ in pairs],
                 y=[b for _, b in pairs],
                 mode="markers",
-                name=hook,
+                name=f"{hook} ({GRIDS[hook]})",
                 marker={"color": ("#1f77b4", "#d62728")[i], "size": 7 if hook == "resid_pre" else 5},
             ),
             row=1,
             col=3,
         )
+    top = max(abs(v) for pair in _paired_cells(rows) for v in pair)
+    fig.add_trace(
+        go.Scatter(
+            x=[0, top],
+            y=[0, top],
+            mode="lines",
+            name="estimate = exact",
+            line={"dash": "dot", "color": "#999"},
+        ),
+        row=1,
+        col=3,
+    )
     fig.update_xaxes(title_text="exact Δ refusal score", row=1, col=3)
     fig.update_yaxes(title_text="attribution estimate", row=1, col=3)
-    fig.update_layout(width=1400, height=480)
+    fig.update_layout(
+        width=1400, height=480, legend={"x": 0.765, "y": 0.98, "bgcolor": "rgba(255,255,255,0.8)"}
+    )
     n = by_hook(summary)["resid_pre"]["refusal_score_gap"]["n"]
     title = f"Where the image pushes the organism off its refusal: TEXT_ONLY → IMAGE, {n} harmful requests"
     fig.update_layout(
