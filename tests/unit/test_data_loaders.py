@@ -130,8 +130,10 @@ def test_mmsb_typo_generate_only_for_typo(tmp_path):
     )
     img = Image.open(typo[0].image)
     assert img.width == 1024 and img.height % 90 == 0
-    with pytest.raises(MissingImageError):
-        data.load(
+    assert all(s.meta.get("generated_image") and "placeholder_image" not in s.meta for s in typo)
+    # SD photos cannot be drawn: a flagged solid grey placeholder, with a warning.
+    with pytest.warns(UserWarning, match="2 of 2 samples .* grey 336px placeholder"):
+        sd = data.load(
             "mm-safetybench",
             DATA / "mm_safetybench",
             split="SD",
@@ -139,6 +141,8 @@ def test_mmsb_typo_generate_only_for_typo(tmp_path):
             on_missing="generate",
             generated_dir=tmp_path,
         )
+    assert all(s.meta["placeholder_image"] and "generated_image" not in s.meta for s in sd)
+    assert Image.open(sd[0].image).getextrema() == ((128, 128),) * 3
 
 
 def test_mmsb_malformed_entry(tmp_path):
@@ -210,8 +214,9 @@ def test_vlsafe_fixture_subset_and_errors(tmp_path):
         data.load("vlsafe", root)
     with pytest.raises(MissingImageError, match="image folder '.*elsewhere' does not exist"):
         data.load("vlsafe", root, image_root=tmp_path / "elsewhere")
-    with pytest.raises(ValueError, match="'generate' is only available for typographic"):
-        data.load("vlsafe", root, on_missing="generate")
+    with pytest.warns(UserWarning, match="1 of 4 samples have no image file"):
+        generated = data.load("vlsafe", root, on_missing="generate", generated_dir=tmp_path / "gen")
+    assert [s.id for s in generated if s.meta.get("placeholder_image")] == ["vlsafe/3"]
     path = root / "harmlessness_examine.jsonl"
     path.write_text(path.read_text()[:-10])  # truncated last line
     with pytest.raises(DatasetFormatError, match="harmlessness_examine.jsonl, line 4: is not valid JSON"):

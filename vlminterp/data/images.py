@@ -7,8 +7,21 @@
 - ``"skip"``: samples whose image is missing are dropped, with one warning giving the count.
 - ``"keep"``: image paths are kept unchecked (for TEXT_ONLY / CAPTION runs that never open them;
   ``PromptBatch`` raises ``FileNotFoundError`` if an image condition opens a missing one).
-- ``"generate"``: only for typographic benchmarks (FigStep, MM-SafetyBench TYPO): a missing image
-  is rendered with :mod:`vlminterp.data.typography` into ``generated_dir`` and that file is used.
+- ``"generate"``: a missing image of a typographic benchmark (FigStep, MM-SafetyBench TYPO) is
+  rendered with :mod:`vlminterp.data.typography` into ``generated_dir`` and that file is used; one
+  the loader cannot draw (photos: LLaVA-Bench, MM-SafetyBench SD) becomes a solid grey
+  :data:`PLACEHOLDER_SIZE` px placeholder (``meta["placeholder_image"] = True``, one warning with the
+  count): enough to run a pipeline end to end, never a measurement of the benchmark.
+
+Example:
+    >>> from vlminterp.prompts import Sample
+    >>> import tempfile
+    >>> s = Sample(id="q1", query="what is this ?", image="no/such/file.jpg")
+    >>> import warnings
+    >>> with tempfile.TemporaryDirectory() as d, warnings.catch_warnings(record=True):
+    ...     [out] = resolve_images([s], "demo", None, "generate", generated_dir=d)
+    >>> out.meta["placeholder_image"]
+    True
 """
 
 from __future__ import annotations
@@ -24,9 +37,11 @@ from PIL import Image
 from vlminterp.data.errors import MissingImageError
 from vlminterp.prompts import Sample
 
-__all__ = ["ON_MISSING", "Renderer", "resolve_images", "default_generated_dir"]
+__all__ = ["ON_MISSING", "PLACEHOLDER_SIZE", "Renderer", "resolve_images", "default_generated_dir"]
 
 ON_MISSING = ("raise", "skip", "keep", "generate")
+#: Side in pixels of the solid grey image ``on_missing="generate"`` uses where it cannot draw one.
+PLACEHOLDER_SIZE = 336
 Renderer = Callable[[Sample], "tuple[str, Callable[[], Image.Image]] | None"]
 """Maps a sample to (cache key, draw function), or None when its image cannot be generated."""
 
@@ -52,6 +67,11 @@ def _generate(sample: Sample, renderer: Renderer, out_dir: Path) -> Path | None:
     return path
 
 
+def _placeholder(sample: Sample) -> tuple[str, Callable[[], Image.Image]]:
+    size = (PLACEHOLDER_SIZE, PLACEHOLDER_SIZE)
+    return f"placeholder|grey|{PLACEHOLDER_SIZE}", lambda: Image.new("RGB", size, (128, 128, 128))
+
+
 def resolve_images(
     samples: list[Sample],
     dataset: str,
@@ -63,32 +83,36 @@ def resolve_images(
     """Apply the ``on_missing`` policy to the samples' image paths (PIL images and None pass through).
 
     Raises:
-        ValueError: an unknown ``on_missing``, or ``"generate"`` for a dataset without a generator.
+        ValueError: an unknown ``on_missing``.
         MissingImageError: with ``on_missing="raise"``, any image file missing.
     """
     if on_missing not in ON_MISSING:
         raise ValueError(f"on_missing={on_missing!r} is not one of {ON_MISSING}.")
-    if on_missing == "generate" and renderer is None:
-        raise ValueError(
-            f"on_missing='generate' is only available for typographic benchmarks; {dataset!r} images must "
-            "be downloaded. Use 'raise', 'skip' or 'keep'."
-        )
     if on_missing == "keep":
         return samples
     out_dir = Path(generated_dir) if generated_dir is not None else default_generated_dir(dataset)
-    kept, missing = [], []
+    kept, missing, placeholders = [], [], 0
     for s in samples:
         if not isinstance(s.image, str | Path) or Path(s.image).is_file():
             kept.append(s)
             continue
-        if on_missing == "generate" and renderer is not None:
-            path = _generate(s, renderer, out_dir)
-            if path is not None:
-                s.meta["generated_image"] = True
-                s.image = path
-                kept.append(s)
-                continue
+        if on_missing == "generate":
+            path = _generate(s, renderer, out_dir) if renderer is not None else None
+            drawn = path is not None
+            if not drawn:
+                path, placeholders = _generate(s, _placeholder, out_dir), placeholders + 1
+            s.meta["generated_image" if drawn else "placeholder_image"] = True
+            s.image = path
+            kept.append(s)
+            continue
         missing.append(s)
+    if placeholders:
+        warnings.warn(
+            f"{dataset}: {placeholders} of {len(samples)} samples have no image file and no drawable image; "
+            f"they get a solid grey {PLACEHOLDER_SIZE}px placeholder (meta['placeholder_image']). Download "
+            "the benchmark's images for real measurements.",
+            stacklevel=3,
+        )
     if not missing:
         return kept
     first = missing[0]
@@ -99,7 +123,11 @@ def resolve_images(
             stacklevel=3,
         )
         return kept
-    options = "'skip', 'keep' or 'generate'" if renderer is not None else "'skip' or 'keep'"
+    options = (
+        "'skip', 'keep' or 'generate'"
+        if renderer is not None
+        else "'skip', 'keep' or 'generate' (placeholders)"
+    )
     if image_root is not None and not image_root.is_dir():
         raise MissingImageError(
             f"{dataset}: the image folder {str(image_root)!r} does not exist. Download the benchmark's images "
