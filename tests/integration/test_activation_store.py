@@ -160,7 +160,7 @@ def test_float16_vectors(tiny_model, dataset, tmp_path):
         ["text_only"],
         out_dir=tmp_path / "h",
         keep="both",
-        dtype="float16",
+        storage_dtype="float16",
         progress=False,
     )
     v = store.vectors("text_only", 0)
@@ -226,7 +226,7 @@ def test_truncated_shard_is_detected_and_recomputed(tiny_model, dataset, tmp_pat
         (dict(hooks=("resid_pre",)), "hooks"),
         (dict(positions="mean_text"), "positions"),
         (dict(conditions=["text_only", "blank"]), "conditions"),
-        (dict(dtype="float16"), "dtype"),
+        (dict(storage_dtype="float16"), "dtype"),
     ],
 )
 def test_manifest_mismatch_raises_and_overwrites_nothing(tiny_model, dataset, tmp_path, change, field):
@@ -325,7 +325,7 @@ def test_store_of_another_model_is_refused(tiny_model, dataset, tmp_path):
         (dict(batch_size=0), ValueError, "batch_size must be a positive int"),
         (dict(keep="all"), ValueError, "keep must be one of"),
         (dict(keep="vectors"), ValueError, "pass out_dir"),
-        (dict(dtype="bfloat16", keep="both", out_dir="x"), ValueError, "dtype must be one of"),
+        (dict(storage_dtype="float64", keep="both", out_dir="x"), ValueError, "dtype must be one of"),
         (dict(nosie_seed=3), ValueError, "Unknown prompt options"),
     ],
 )

@@ -147,7 +147,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard-size", type=int, default=d.shard_size, help="samples per shard")
     parser.add_argument("--keep", default=d.keep, choices=KEEP_CHOICES)
     parser.add_argument("--covariance", action="store_true", help="also keep covariance matrices")
-    parser.add_argument("--vector-dtype", default=d.vector_dtype, choices=("float32", "float16"))
+    parser.add_argument("--vector-dtype", default=d.vector_dtype, choices=("float32", "float16", "bfloat16"))
     parser.add_argument("--device", default=d.device)
     parser.add_argument("--device-map", default=None, help="accelerate placement, e.g. 'auto'")
     parser.add_argument("--resume", action="store_true", help="continue the collection already in --out")
@@ -189,7 +189,7 @@ def collect(cfg: CollectConfig) -> ActivationStore:
         keep=cfg.keep,
         covariance=cfg.covariance,
         progress=cfg.progress,
-        dtype=cfg.vector_dtype,
+        storage_dtype=cfg.vector_dtype,
         shard_size=cfg.shard_size,
         resume=cfg.resume,
     )

@@ -1,7 +1,8 @@
 """One ``ActivationStore.collect`` call's work: its validated plan, each shard's forwards and statistics.
 
 :func:`plan_collection` checks every argument once and returns a :class:`CollectPlan`;
-:func:`run_shard` runs one shard's samples through the model, one forward per condition and batch,
+:func:`run_shard` runs one shard's samples through the model, one forward per condition and batch
+(prompts of the next batch built by :func:`prompt_batches` in a background thread meanwhile),
 and returns its :class:`~vlminterp.cache.running_stats.RunningStats` per (hook, condition, label)
 and its per-sample vectors. Shard statistics are stored as flat tensors
 (:func:`stats_tensors` / :func:`stats_from_tensors`), merged in a fixed key order
@@ -24,7 +25,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,7 @@ __all__ = [
     "dist_rank_world",
     "barrier",
     "plan_collection",
+    "prompt_batches",
     "run_shard",
     "stats_tensors",
     "stats_from_tensors",
@@ -102,8 +105,9 @@ class CollectPlan:
     shard_size: int
     keep: str
     covariance: bool
-    dtype: torch.dtype
+    dtype: torch.dtype  # of stored vectors (statistics are float64)
     prompt_options: dict[str, Any]
+    prefetch: bool = True
 
     @property
     def keeps_stats(self) -> bool:
@@ -128,6 +132,8 @@ def plan_collection(
     covariance: bool,
     dtype: str | torch.dtype,
     prompt_options: dict[str, Any],
+    *,
+    prefetch: bool = True,
 ) -> CollectPlan:
     """Check the arguments of :meth:`~vlminterp.cache.ActivationStore.collect` (described there) once.
 
@@ -195,20 +201,60 @@ def plan_collection(
         covariance=bool(covariance),
         dtype=torch_dtype(dtype),
         prompt_options=dict(prompt_options),
+        prefetch=bool(prefetch),
     )
 
 
 # ---------------------------------------------------------------------- one shard
+def prompt_batches(model: Any, samples: Sequence[Sample], plan: CollectPlan) -> Iterator[PromptBatch]:
+    """The shard's forward batches (``PromptBatch.paired`` of ``plan.batch_size`` samples each), in order.
+
+    With ``plan.prefetch`` one background thread builds batch ``k + 1`` (tokenizer, chat template,
+    image processor) while the caller runs batch ``k``'s forward, which releases the GIL inside
+    torch; the batches are the same objects the sequential path builds, so results are bit-identical.
+    A build error is raised when its batch is reached, as without prefetch.
+
+    Example:
+        >>> from vlminterp import HookedVLM, Sample
+        >>> model = HookedVLM.tiny("llava")
+        >>> samples = [Sample(id=f"s{i}", query="hi") for i in range(3)]
+        >>> plan = plan_collection(
+        ...     model, samples, ["text_only"], hooks="resid_post", layers=None, positions="last", batch_size=2,
+        ...     shard_size=256, out_dir=None, keep="stats", covariance=False, dtype="float32", prompt_options={},
+        ... )
+        >>> [b.sample_ids for b in prompt_batches(model, samples, plan)]
+        [['s0', 's1'], ['s2']]
+    """
+
+    def build(start: int) -> PromptBatch:
+        chunk = samples[start : start + plan.batch_size]
+        return PromptBatch.paired(model, chunk, plan.conditions, **plan.prompt_options)
+
+    starts = range(0, len(samples), plan.batch_size)
+    if not plan.prefetch:
+        yield from map(build, starts)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlminterp-prompts") as pool:
+        pending = pool.submit(build, starts[0])
+        for nxt in [*starts[1:], None]:
+            batch = pending.result()
+            if nxt is not None:
+                pending = pool.submit(build, nxt)
+            yield batch
+
+
 def run_shard(
     model: Any, samples: Sequence[Sample], plan: CollectPlan
 ) -> tuple[dict[StatsKey, RunningStats], dict[str, Tensor]]:
-    """Statistics and stacked vectors (``vectors/{hook}/{condition}/{layer}`` -> [n, d]) of one shard."""
+    """Statistics and stacked vectors (``vectors/{hook}/{condition}/{layer}`` -> [n, d]) of one shard.
+
+    Statistics are updated from the activations as the model computed them (float64 accumulation);
+    only the stored vectors are cast to ``plan.dtype``.
+    """
     stats: dict[StatsKey, RunningStats] = {}
     chunks: dict[tuple[str, str], list[Tensor]] = {}
     all_names = [n for names in plan.names.values() for n in names]
-    for start in range(0, len(samples), plan.batch_size):
-        batch_samples = samples[start : start + plan.batch_size]
-        paired = PromptBatch.paired(model, batch_samples, plan.conditions, **plan.prompt_options)
+    for paired in prompt_batches(model, samples, plan):
         for cond in plan.conditions:
             batch = paired.select(paired.rows(cond))
             _, cache = model.run_with_cache(batch, names_filter=all_names, positions=plan.positions)

@@ -179,8 +179,8 @@ def read_shard_tensor(path: Path, key: str) -> Tensor:
 
 
 def torch_dtype(name: str | torch.dtype) -> torch.dtype:
-    """``"float16"``/``"float32"`` (or the torch dtype) as a torch dtype for stored vectors."""
-    choices = {"float16": torch.float16, "float32": torch.float32}
+    """``"float16"``/``"bfloat16"``/``"float32"`` (or the torch dtype) as a torch dtype for stored vectors."""
+    choices = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
     if isinstance(name, torch.dtype):
         name = str(name).removeprefix("torch.")
     if name not in choices:

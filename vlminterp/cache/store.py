@@ -113,9 +113,10 @@ class ActivationStore:
         covariance: bool = False,
         progress: bool = True,
         *,
-        dtype: str | torch.dtype = "float32",
+        storage_dtype: str | torch.dtype = "float32",
         shard_size: int = 256,
         resume: bool = True,
+        prefetch: bool = True,
         **prompt_options: Any,
     ) -> ActivationStore:
         """Run every (condition, sample) pair through ``model`` and keep statistics and/or vectors.
@@ -133,9 +134,13 @@ class ActivationStore:
             keep: ``"stats"``, ``"vectors"`` or ``"both"``.
             covariance: Also keep scatter matrices (``O(layers * d^2)`` memory).
             progress: Show a tqdm bar (samples/s, ETA) on rank 0.
-            dtype: dtype of stored vectors, ``"float32"`` or ``"float16"``.
+            storage_dtype: dtype of the stored per-sample vectors, ``"float32"``, ``"float16"`` or
+                ``"bfloat16"`` (half the disk); statistics are accumulated in float64 from the
+                activations as computed, whatever this is.
             shard_size: Samples per shard (unit of resume and of multi-process work).
             resume: Continue a collection already in ``out_dir`` (False: refuse to touch it).
+            prefetch: Build the next batch's prompts (tokenizer, image processor) in a background
+                thread while the current batch runs; the result is bit-identical either way.
             **prompt_options: ``blank``, ``noise_seed``, ``caption_template`` for ``PromptBatch.paired``.
 
         Returns:
@@ -148,7 +153,7 @@ class ActivationStore:
         """
         plan = plan_collection(
             model, samples, conditions, hooks, layers, positions, batch_size, shard_size,
-            out_dir, keep, covariance, dtype, prompt_options,
+            out_dir, keep, covariance, storage_dtype, prompt_options, prefetch=prefetch,
         )  # fmt: skip
         config = collection_config(model, plan, samples)
         rank, world = dist_rank_world()
