@@ -289,19 +289,21 @@ class DatasetSpec:
         else:
             from vlminterp import data
 
+            first = self.limit if per_label is None else per_label
+            # The first samples of each label are chosen before their images are checked or generated.
             samples = data.load(
-                self.name, self.root, split=self.split, on_missing=self.on_missing, **self.options
+                self.name,
+                self.root,
+                split=self.split,
+                on_missing=self.on_missing,
+                first=first,
+                **self.options,
             )
         if per_label is None and self.limit is None:
             return list(samples)
-        seen: dict[str | None, int] = {}
-        kept = []
-        for s in samples:
-            seen[s.label] = seen.get(s.label, 0) + 1
-            cap = self.limit if per_label is None else per_label.get(s.label, 0)
-            if seen[s.label] <= cap:
-                kept.append(s)
-        return kept
+        from vlminterp.data.registry import first_per_label
+
+        return first_per_label(list(samples), self.limit if per_label is None else per_label)
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import inspect
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from vlminterp.data.images import Renderer, resolve_images
 from vlminterp.prompts import Sample
 
-__all__ = ["DatasetSpec", "Parsed", "register", "load", "names", "subset"]
+__all__ = ["DatasetSpec", "Parsed", "register", "load", "names", "subset", "first_per_label"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,23 @@ def subset(samples: list[Sample], limit: int | None, seed: int) -> list[Sample]:
     return [samples[i] for i in keep]
 
 
+def first_per_label(samples: list[Sample], first: int | Mapping[str | None, int]) -> list[Sample]:
+    """The first ``first`` samples of each label, in order (a mapping: per label; labels it lacks are dropped).
+
+    Example:
+        >>> rows = [Sample(id=str(i), query="q", label=lab) for i, lab in enumerate(["harmful", None, "harmful"])]
+        >>> [s.id for s in first_per_label(rows, 1)], [s.id for s in first_per_label(rows, {None: 5})]
+        (['0', '1'], ['1'])
+    """
+    seen: dict[str | None, int] = {}
+    kept = []
+    for s in samples:
+        seen[s.label] = seen.get(s.label, 0) + 1
+        if seen[s.label] <= (first.get(s.label, 0) if isinstance(first, Mapping) else first):
+            kept.append(s)
+    return kept
+
+
 def load(
     name: str,
     root: str | Path,
@@ -98,6 +115,7 @@ def load(
     *,
     on_missing: str = "raise",
     generated_dir: str | Path | None = None,
+    first: int | Mapping[str | None, int] | None = None,
     **options,
 ) -> list[Sample]:
     """Load a benchmark from its folder as published.
@@ -111,6 +129,8 @@ def load(
         on_missing: ``"raise"`` | ``"skip"`` | ``"keep"`` | ``"generate"``: what to do about missing
             image files (see :mod:`vlminterp.data.images`).
         generated_dir: Where ``on_missing="generate"`` writes images (default ``~/.cache/vlminterp``).
+        first: Then keep the first this many samples of each label, in file order (a mapping: per
+            label, a label it does not name is dropped), before images are checked or generated.
         **options: Dataset-specific options (``image_root=``, ``scenarios=``, ...).
 
     Returns:
@@ -133,4 +153,6 @@ def load(
         raise FileNotFoundError(f"Dataset {ds.name!r}: root folder {str(root)!r} does not exist.")
     parsed = ds.parse(root, split, **options)
     chosen = subset(parsed.samples, limit, seed)
+    if first is not None:
+        chosen = first_per_label(chosen, first)
     return resolve_images(chosen, ds.name, parsed.image_root, on_missing, parsed.renderer, generated_dir)

@@ -1,7 +1,17 @@
 """Study: the representation gap between image and text inputs, and how it meets the safety direction.
 
+Samples come from one labelled ``--dataset`` or from a ``--harmful`` and a ``--benign`` source
+(:mod:`vlminterp.studies.sources`; ``--on-missing generate`` draws missing typographic images and
+gives photos a grey placeholder). The classes are counted before anything is collected: a set with
+one class runs every part that needs one class and says (a printed line, ``info.skipped`` in the
+manifest) that the probes and the safety direction were skipped.
+
 Stages (each result is a file in ``--out``; figures are drawn from those files, never from memory):
 
+0. captions: a sample with an image but no caption gets the model's own, query-conditioned caption
+   (:func:`vlminterp.interventions.captioning.caption_images`, cached in ``--out``/captions.json);
+   rows get ``caption_source`` (``self``, ``dataset`` or ``self+dataset``) and the manifest the
+   captioning prompt.
 1. collect: paired prompts (IMAGE, BLANK, TEXT_ONLY, CAPTION by default) for every sample, last-token
    ``resid_post`` of every (chosen) layer, cached in batches with ``model.run_with_cache``.
 2. analyse: PCA (fit on all conditions), gap metrics of each condition vs TEXT_ONLY, CMRM's candidate
@@ -19,6 +29,8 @@ Usage::
 
     vlminterp gap --model tiny:llava --out results/representation_gap
     vlminterp gap --model organism --dataset organism
+    vlminterp gap --model tiny:llava --harmful figstep --harmful-root ../shared/data/figstep \
+        --benign llava-bench-coco --benign-root ../shared/data/llava_bench_coco --on-missing generate --limit 8
     vlminterp gap --model llava-hf/llava-1.5-7b-hf --dataset mm-safetybench \\
         --data-root /work/shared/data --limit 200 --layers 8,16,24,31
 """
@@ -47,10 +59,19 @@ from vlminterp.analysis import (
     projection_rows,
     safety_direction,
 )
+from vlminterp.interventions.captioning import QUERY_CONDITIONED_PROMPT
 from vlminterp.interventions.site import resolve_layers
 from vlminterp.io import read_json
 from vlminterp.results import MANIFEST, config_hash, write_results
-from vlminterp.specs import DATASET_SPEC_HELP, MODEL_SPEC_HELP, DatasetSpec, ModelSpec, load_model, model_name
+from vlminterp.specs import DATASET_SPEC_HELP, MODEL_SPEC_HELP, ModelSpec, load_model, model_name
+from vlminterp.studies.sources import (
+    Sources,
+    add_source_arguments,
+    caption_source,
+    class_counts,
+    fill_captions,
+    one_class_note,
+)
 
 DEFAULT_CONDITIONS = ("image", "blank", "text_only", "caption")
 
@@ -62,8 +83,14 @@ class RepresentationGapConfig:
     Attributes:
         model: ``tiny:FAMILY`` (``tiny`` = ``tiny:llava``), ``organism``, or a checkpoint name/dir.
         dataset: A dataset spec (:class:`vlminterp.specs.DatasetSpec`): ``demo`` (built-in paired
-            harmful/benign set), ``organism[:split]``, or a ``vlminterp.data`` name.
+            harmful/benign set), ``organism[:split]``, or a ``vlminterp.data`` name. None: ``demo``,
+            unless ``harmful`` / ``benign`` are given.
+        harmful: A dataset spec whose samples are the harmful class (instead of ``dataset``).
+        benign: A dataset spec whose samples are the benign class (instead of ``dataset``).
         data_root: Root of the dataset files (``vlminterp.data`` datasets only).
+        harmful_root: Root of ``harmful`` (default ``data_root``).
+        benign_root: Root of ``benign`` (default ``data_root``).
+        on_missing: Missing image files: ``raise``, ``skip`` or ``generate``.
         limit: Keep the first this many samples of each label (None = all; ``demo``: 12 per label).
         conditions: Conditions to collect; must include ``text_only``.
         layers: Layers to cache (None = all; negative ones count from the end, checked against the model).
@@ -74,8 +101,13 @@ class RepresentationGapConfig:
     """
 
     model: str = "tiny:llava"
-    dataset: str = "demo"
+    dataset: str | None = None
+    harmful: str | None = None
+    benign: str | None = None
     data_root: str | None = None
+    harmful_root: str | None = None
+    benign_root: str | None = None
+    on_missing: str = "raise"
     limit: int | None = None
     conditions: tuple[str, ...] = DEFAULT_CONDITIONS
     layers: tuple[int, ...] | None = None
@@ -107,12 +139,19 @@ class RepresentationGapConfig:
                 f"use --limit >= {self.n_splits} or lower --n-splits."
             )
         ModelSpec.parse(self.model)
-        self.dataset_spec()
+        self.sources()
 
-    def dataset_spec(self) -> DatasetSpec:
-        """The dataset as a :class:`DatasetSpec` (raises naming ``--dataset`` when it is not valid)."""
-        return DatasetSpec.parse(
-            self.dataset, self.data_root, self.limit, option="--dataset", root_option="--data-root"
+    def sources(self) -> Sources:
+        """The samples' sources (raises naming the option when one is not valid)."""
+        return Sources.parse(
+            self.dataset,
+            self.harmful,
+            self.benign,
+            self.data_root,
+            self.harmful_root,
+            self.benign_root,
+            self.limit,
+            self.on_missing,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -136,7 +175,10 @@ class RepresentationGapConfig:
 def collect(
     model: HookedVLM, samples: Sequence[Sample], cfg: RepresentationGapConfig
 ) -> ConditionActivations:
-    """Last-token ``resid_post`` of every condition, batch by batch, as :class:`ConditionActivations`."""
+    """Last-token ``resid_post`` of every condition, batch by batch, as :class:`ConditionActivations`.
+
+    The CAPTION condition needs ``Sample.caption`` (:func:`vlminterp.studies.sources.fill_captions`).
+    """
     n_layers = model.cfg.n_layers
     layers = (
         list(range(n_layers))
@@ -150,13 +192,18 @@ def collect(
         batch = PromptBatch.paired(model, chunk, cfg.conditions)
         _, cache = model.run_with_cache(batch, names_filter=names, positions="last")
         caches.append(cache)
-    return ConditionActivations.from_cache(caches, "resid_post", model=model_name(model), dataset=cfg.dataset)
+    return ConditionActivations.from_cache(
+        caches, "resid_post", model=model_name(model), dataset=str(cfg.sources())
+    )
 
 
 def analyse(
-    acts: ConditionActivations, cfg: RepresentationGapConfig, variant_of: dict[str, str]
+    acts: ConditionActivations,
+    cfg: RepresentationGapConfig,
+    variant_of: dict[str, str],
+    two_classes: bool = True,
 ) -> list[dict[str, Any]]:
-    """Every analysis of the study as tidy rows."""
+    """Every analysis of the study as tidy rows (``two_classes=False``: no probes, no safety direction)."""
     conds = acts.conditions
     others = [c for c in conds if c != "text_only"]
     rows = pca_rows(acts)
@@ -168,17 +215,22 @@ def analyse(
             "cmrm_first_pc": first_pc_direction(text - blank, center=True, scale=False),
         }
         rows += gap_closed_rows(acts, shifts, source="image", target="text_only")
-    pairs = [(c, c) for c in ("text_only", "image") if c in conds]
-    pairs += [("text_only", c) for c in others if c in ("image", "caption")]
-    rows += probe_rows(acts, pairs, n_splits=cfg.n_splits, seed=cfg.seed)
-    safety = safety_direction(acts, "text_only")
-    directions = {"safety": safety}
+    directions = {}
+    if two_classes:
+        pairs = [(c, c) for c in ("text_only", "image") if c in conds]
+        pairs += [("text_only", c) for c in others if c in ("image", "caption")]
+        rows += probe_rows(acts, pairs, n_splits=cfg.n_splits, seed=cfg.seed)
+        directions["safety"] = safety_direction(acts, "text_only")
     if "image" in conds:
         directions["modality"] = diff_in_means(acts.get("image"), acts.get("text_only"))
-        twin = "caption" if "caption" in conds else "text_only"
-        rows += distortion_rows(acts, safety, image="image", twin=twin, variant_of=variant_of)
+        if two_classes:
+            twin = "caption" if "caption" in conds else "text_only"
+            rows += distortion_rows(
+                acts, directions["safety"], image="image", twin=twin, variant_of=variant_of
+            )
     rows += direction_rows(acts, directions)
-    rows += projection_rows(acts, "safety", safety)
+    if two_classes:
+        rows += projection_rows(acts, "safety", directions["safety"])
     return rows
 
 
@@ -201,10 +253,21 @@ def run(cfg: RepresentationGapConfig, *, force: bool = False, model: HookedVLM |
         )
     else:
         t0 = time.perf_counter()
-        samples = cfg.dataset_spec().load()
+        samples = cfg.sources().load()
+        counts = class_counts(samples)
+        skipped = one_class_note(counts)
+        if skipped:
+            print(skipped)
+        elif min(counts.values()) < cfg.n_splits:
+            raise ValueError(
+                f"The samples have {counts} per class: fewer than n_splits={cfg.n_splits} in a class. "
+                "Raise --limit, lower --n-splits, or use a larger source."
+            )
         model = model if model is not None else load_model(cfg.model)
+        if "caption" in cfg.conditions:
+            samples = fill_captions(model, samples, out / "captions.json")
         acts = collect(model, samples, cfg)
-        rows = analyse(acts, cfg, {s.id: str(s.meta.get("variant", "all")) for s in samples})
+        rows = analyse(acts, cfg, {s.id: str(s.meta.get("variant", "all")) for s in samples}, not skipped)
         info = {
             "study": "representation_gap",
             "model": model_name(model),
@@ -212,9 +275,20 @@ def run(cfg: RepresentationGapConfig, *, force: bool = False, model: HookedVLM |
             "positions": "last",
             "layers": list(acts.layers),
             "n_samples": len(samples),
+            "classes": counts,
+            "skipped": skipped,
+            "placeholder_images": sum(bool(s.meta.get("placeholder_image")) for s in samples),
             "n_rows": len(rows),
             "seconds": round(time.perf_counter() - t0, 2),
         }
+        if "caption" in cfg.conditions:
+            source = caption_source(samples)
+            rows = [{**r, "caption_source": source} for r in rows]
+            info["captions"] = {
+                "source": source,
+                "self_prompt": QUERY_CONDITIONED_PROMPT,
+                "cache": "captions.json",
+            }
         write_results(out, rows, cfg.to_dict(), info=info)
         print(f"wrote {len(rows)} rows to {results} in {time.perf_counter() - t0:.1f} s")
     for path in viz.draw(results, out):
@@ -225,8 +299,8 @@ def run(cfg: RepresentationGapConfig, *, force: bool = False, model: HookedVLM |
 def _parse(argv: Sequence[str] | None) -> tuple[RepresentationGapConfig, bool, argparse.ArgumentParser]:
     p = argparse.ArgumentParser(prog="vlminterp gap", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="tiny:llava", help=MODEL_SPEC_HELP)
-    p.add_argument("--dataset", default="demo", help=DATASET_SPEC_HELP)
-    p.add_argument("--data-root", default=None, help="directory of the dataset files")
+    p.add_argument("--dataset", default=None, help=f"{DATASET_SPEC_HELP} (default demo)")
+    add_source_arguments(p)
     p.add_argument("--limit", type=int, default=None, help="first N samples of each label")
     p.add_argument("--conditions", default=",".join(DEFAULT_CONDITIONS), help="comma-separated conditions")
     p.add_argument(
@@ -246,7 +320,12 @@ def _parse(argv: Sequence[str] | None) -> tuple[RepresentationGapConfig, bool, a
         cfg = RepresentationGapConfig(
             model=a.model,
             dataset=a.dataset,
+            harmful=a.harmful,
+            benign=a.benign,
             data_root=a.data_root,
+            harmful_root=a.harmful_root,
+            benign_root=a.benign_root,
+            on_missing=a.on_missing,
             limit=a.limit,
             conditions=tuple(c for c in a.conditions.split(",") if c),
             layers=layers,
