@@ -1,0 +1,177 @@
+"""Judges and graders over an OpenAI-compatible endpoint, with the published prompts.
+
+- :class:`EndpointJudge` is a :class:`~vlminterp.eval.judges.Judge` (``judge(samples, responses)
+  -> list[Verdict]``) for a safety prompt set (``mm-safetybench``: each sample's scenario picks its
+  prompt, the judge sees only the answer).
+- :class:`EndpointGrader` grades utility answers (``mm-vet``: a 0-1 score against the ground truth;
+  ``llava-bench``: GPT-4's reference answer and ours scored 1-10 side by side) into :class:`Grade` s,
+  summarised by :func:`vlminterp.eval.metrics.mmvet_scores` /
+  :func:`~vlminterp.eval.metrics.llava_bench_scores`.
+
+Transport, retries, rate limit, concurrency and the on-disk reply cache are
+:class:`~vlminterp.eval.endpoint.ChatEndpoint`'s: nothing is asked twice, and a failed run raises
+:class:`~vlminterp.eval.endpoint.JudgeRunError` after caching every answer it got.
+
+**Replies that do not parse** (``"I think it might be unsafe"`` for MM-SafetyBench, ``"good"`` for
+MM-Vet) are never guessed: after the whole batch is answered and cached, the call raises
+:class:`UnparsedReplyError` listing each such sample id with its reply. Nothing is lost (rerunning
+costs no request); pass ``parse=`` to read that judge model's style, or drop those samples.
+
+Example:
+    >>> from vlminterp.eval.endpoint import ChatEndpoint
+    >>> judge = EndpointJudge(ChatEndpoint("gpt-4o", base_url="http://127.0.0.1:9/v1"))
+    >>> judge.name
+    'llm:gpt-4o:mm-safetybench'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from vlminterp.eval.endpoint import ChatEndpoint
+from vlminterp.eval.judge_prompts import PROMPT_SETS, PromptSet
+from vlminterp.eval.judges import Judge, Verdict
+from vlminterp.prompts import Sample
+
+__all__ = ["UnparsedReplyError", "EndpointJudge", "EndpointGrader", "Grade"]
+
+
+class UnparsedReplyError(ValueError):
+    """Judge replies that could not be read; ``.unparsed`` holds ``(sample id, reply)`` pairs."""
+
+    def __init__(self, judge: str, unparsed: list[tuple[str, str]], total: int):
+        self.unparsed = unparsed
+        shown = "; ".join(f"{sid}: {reply[:60]!r}" for sid, reply in unparsed[:5])
+        more = f" (and {len(unparsed) - 5} more)" if len(unparsed) > 5 else ""
+        super().__init__(
+            f"{judge}: {len(unparsed)} of {total} replies do not parse: {shown}{more}. All replies are cached, "
+            "so a rerun asks nothing again; pass parse= for this judge model's answer style or drop those samples."
+        )
+
+
+def _prompt_set(name: str, kind: str, who: str) -> PromptSet:
+    sets = sorted(n for n, p in PROMPT_SETS.items() if p.kind == kind)
+    if name not in PROMPT_SETS or PROMPT_SETS[name].kind != kind:
+        raise ValueError(f"{who}: prompt set {name!r} is not a {kind} set; choose from {sets}.")
+    return PROMPT_SETS[name]
+
+
+def _ask(
+    endpoint: ChatEndpoint,
+    prompts: PromptSet,
+    parse: Callable[[str], Any],
+    name: str,
+    samples: Sequence[Sample] | None,
+    responses: Sequence[str],
+) -> list[tuple[Any, str]]:
+    ids = [s.id for s in samples] if samples is not None else [str(i) for i in range(len(responses))]
+    requests = [
+        prompts.messages(samples[i] if samples is not None else None, r) for i, r in enumerate(responses)
+    ]
+    replies = endpoint.complete(requests, dict(prompts.params), desc=name)
+    values = [parse(r) for r in replies]
+    bad = [(sid, r) for sid, r, v in zip(ids, replies, values, strict=True) if v is None]
+    if bad:
+        raise UnparsedReplyError(name, bad, len(replies))
+    return list(zip(values, replies, strict=True))
+
+
+@dataclass
+class EndpointJudge(Judge):
+    """A safety judge: a chat model behind an endpoint with a published safety prompt set.
+
+    Args:
+        endpoint: The judge model (:class:`~vlminterp.eval.endpoint.ChatEndpoint`).
+        prompt_set: A safety set of :data:`~vlminterp.eval.judge_prompts.PROMPT_SETS`.
+        parse: Reply -> True (unsafe) / False (safe) / None (default: the set's own rule).
+        name: Name in verdicts (default ``llm:MODEL:PROMPT_SET``).
+
+    Raises:
+        ValueError: an unknown or non-safety prompt set.
+    """
+
+    endpoint: ChatEndpoint
+    prompt_set: str = "mm-safetybench"
+    parse: Callable[[str], bool | None] | None = None
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self._prompts = _prompt_set(self.prompt_set, "safety", "EndpointJudge")
+        self.name = self.name or f"llm:{self.endpoint.model}:{self.prompt_set}"
+
+    def judge(self, samples: Sequence[Sample] | None, responses: Sequence[str]) -> list[Verdict]:
+        """One verdict per response (``refused`` = judged safe, ``evidence`` = the judge's reply).
+
+        Raises:
+            JudgeRunError: the endpoint failed for good (answers so far are cached).
+            UnparsedReplyError: some replies are neither safe nor unsafe.
+        """
+        self._check(samples, responses)
+        parse = self.parse or self._prompts.parse
+        answers = _ask(self.endpoint, self._prompts, parse, self.name, samples, responses)
+        return [Verdict(refused=not u, unsafe=bool(u), judge=self.name, evidence=r) for u, r in answers]
+
+
+@dataclass(frozen=True)
+class Grade:
+    """A grader's score of one answer.
+
+    Attributes:
+        score: Our answer's score (MM-Vet 0-1, LLaVA-Bench 1-10).
+        reference: The reference answer's score (LLaVA-Bench's GPT-4 answer; None for MM-Vet).
+        judge: Name of the grader.
+        evidence: The grader's raw reply.
+    """
+
+    score: float
+    reference: float | None
+    judge: str
+    evidence: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "score": self.score,
+            "reference": self.reference,
+            "judge": self.judge,
+            "evidence": self.evidence,
+        }
+
+
+@dataclass
+class EndpointGrader:
+    """A utility grader: ``mm-vet`` or ``llava-bench`` over an endpoint.
+
+    Args:
+        endpoint: The grader model.
+        prompt_set: ``"mm-vet"`` or ``"llava-bench"``.
+        name: Name in grades (default ``llm:MODEL:PROMPT_SET``).
+
+    Example:
+        >>> from vlminterp.eval.endpoint import ChatEndpoint
+        >>> EndpointGrader(ChatEndpoint("gpt-4", base_url="http://127.0.0.1:9/v1"), "mm-vet").name
+        'llm:gpt-4:mm-vet'
+    """
+
+    endpoint: ChatEndpoint
+    prompt_set: str = "mm-vet"
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self._prompts = _prompt_set(self.prompt_set, "score", "EndpointGrader")
+        self.name = self.name or f"llm:{self.endpoint.model}:{self.prompt_set}"
+
+    def grade(self, samples: Sequence[Sample], responses: Sequence[str]) -> list[Grade]:
+        """One grade per response (samples carry the ground truth / reference in ``meta``).
+
+        Raises:
+            ValueError: a sample lacks what the prompt needs (named), or counts differ.
+            JudgeRunError: the endpoint failed for good (answers so far are cached).
+            UnparsedReplyError: some replies hold no score.
+        """
+        Judge._check(samples, responses)
+        answers = _ask(self.endpoint, self._prompts, self._prompts.parse, self.name, samples, responses)
+        if self.prompt_set == "llava-bench":
+            return [Grade(ours, ref, self.name, r) for (ref, ours), r in answers]
+        return [Grade(v, None, self.name, r) for v, r in answers]
