@@ -237,11 +237,14 @@ def parse_mmvet_score(reply: str) -> float | None:
 
 
 def parse_llava_scores(reply: str) -> tuple[float, float] | None:
-    """LLaVA-Bench: the two scores on the reply's first line (commas count as spaces), else None.
+    """LLaVA-Bench: the two scores on the reply's first line, else None.
+
+    As LLaVA's ``parse_score``: commas become spaces and the line is split on single spaces, so
+    ``"9 6"`` and ``"9,6"`` parse while ``"9, 6"`` (three fields) does not.
 
     Example:
-        >>> parse_llava_scores("9, 6\\nAssistant 1 ..."), parse_llava_scores("Assistant 1: 9")
-        ((9.0, 6.0), None)
+        >>> parse_llava_scores("9,6\\nAssistant 1 ..."), parse_llava_scores("9, 6"), parse_llava_scores("Assistant 1: 9")
+        ((9.0, 6.0), None, None)
     """
     parts = reply.split("\n")[0].replace(",", " ").split(" ")
     if len(parts) != 2:
