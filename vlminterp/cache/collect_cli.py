@@ -6,11 +6,17 @@ Example (shell)::
         --layers all --positions last --out runs/tiny-collect
     torchrun --nproc_per_node 4 -m vlminterp collect --model llava-hf/llava-1.5-7b-hf \\
         --dataset mm-safetybench --data-root ../shared/data/mm-safetybench --out runs/mmsb --resume
+    vlminterp collect --model tiny --harmful figstep --harmful-root ../shared/data/figstep \\
+        --benign llava-bench-coco --benign-root ../shared/data/llava_bench_coco --on-missing generate \\
+        --conditions image,text_only,caption --limit 8 --out runs/figstep-llava
 
 ``--model`` is a model spec (:mod:`vlminterp.specs`: ``organism``, ``tiny``, ``tiny:FAMILY``, a
 checkpoint). ``--dataset`` is a dataset spec (:class:`vlminterp.specs.DatasetSpec`): ``tiny`` (a few
-synthetic samples), ``organism[:split]``, or a name of :func:`vlminterp.data.names` read from
-``--data-root``; ``--limit N`` keeps its first N samples of each label. Every argument (``--layers``
+synthetic samples, the default), ``organism[:split]``, or a name of :func:`vlminterp.data.names` read
+from ``--data-root``; or ``--harmful`` / ``--benign`` give one source per class
+(:mod:`vlminterp.studies.sources`). ``--limit N`` keeps the first N samples of each label;
+``--on-missing`` says what a missing image file does. The CAPTION condition uses the model's own
+caption where a sample has none, cached in ``--out``/captions.json. Every argument (``--layers``
 against the model too) is checked before anything is written. Under ``torchrun`` / ``accelerate launch`` the process group is set up
 here (gloo on CPU, nccl on GPU) and every rank collects its own shards into ``--out``.
 
@@ -27,17 +33,24 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
+from vlminterp.cache.manifest import MANIFEST_NAME
 from vlminterp.cache.store import KEEP_CHOICES, ActivationStore
 from vlminterp.interventions.site import resolve_layers
 from vlminterp.positions import POSITION_NAMES, check_positions, positions_from_text
 from vlminterp.prompts import Condition
-from vlminterp.specs import DATASET_SPEC_HELP, MODEL_SPEC_HELP, DatasetSpec, ModelSpec
+from vlminterp.specs import DATASET_SPEC_HELP, MODEL_SPEC_HELP, ModelSpec
+from vlminterp.studies.sources import Sources, add_source_arguments, class_counts, fill_captions
 
-__all__ = ["CollectConfig", "add_arguments", "run", "parse_layers"]
+__all__ = ["CAPTIONS", "CollectConfig", "add_arguments", "run", "parse_layers"]
+
+#: The self-caption cache in ``--out`` (:func:`vlminterp.studies.sources.fill_captions`).
+CAPTIONS = "captions.json"
 
 
 def parse_layers(text: str) -> list[int] | None:
@@ -62,8 +75,13 @@ class CollectConfig:
 
     out: str
     model: str = "tiny"
-    dataset: str = "tiny"
+    dataset: str | None = None
+    harmful: str | None = None
+    benign: str | None = None
     data_root: str | None = None
+    harmful_root: str | None = None
+    benign_root: str | None = None
+    on_missing: str = "raise"
     split: str | None = None
     limit: int | None = None
     conditions: list[str] = field(default_factory=lambda: ["image", "blank", "text_only"])
@@ -86,13 +104,23 @@ class CollectConfig:
         self.positions = check_positions(self.positions, per_row=True)
         if self.keep not in KEEP_CHOICES:
             raise ValueError(f"--keep {self.keep!r}: choose from {list(KEEP_CHOICES)}.")
-        self.dataset_spec()
+        if self.split and (self.harmful or self.benign):
+            raise ValueError("--split applies to --dataset; give --harmful / --benign as NAME:split instead.")
+        self.sources()
 
-    def dataset_spec(self) -> DatasetSpec:
-        """The dataset as a :class:`DatasetSpec` (raises naming ``--dataset`` when it is not valid)."""
-        text = f"{self.dataset}:{self.split}" if self.split else self.dataset
-        return DatasetSpec.parse(
-            text, self.data_root, self.limit, option="--dataset", root_option="--data-root"
+    def sources(self) -> Sources:
+        """The samples' sources (raises naming the option when one is not valid)."""
+        dataset = f"{self.dataset or 'tiny'}:{self.split}" if self.split else self.dataset
+        return Sources.parse(
+            dataset,
+            self.harmful,
+            self.benign,
+            self.data_root,
+            self.harmful_root,
+            self.benign_root,
+            self.limit,
+            self.on_missing,
+            default="tiny",
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,7 +139,12 @@ class CollectConfig:
             out=args.out,
             model=args.model,
             dataset=args.dataset,
+            harmful=args.harmful,
+            benign=args.benign,
             data_root=args.data_root,
+            harmful_root=args.harmful_root,
+            benign_root=args.benign_root,
+            on_missing=args.on_missing,
             split=args.split,
             limit=args.limit,
             conditions=[c for c in args.conditions.split(",") if c],
@@ -135,8 +168,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = CollectConfig(out="")
     parser.add_argument("--out", required=True, help="output directory (manifest + shards)")
     parser.add_argument("--model", default=d.model, help=MODEL_SPEC_HELP)
-    parser.add_argument("--dataset", default=d.dataset, help=DATASET_SPEC_HELP)
-    parser.add_argument("--data-root", default=None, help="the dataset's folder")
+    parser.add_argument("--dataset", default=None, help=f"{DATASET_SPEC_HELP} (default tiny)")
+    add_source_arguments(parser)
     parser.add_argument("--split", default=None)
     parser.add_argument("--limit", type=int, default=None, help="first N samples of each label")
     parser.add_argument("--conditions", default=",".join(d.conditions), help="comma-separated conditions")
@@ -172,12 +205,27 @@ def _init_distributed(device: str) -> str:
 
 def collect(cfg: CollectConfig) -> ActivationStore:
     """Run the collection described by ``cfg`` (samples and layers checked before anything is written)."""
-    samples = cfg.dataset_spec().load()
+    out = Path(cfg.out)
+    resumable = out.is_dir() and cfg.resume and (out / MANIFEST_NAME).is_file()
+    if out.exists() and not resumable and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(
+            f"--out {cfg.out!r} already exists and is not an empty folder; pass --resume to continue the "
+            "collection in it, or use a new folder."
+        )
+    samples = cfg.sources().load()
+    counts = class_counts(samples)
+    print(f"classes: {counts['harmful']} harmful, {counts['benign']} benign, {len(samples)} samples")
     device = _init_distributed(cfg.device)
     model = ModelSpec.parse(cfg.model).load(device=device, device_map=cfg.device_map)
     if cfg.layers is not None:
         resolve_layers(cfg.layers, model.cfg.n_layers, "--layers")
-    return ActivationStore.collect(
+    # The store writes into an empty folder: captions wait beside it until the collection is done.
+    captions, pending = out / CAPTIONS, out.with_name(f".{out.name}.{CAPTIONS}")
+    if "caption" in cfg.conditions:
+        samples = fill_captions(model, samples, captions if captions.is_file() else pending)
+        n_self = sum(s.meta.get("caption_source") == "self" for s in samples)
+        print(f"captions: {n_self} of {len(samples)} are the model's own (cached in {captions})")
+    store = ActivationStore.collect(
         model,
         samples,
         cfg.conditions,
@@ -193,6 +241,9 @@ def collect(cfg: CollectConfig) -> ActivationStore:
         shard_size=cfg.shard_size,
         resume=cfg.resume,
     )
+    with contextlib.suppress(FileNotFoundError):  # another rank may have moved it
+        pending.replace(captions)
+    return store
 
 
 def run(args: argparse.Namespace) -> int:

@@ -20,7 +20,15 @@ HELP = SUBCOMMANDS["collect"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` (the arguments after ``collect``) and run; returns the exit status."""
+    """Parse ``argv`` (the arguments after ``collect``) and run; returns the exit status.
+
+    A bad option, dataset, missing image (``--on-missing raise``) or a used ``--out`` exits with
+    status 2 and a message naming it, before anything is written.
+    """
     parser = argparse.ArgumentParser(prog="vlminterp collect", description=HELP)
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        parser.error(str(e))

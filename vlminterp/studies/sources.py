@@ -92,8 +92,9 @@ class Sources:
         benign_root: str | Path | None = None,
         limit: int | None = None,
         on_missing: str = "raise",
+        default: str = "demo",
     ) -> Sources:
-        """Check the options (nothing is read): ``dataset`` alone, or ``harmful`` and/or ``benign``.
+        """Check the options (nothing is read): ``dataset`` (None: ``default``) alone, or ``harmful`` and/or ``benign``.
 
         Raises:
             ValueError: both ``--dataset`` and a source, an ``--on-missing`` outside
@@ -107,7 +108,7 @@ class Sources:
                 raise ValueError(f"--{label}-root is given without --{label}; name the {label} source.")
         if harmful is None and benign is None:
             spec = DatasetSpec.parse(
-                dataset or "demo", data_root, limit, on_missing, option="--dataset", root_option="--data-root"
+                dataset or default, data_root, limit, on_missing, option="--dataset", root_option="--data-root"
             )
             return cls(((None, spec),))
         if dataset is not None:
