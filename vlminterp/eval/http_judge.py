@@ -14,7 +14,7 @@ Transport, retries, rate limit, concurrency and the on-disk reply cache are
 
 **Replies that do not parse** (``"I think it might be unsafe"`` for MM-SafetyBench, ``"good"`` for
 MM-Vet) are never guessed: after the whole batch is answered and cached, the call raises
-:class:`UnparsedReplyError` listing each such sample id with its reply. Nothing is lost (rerunning
+:class:`~vlminterp.eval.judges.UnparsedReplyError` listing each such sample id with its reply. Nothing is lost (rerunning
 costs no request); pass ``parse=`` to read that judge model's style, or drop those samples.
 
 Example:
@@ -32,23 +32,10 @@ from typing import Any
 
 from vlminterp.eval.endpoint import ChatEndpoint
 from vlminterp.eval.judge_prompts import PROMPT_SETS, PromptSet
-from vlminterp.eval.judges import Judge, Verdict
+from vlminterp.eval.judges import Judge, UnparsedReplyError, Verdict
 from vlminterp.prompts import Sample
 
 __all__ = ["UnparsedReplyError", "EndpointJudge", "EndpointGrader", "Grade"]
-
-
-class UnparsedReplyError(ValueError):
-    """Judge replies that could not be read; ``.unparsed`` holds ``(sample id, reply)`` pairs."""
-
-    def __init__(self, judge: str, unparsed: list[tuple[str, str]], total: int):
-        self.unparsed = unparsed
-        shown = "; ".join(f"{sid}: {reply[:60]!r}" for sid, reply in unparsed[:5])
-        more = f" (and {len(unparsed) - 5} more)" if len(unparsed) > 5 else ""
-        super().__init__(
-            f"{judge}: {len(unparsed)} of {total} replies do not parse: {shown}{more}. All replies are cached, "
-            "so a rerun asks nothing again; pass parse= for this judge model's answer style or drop those samples."
-        )
 
 
 def _prompt_set(name: str, kind: str, who: str) -> PromptSet:
