@@ -2,7 +2,8 @@
 
 Each subtask file lists two questions per image (normally Yes then No). A 4th column, when present
 (a filled-in results file such as ``LaVIN/existence.txt``), is kept as ``meta["response"]``. The split
-is a subtask name, or ``"all"`` for every subtask file found. Images are looked up in
+is a subtask name, or ``"all"`` for every subtask file found (a warning names the subtasks of the 14
+that have no file; :func:`vlminterp.eval.metrics.mme_scores` records them). Images are looked up in
 ``MME_Benchmark_release_version/{subtask}/`` and its ``images/`` subfolder.
 
 Example:
@@ -12,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from vlminterp.data.errors import DatasetFormatError
@@ -44,6 +46,12 @@ def parse(
     found = sorted(p.stem for p in folder.glob("*.txt"))
     if split != "all" and split not in found:
         raise ValueError(f"MME: no subtask file {split}.txt in {folder}. Subtasks there: {found}.")
+    absent = [t for t in (*PERCEPTION, *COGNITION) if t not in found]
+    if split == "all" and absent:
+        warnings.warn(
+            f"MME: {folder} has {len(found)} of the 14 subtask files; missing: {', '.join(absent)}.",
+            stacklevel=2,
+        )
     images = find_dir(root, image_root, ["MME_Benchmark_release_version"])
     samples = []
     for subtask in found if split == "all" else [split]:

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -95,34 +96,94 @@ def mme_yes_no(response: str) -> str:
 
 
 def mme_scores(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """MME acc, acc+ and score per subtask, plus perception and cognition totals.
+    """MME acc, acc+ and score per subtask, and perception / cognition totals, as ``calculation.py``.
+
+    The official rule (``eval_tool/calculation.py``): a subtask's questions are taken in file order in
+    consecutive pairs (one image, two questions); acc is the share of questions answered right
+    (:func:`mme_yes_no`), acc+ the share of pairs with both right, the subtask score is
+    ``100 * (acc + acc+)`` (max 200), and a category's score is the sum of its subtasks' scores
+    (perception: 10 subtasks, max 2000; cognition: 4, max 800).
+
+    The official script needs all 14 subtask files; here missing subtasks are allowed but never silent:
+    each total row records ``subtasks`` (present / expected) and ``missing`` (comma-separated names,
+    ``""`` when complete), and a warning names them. A category with no subtask present gets
+    ``value`` None.
 
     Args:
-        rows: One per question: ``subtask``, ``category`` (perception/cognition), ``image_name``,
-            ``gt_answer`` (Yes/No) and ``response``.
+        rows: One per question, in file order: ``subtask``, ``image_name``, ``gt_answer`` (Yes/No) and
+            ``response`` (``category`` is not needed; it follows from the subtask).
 
     Returns:
         Rows ``{subtask, metric, value, n}`` with metric ``acc``, ``acc_plus`` (percent) and ``score``
-        (acc + acc_plus, max 200); totals use subtask ``"perception"`` / ``"cognition"`` (sums of scores).
+        per subtask (``n`` questions, images for acc+), then one ``score`` row each for subtask
+        ``"perception"`` and ``"cognition"`` with ``n`` (questions), ``subtasks`` and ``missing``.
+
+    Raises:
+        ValueError: an unknown subtask, an odd number of questions, or a pair of two different images.
+
+    Example:
+        >>> import warnings
+        >>> rows = [dict(subtask="count", image_name="1.jpg", gt_answer="Yes", response=r) for r in ("Yes", "No")]
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     out = mme_scores(rows)
+        >>> [(r["subtask"], r["metric"], r["value"]) for r in out[:3]]
+        [('count', 'acc', 50.0), ('count', 'acc_plus', 0.0), ('count', 'score', 50.0)]
+        >>> out[3]["subtask"], out[3]["subtasks"], str(caught[0].message).split(";")[0]
+        ('perception', '1/10', 'MME: 13 of 14 subtasks missing')
     """
-    per: dict[str, dict[str, list[bool]]] = {}
-    category: dict[str, str] = {}
-    for r in rows:
+    from vlminterp.data.mme import COGNITION, PERCEPTION
+
+    categories = {"perception": PERCEPTION, "cognition": COGNITION}
+    per: dict[str, list[tuple[str, bool]]] = {}
+    for i, r in enumerate(rows):
+        if r["subtask"] not in PERCEPTION + COGNITION:
+            raise ValueError(
+                f"mme_scores: row {i} has subtask {r['subtask']!r}; MME has {list(PERCEPTION + COGNITION)}."
+            )
         correct = mme_yes_no(r["response"]) == str(r["gt_answer"]).lower()
-        per.setdefault(r["subtask"], {}).setdefault(r["image_name"], []).append(correct)
-        category[r["subtask"]] = r["category"]
-    out, totals = [], {}
-    for subtask, images in per.items():
-        answers = [c for cs in images.values() for c in cs]
-        acc = 100 * sum(answers) / len(answers)
-        acc_plus = 100 * sum(all(cs) for cs in images.values()) / len(images)
+        per.setdefault(r["subtask"], []).append((r["image_name"], correct))
+    out, scores, counts = [], {}, {}
+    for subtask, answers in per.items():
+        if len(answers) % 2:
+            raise ValueError(
+                f"mme_scores: subtask {subtask!r} has {len(answers)} questions; MME pairs two questions per image."
+            )
+        pairs = [answers[k : k + 2] for k in range(0, len(answers), 2)]
+        for (a, _), (b, _) in pairs:
+            if a != b:
+                raise ValueError(
+                    f"mme_scores: subtask {subtask!r} pairs questions on {a!r} and {b!r}; pass the rows in "
+                    "file order (each image's two questions next to each other)."
+                )
+        acc = 100 * sum(c for _, c in answers) / len(answers)
+        acc_plus = 100 * sum(p[0][1] and p[1][1] for p in pairs) / len(pairs)
         out += [
             {"subtask": subtask, "metric": "acc", "value": acc, "n": len(answers)},
-            {"subtask": subtask, "metric": "acc_plus", "value": acc_plus, "n": len(images)},
+            {"subtask": subtask, "metric": "acc_plus", "value": acc_plus, "n": len(pairs)},
             {"subtask": subtask, "metric": "score", "value": acc + acc_plus, "n": len(answers)},
         ]
-        totals[category[subtask]] = totals.get(category[subtask], 0.0) + acc + acc_plus
-    out += [{"subtask": c, "metric": "score", "value": v, "n": None} for c, v in totals.items()]
+        scores[subtask], counts[subtask] = acc + acc_plus, len(answers)
+    missing = {c: [s for s in subs if s not in per] for c, subs in categories.items()}
+    for category, subtasks in categories.items():
+        present = [s for s in subtasks if s in per]
+        out.append(
+            {
+                "subtask": category,
+                "metric": "score",
+                "value": sum(scores[s] for s in present) if present else None,
+                "n": sum(counts[s] for s in present),
+                "subtasks": f"{len(present)}/{len(subtasks)}",
+                "missing": ",".join(missing[category]),
+            }
+        )
+    n_missing = sum(map(len, missing.values()))
+    if n_missing:
+        warnings.warn(
+            f"MME: {n_missing} of 14 subtasks missing; the perception and cognition totals sum only the "
+            f"subtasks present (missing: {', '.join(missing['perception'] + missing['cognition'])}).",
+            stacklevel=2,
+        )
     return out
 
 
