@@ -13,8 +13,11 @@ A dataset spec (:class:`DatasetSpec`) is ``DATASET[:split]`` with a root folder,
 and what to do about missing images: ``organism`` (the shipped organism's ``test`` / ``val`` /
 ``train`` requests, harmful then benign, one image each), ``tiny`` / ``demo`` (synthetic sets,
 :mod:`vlminterp.data.synthetic`), or a :mod:`vlminterp.data` benchmark read from ``root``. A judge
-spec (:class:`JudgeSpec`) is ``none``, ``organism`` (the response starts with ``sorry``) or
-``keyword:<preset>`` (:data:`vlminterp.eval.judges.KEYWORD_PRESETS`, lists from ``judges_dir``).
+spec (:class:`JudgeSpec`) is ``none``, ``organism`` (the response starts with ``sorry``),
+``keyword:<preset>`` (:data:`vlminterp.eval.judges.KEYWORD_PRESETS`, lists from ``judges_dir``),
+``llama-guard:<checkpoint folder>`` (:class:`vlminterp.eval.llama_guard.LlamaGuardJudge`) or
+``llm:<model>[:<prompt set>]`` (:class:`vlminterp.eval.http_judge.EndpointJudge` over the
+OpenAI-compatible endpoint named by ``VLMINTERP_JUDGE_BASE_URL``; prompt set ``mm-safetybench``).
 
 Example:
     >>> spec = ModelSpec.parse("tiny")
@@ -62,7 +65,9 @@ MODEL_SPEC_HELP = "organism | tiny | tiny:FAMILY | a hub id or a local checkpoin
 #: ``--dataset`` / ``--eval`` help text of every command.
 DATASET_SPEC_HELP = "organism[:test|val|train] | tiny | demo | a vlminterp.data name[:split] (with its root)"
 #: ``--judge`` help text of every command.
-JUDGE_SPEC_HELP = "none | organism | keyword:<preset>"
+JUDGE_SPEC_HELP = (
+    "none | organism | keyword:<preset> | llama-guard:<checkpoint folder> | llm:<model>[:mm-safetybench]"
+)
 #: Folder of the published keyword lists in a source checkout (``shared/data/judges`` next to it).
 DEFAULT_JUDGES_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "judges"
 _SYNTHETIC = ("tiny", "demo")
@@ -308,7 +313,8 @@ class DatasetSpec:
 
 @dataclass(frozen=True)
 class JudgeSpec:
-    """A judge to build: ``none``, ``organism`` or ``keyword:<preset>`` with its lists' folder.
+    """A judge to build: ``none``, ``organism``, ``keyword:<preset>`` (with its lists' folder),
+    ``llama-guard:<folder>`` or ``llm:<model>[:<prompt set>]``.
 
     Example:
         >>> JudgeSpec.parse("keyword:gcg", judges_dir=".").name
@@ -316,12 +322,13 @@ class JudgeSpec:
         >>> JudgeSpec.parse("gpt4")
         Traceback (most recent call last):
         ...
-        ValueError: --judge 'gpt4': use none, organism or keyword:<preset> with a preset from ['gcg', 'gcg_api', 'gcg_attack_manager', 'gcg_demo', 'refusal_direction', 'vlguard'].
+        ValueError: --judge 'gpt4': use none, organism, keyword:<preset> (a preset from ['gcg', 'gcg_api', 'gcg_attack_manager', 'gcg_demo', 'refusal_direction', 'vlguard']), llama-guard:<checkpoint folder> or llm:<model>[:<prompt set>].
     """
 
     kind: str
     preset: str = ""
     judges_dir: str | None = None
+    prompt_set: str = ""
 
     @classmethod
     def parse(cls, text: str, judges_dir: str | Path | None = None, option: str = "--judge") -> JudgeSpec:
@@ -336,9 +343,19 @@ class JudgeSpec:
         if text in ("none", "organism"):
             return cls(text)
         kind, _, preset = text.partition(":")
+        if kind == "llama-guard":
+            if not (Path(preset).expanduser() / "config.json").is_file():
+                raise ValueError(
+                    f"{option} {text!r}: {preset!r} is not a checkpoint folder with config.json; download a "
+                    "Llama-Guard checkpoint (e.g. meta-llama/Llama-Guard-3-8B) and pass its folder."
+                )
+            return cls("llama-guard", str(Path(preset).expanduser()))
+        if kind == "llm":
+            return cls._parse_llm(text, preset, option)
         if kind != "keyword" or preset not in KEYWORD_PRESETS:
             raise ValueError(
-                f"{option} {text!r}: use none, organism or keyword:<preset> with a preset from {sorted(KEYWORD_PRESETS)}."
+                f"{option} {text!r}: use none, organism, keyword:<preset> (a preset from {sorted(KEYWORD_PRESETS)}), "
+                "llama-guard:<checkpoint folder> or llm:<model>[:<prompt set>]."
             )
         folder = Path(judges_dir) if judges_dir is not None else DEFAULT_JUDGES_DIR
         if not folder.is_dir():
@@ -347,13 +364,48 @@ class JudgeSpec:
             )
         return cls("keyword", preset, str(folder))
 
+    @classmethod
+    def _parse_llm(cls, text: str, rest: str, option: str) -> JudgeSpec:
+        from vlminterp.eval.endpoint import BASE_URL_ENV, base_url_from_env
+        from vlminterp.eval.judge_prompts import PROMPT_SETS
+
+        safety = sorted(n for n, p in PROMPT_SETS.items() if p.kind == "safety")
+        model, _, prompt_set = rest.rpartition(":")
+        if prompt_set not in PROMPT_SETS:  # no prompt set given: the model name may hold ':' itself
+            model, prompt_set = rest, "mm-safetybench"
+        if not model:
+            raise ValueError(f"{option} {text!r}: name the judge model, llm:<model>[:<prompt set>].")
+        if prompt_set not in safety:
+            raise ValueError(
+                f"{option} {text!r}: {prompt_set!r} grades utility, it does not judge safety; use a safety prompt "
+                f"set {safety} (graders: vlminterp.eval.http_judge.EndpointGrader)."
+            )
+        if base_url_from_env() is None:
+            raise ValueError(
+                f"{option} {text!r}: set {BASE_URL_ENV[0]} (or {BASE_URL_ENV[1]}) to the judge's OpenAI-compatible "
+                "base URL, e.g. https://api.openai.com/v1, and its key in VLMINTERP_JUDGE_API_KEY."
+            )
+        return cls("llm", model, prompt_set=prompt_set)
+
     @property
     def name(self) -> str:
-        """The spec as text (the ``judge`` column of result rows)."""
-        return f"keyword:{self.preset}" if self.kind == "keyword" else self.kind
+        """The spec as text (the ``judge`` column of result rows; a Llama-Guard folder by its name)."""
+        if self.kind == "keyword":
+            return f"keyword:{self.preset}"
+        if self.kind == "llama-guard":
+            return f"llama-guard:{Path(self.preset).name}"
+        if self.kind == "llm":
+            return f"llm:{self.preset}:{self.prompt_set}"
+        return self.kind
 
-    def build(self) -> Judge | None:
-        """The judge (None for ``none``)."""
+    def build(self, cache: str | Path | None = None) -> Judge | None:
+        """The judge (None for ``none``).
+
+        Args:
+            cache: Reply cache of an ``llm`` judge (default ``$VLMINTERP_JUDGE_CACHE``, else
+                ``~/.cache/vlminterp/judges/<model>.jsonl``; replies are keyed by model and prompt, so
+                one file serves every run).
+        """
         from vlminterp.eval.judges import KeywordJudge, PredicateJudge
 
         if self.kind == "none":
@@ -362,4 +414,18 @@ class JudgeSpec:
             from vlminterp.organism.judge import is_refusal
 
             return PredicateJudge(is_refusal, "organism")
+        if self.kind == "llama-guard":
+            from vlminterp.eval.llama_guard import LlamaGuardJudge
+
+            return LlamaGuardJudge.from_pretrained(self.preset, name=self.name)
+        if self.kind == "llm":
+            import os
+
+            from vlminterp.eval.endpoint import ChatEndpoint
+            from vlminterp.eval.http_judge import EndpointJudge
+
+            safe_name = re.sub(r"[^\w.-]", "_", self.preset)
+            default = Path("~/.cache/vlminterp/judges").expanduser() / f"{safe_name}.jsonl"
+            cache = cache or os.environ.get("VLMINTERP_JUDGE_CACHE") or default
+            return EndpointJudge(ChatEndpoint(self.preset, cache=cache), self.prompt_set, name=self.name)
         return KeywordJudge.preset(self.preset, self.judges_dir)

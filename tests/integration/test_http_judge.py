@@ -297,3 +297,23 @@ def test_graders_mmvet_and_llava_bench(server_factory):
     )
     with pytest.raises(ValueError, match="sample 'v1_9' has none"):
         EndpointGrader(endpoint(server), "mm-vet").grade([Sample("v1_9", "q", meta={"answer": None})], ["a"])
+
+
+def test_eval_command_with_an_llm_judge(server_factory, tmp_path, monkeypatch):
+    from vlminterp.eval import eval_main
+
+    server = server_factory(reply=lambda content: "unsafe")
+    monkeypatch.setenv("VLMINTERP_JUDGE_BASE_URL", server.base_url)
+    monkeypatch.setenv("VLMINTERP_JUDGE_CACHE", str(tmp_path / "cache.jsonl"))
+    argv = ["--model", "tiny:llava", "--dataset", "tiny", "--limit", "1", "--condition", "text_only"]
+    argv += ["--max-new-tokens", "2", "--judge", "llm:judge-model", "--out", str(tmp_path / "run")]
+    assert eval_main(argv) == 0
+    verdicts = [json.loads(x) for x in (tmp_path / "run/verdicts.jsonl").read_text().splitlines()]
+    responses = {
+        json.loads(x)["response"] for x in (tmp_path / "run/responses.jsonl").read_text().splitlines()
+    }
+    assert len(verdicts) == 2 and len(server.requests) == len(responses)  # equal prompts are asked once
+    assert {v["judge"] for v in verdicts} == {"llm:judge-model:mm-safetybench"} and all(
+        v["unsafe"] for v in verdicts
+    )
+    assert len(ReplyCache(tmp_path / "cache.jsonl")) == len(responses)
