@@ -6,8 +6,6 @@ in the modules listed here.
 
 #: Modules whose examples are not collected: they are being rewritten for the intervention protocol
 #: (issue "One intervention protocol, one application layer"); remove each entry once it lands.
-DOCTEST_EXCLUDED = [
-    "vlminterp/interventions",
-]
+DOCTEST_EXCLUDED: list[str] = []
 
 collect_ignore = DOCTEST_EXCLUDED

@@ -6,6 +6,7 @@ offline), ``-m slow`` (retraining the organism, large configs).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -106,3 +107,32 @@ def _no_leaked_hooks(request):
     if "tiny_model" in request.fixturenames:
         model = request.getfixturevalue("tiny_model")
         assert hook_point_hooks(model) == 0, "a test left hooks on the tiny model"
+
+
+@contextlib.contextmanager
+def shape_checks_off():
+    """Runtime jaxtyping checks off inside the ``with`` block (restored after, error or not).
+
+    The test run checks every vlminterp annotation (pyproject ``--jaxtyping-packages``), so a
+    wrongly shaped tensor stops at the first annotated boundary with jaxtyping's error. Users call
+    vlminterp without that import hook; what they meet on bad input is the library's own error
+    (a ValueError naming the argument and what to do). Tests of those errors turn the checks off
+    for the bad call (this block, or the ``no_shape_checks`` fixture for a whole test), so they
+    check exactly what a user sees; ``tests/unit/test_shape_checks.py`` proves the checks are on
+    everywhere else.
+    """
+    import jaxtyping
+
+    before = jaxtyping.config.jaxtyping_disable
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", before)
+
+
+@pytest.fixture
+def no_shape_checks():
+    """:func:`shape_checks_off` for a whole test (one that checks the library's bad-input errors)."""
+    with shape_checks_off():
+        yield

@@ -3,7 +3,8 @@
 A leaf module (torch and jaxtyping only): :mod:`vlminterp.interventions` (torch, in hooks and fits)
 and :mod:`vlminterp.analysis` (numpy adapters that validate rows and convert) both import it, and
 it imports neither. Shapes: ``n`` rows, optional ``layers``, ``d_model`` width; a ``[layers, d_model]``
-direction broadcasts over ``[n, layers, d_model]`` rows, a ``[d_model]`` one over any leading axes.
+direction broadcasts over ``[n, layers, d_model]`` rows, a ``[d_model]`` one over any leading axes
+(``*#batch`` in the annotations: leading axes that broadcast, checked by jaxtyping in the tests).
 
 - :func:`diff_in_means` ``= mean(a) − mean(b)`` over rows, in float64 (CMRM's mean shift
   ``mean(TEXT_ONLY) − mean(BLANK)``; the analyses' directions).
@@ -156,8 +157,8 @@ def unit(direction: Float[Tensor, "*layers d_model"]) -> Float[Tensor, "*layers 
 
 
 def projection_coefficient(
-    x: Float[Tensor, "*batch d_model"], direction: Float[Tensor, "*batch d_model"]
-) -> Float[Tensor, " *batch"]:
+    x: Float[Tensor, "*#batch d_model"], direction: Float[Tensor, "*#batch d_model"]
+) -> Float[Tensor, " *#batch"]:
     """``x·s/‖s‖²`` along the last axis (broadcasting); ``0`` where ``s`` is the zero vector.
 
     The multiple of ``s`` that is ``x``'s component along it (ShiftDC's ``m·s/‖s‖²``). Never
@@ -174,8 +175,8 @@ def projection_coefficient(
 
 
 def scalar_projection(
-    x: Float[Tensor, "*batch d_model"], direction: Float[Tensor, "*batch d_model"]
-) -> Float[Tensor, " *batch"]:
+    x: Float[Tensor, "*#batch d_model"], direction: Float[Tensor, "*#batch d_model"]
+) -> Float[Tensor, " *#batch"]:
     """``x·s/‖s‖`` along the last axis (broadcasting): the signed length of ``x`` along ``s``.
 
     Raises:
@@ -190,8 +191,8 @@ def scalar_projection(
 
 
 def decompose(
-    x: Float[Tensor, "*batch d_model"], direction: Float[Tensor, "*batch d_model"]
-) -> tuple[Float[Tensor, "*batch d_model"], Float[Tensor, "*batch d_model"]]:
+    x: Float[Tensor, "*#batch d_model"], direction: Float[Tensor, "*#batch d_model"]
+) -> tuple[Float[Tensor, "*#batch d_model"], Float[Tensor, "*#batch d_model"]]:
     """``(along, rest)``: ``along = (x·s/‖s‖²)·s`` and the orthogonal remainder ``rest = x − along``.
 
     ShiftDC splits a modality shift ``m`` into its safety component and the rest this way. A zero
@@ -208,8 +209,8 @@ def decompose(
 
 
 def remove_component(
-    x: Float[Tensor, "*batch d_model"], direction: Float[Tensor, "*batch d_model"]
-) -> Float[Tensor, "*batch d_model"]:
+    x: Float[Tensor, "*#batch d_model"], direction: Float[Tensor, "*#batch d_model"]
+) -> Float[Tensor, "*#batch d_model"]:
     """``x − (x·s/‖s‖²)·s``: ``x`` with its component along ``s`` removed (:func:`decompose`'s ``rest``).
 
     Example:

@@ -329,7 +329,7 @@ def test_store_of_another_model_is_refused(tiny_model, dataset, tmp_path):
         (dict(nosie_seed=3), ValueError, "Unknown prompt options"),
     ],
 )
-def test_bad_collect_arguments(tiny_model, dataset, kwargs, error, match):
+def test_bad_collect_arguments(tiny_model, dataset, kwargs, error, match, no_shape_checks):
     args = {"conditions": ["text_only"], "progress": False, **kwargs}
     with pytest.raises(error, match=match):
         ActivationStore.collect(tiny_model, dataset[:2], **args)

@@ -128,7 +128,7 @@ def test_crash_keeps_finished_batches_then_resumes(tiny_model, text_samples, tmp
     assert [r["id"] for r in rows] == ["q0", "q1", "q2"] and len(read_responses(out)) == 3
 
 
-def test_bad_inputs(tiny_model, tmp_path):
+def test_bad_inputs(tiny_model, tmp_path, no_shape_checks):
     with pytest.raises(ValueError, match="'a' appears more than once"):
         generate_responses(
             tiny_model, [Sample("a", "x"), Sample("a", "y")], "text_only", tmp_path / "r.jsonl"

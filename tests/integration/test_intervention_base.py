@@ -85,7 +85,7 @@ def test_prepared_hooks_usable_with_run_with_hooks(tiny_model, samples, vectors)
     assert tiny_model.count_hooks() == 0
 
 
-def test_a_prepared_run_is_for_its_batch(tiny_model, samples, vectors):
+def test_a_prepared_run_is_for_its_batch(tiny_model, samples, vectors, no_shape_checks):
     batch = PromptBatch.paired(tiny_model, samples, [Condition.IMAGE])
     wrong = pytest.raises(ValueError, match="prepared for a batch of 4 rows but a forward ran 1")
     with wrong, CMRM(vectors).applied(tiny_model, batch):
@@ -148,7 +148,7 @@ def test_site_layers_mean_the_same_everywhere(layers, n_layers, expected):
     assert DirectionAddition(torch.ones(8), layers=layers).site.layer_indices(n_layers) == expected
 
 
-def test_bad_arguments_raise(tiny_model, samples, vectors):
+def test_bad_arguments_raise(tiny_model, samples, vectors, no_shape_checks):
     with pytest.raises(
         ValueError, match=r"steps='sometimes' is not supported. Choose from \['all', 'prefill'\]"
     ):

@@ -52,7 +52,7 @@ def test_paired_aligns_rows_by_sample_id():
         ({"x": {}}, "at least one condition"),
     ],
 )
-def test_bad_input_raises_naming_the_problem(kwargs, match):
+def test_bad_input_raises_naming_the_problem(kwargs, match, no_shape_checks):
     with pytest.raises(ValueError, match=match):
         ConditionActivations(**kwargs)
 

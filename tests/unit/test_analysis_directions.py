@@ -36,7 +36,7 @@ def test_diff_in_means_recovers_direction_under_noise():
     assert est @ u / (np.linalg.norm(est) * np.linalg.norm(u)) > 0.99
 
 
-def test_diff_in_means_errors():
+def test_diff_in_means_errors(no_shape_checks):
     with pytest.raises(ValueError, match="mismatched layer counts"):
         diff_in_means(np.zeros((3, 2, D)), np.zeros((3, 3, D)))
     with pytest.raises(ValueError, match="NaN"):
@@ -84,8 +84,12 @@ def test_distortion_known_values():
     cos, proj = distortion(image, twin, s)
     np.testing.assert_allclose(cos, [0.6, -1.0])
     np.testing.assert_allclose(proj, [3.0, -1.0])
+
+
+def test_distortion_names_unpaired_rows(no_shape_checks):
+    s, rows = np.array([2.0, 0.0, 0.0]), np.zeros((2, 3))
     with pytest.raises(ValueError, match="paired"):
-        distortion(image, twin[:1], s)
+        distortion(rows, rows[:1], s)
 
 
 def planted_acts():

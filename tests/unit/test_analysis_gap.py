@@ -45,6 +45,10 @@ def test_gap_closed_known_answers(clouds):
     assert gap_closed(image, text, text - image) == pytest.approx(1.0)  # per-sample shifts [n, d]
     with pytest.raises(ValueError, match="no gap"):
         gap_closed(image, image, offset)
+
+
+def test_gap_closed_names_a_shift_of_the_wrong_shape(clouds, no_shape_checks):
+    image, text, _ = clouds
     with pytest.raises(ValueError, match=r"shift must be \[d_model\] or \[n, d_model\]"):
         gap_closed(image, text, np.zeros(D + 1))
 
@@ -80,7 +84,7 @@ def test_gap_rows_and_gap_closed_rows(clouds):
         gap_closed_rows(acts, {"bad": np.zeros((1, D))})
 
 
-def test_nan_and_width_mismatch_raise(clouds):
+def test_nan_and_width_mismatch_raise(clouds, no_shape_checks):
     image, text, _ = clouds
     bad = image.copy()
     bad[3, 2] = np.nan

@@ -82,5 +82,9 @@ def test_degenerate_input_raises():
         Probe().fit(bad, y)
     with pytest.raises(NotFittedError, match="fit"):
         Probe().predict(X)
+
+
+def test_a_label_count_mismatch_is_named(no_shape_checks):
+    X, y = labelled(10, 1.0, 0)
     with pytest.raises(ValueError, match="one label per row"):
         Probe().fit(X, y[:-1])

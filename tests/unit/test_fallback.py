@@ -238,6 +238,9 @@ def test_no_torch_hooks_left_after_add_remove_and_after_an_error(fb, inputs):
     assert sum(len(p.fwd_hooks) + len(p.bwd_hooks) for p in fb.hook_dict.values()) == 0
     with pytest.raises(NotImplementedError, match="forward hooks only"):
         point.add_hook(lambda x, hook: None, dir="bwd")
+
+
+def test_an_unknown_return_type_is_refused(fb, inputs, no_shape_checks):
     with pytest.raises(ValueError, match="return_type"):
         fb(inputs["input_ids"], return_type="loss")
 

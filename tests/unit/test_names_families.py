@@ -26,8 +26,11 @@ def test_resolve_names_filters():
         resolve_names(["blocks.1.hook_resid_pots"], valid)
     with pytest.raises(ValueError, match="matched no hook"):
         resolve_names(lambda n: False, valid)
+
+
+def test_resolve_names_refuses_a_filter_of_another_type(no_shape_checks):
     with pytest.raises(ValueError, match="names_filter must be"):
-        resolve_names(3, valid)
+        resolve_names(3, ["blocks.0.hook_resid_post"])
 
 
 class _Cfg:

@@ -71,7 +71,7 @@ def test_manifest_records_config_hash_and_versions_without_paths(tmp_path):
         (["m"], "row 0 is a str"),
     ],
 )
-def test_a_bad_row_raises_and_writes_nothing(rows, match, tmp_path):
+def test_a_bad_row_raises_and_writes_nothing(rows, match, tmp_path, no_shape_checks):
     with pytest.raises(ValueError, match=match):
         write_results(tmp_path / "out", rows, {})
     assert not (tmp_path / "out").exists()

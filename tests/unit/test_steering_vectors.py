@@ -74,7 +74,7 @@ def test_frozen():
     assert v.replace(alpha=2.0).alpha == 2.0 and v.alpha is None
 
 
-def test_bad_shape_and_layers_raise():
+def test_bad_shape_and_layers_raise(no_shape_checks):
     with pytest.raises(ValueError, match=r"\[n_layers=3, d_model=8\]"):
         _vectors(vectors=torch.zeros(2, 8))
     with pytest.raises(ValueError, match="out of range"):

@@ -45,7 +45,10 @@ __all__ = [
     "gap_closed_rows",
 ]
 
+#: The first condition's rows.
 Cloud = Float[np.ndarray, "n d_model"]
+#: The second condition's rows (a count of its own, the same width).
+OtherCloud = Float[np.ndarray, "m d_model"]
 
 
 def _pair(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -55,20 +58,20 @@ def _pair(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-def centroid_distance(a: Cloud, b: Cloud) -> float:
+def centroid_distance(a: Cloud, b: OtherCloud) -> float:
     """Euclidean distance between the centroids of ``a`` and ``b``."""
     a, b = _pair(a, b)
     return float(np.linalg.norm(a.mean(0) - b.mean(0)))
 
 
-def within_spread(a: Cloud, b: Cloud) -> float:
+def within_spread(a: Cloud, b: OtherCloud) -> float:
     """Pooled RMS distance of each row to its own condition's centroid."""
     a, b = _pair(a, b)
     ss = ((a - a.mean(0)) ** 2).sum() + ((b - b.mean(0)) ** 2).sum()
     return float(np.sqrt(ss / (len(a) + len(b))))
 
 
-def centroid_cosine(a: Cloud, b: Cloud) -> float:
+def centroid_cosine(a: Cloud, b: OtherCloud) -> float:
     """Cosine similarity of the two centroids.
 
     Raises:
@@ -82,7 +85,7 @@ def centroid_cosine(a: Cloud, b: Cloud) -> float:
     return float(ca @ cb / norm)
 
 
-def modality_probe_accuracy(a: Cloud, b: Cloud, *, n_splits: int = 5, seed: int = 0) -> float:
+def modality_probe_accuracy(a: Cloud, b: OtherCloud, *, n_splits: int = 5, seed: int = 0) -> float:
     """Cross-validated accuracy of a standardised logistic probe separating ``a`` rows from ``b`` rows."""
     a, b = _pair(a, b)
     X = np.concatenate([a, b])
@@ -90,7 +93,7 @@ def modality_probe_accuracy(a: Cloud, b: Cloud, *, n_splits: int = 5, seed: int 
     return float((cross_val_predict(X, X, y, n_splits=n_splits, seed=seed) == y).mean())
 
 
-def silhouette(a: Cloud, b: Cloud) -> float:
+def silhouette(a: Cloud, b: OtherCloud) -> float:
     """Mean silhouette coefficient of the labelling {a, b} (in [-1, 1]; ~0 for overlapping clouds)."""
     a, b = _pair(a, b)
     if len(a) + len(b) < 3:
@@ -99,7 +102,7 @@ def silhouette(a: Cloud, b: Cloud) -> float:
 
 
 def gap_closed(
-    image: Cloud, text: Cloud, shift: Float[np.ndarray, " d_model"] | Float[np.ndarray, "n d_model"]
+    image: Cloud, text: OtherCloud, shift: Float[np.ndarray, " d_model"] | Float[np.ndarray, "n d_model"]
 ) -> float:
     """Fraction of the image→text centroid gap closed by adding ``shift`` to the image rows.
 
@@ -147,7 +150,7 @@ def gap_rows(
             dist, spread = centroid_distance(a, b), within_spread(a, b)
             metrics = {
                 "centroid_distance": dist,
-                "normalized_centroid_distance": dist / spread if spread > 0 else float("nan"),
+                "normalized_centroid_distance": dist / spread if spread > 0 else None,  # identical rows
                 "centroid_cosine": centroid_cosine(a, b),
                 "modality_probe_accuracy": modality_probe_accuracy(a, b, n_splits=n_splits, seed=seed),
                 "silhouette": silhouette(a, b),

@@ -85,8 +85,9 @@ GROUPS = ("image", "instruction", "template", "last")
 ALL_GROUPS = (*GROUPS, "generated")
 #: ``metric(logits [batch, pos, d_vocab]) -> [batch]``: one value per row.
 Metric = Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, " batch"]]
-#: Per row pair, the group's (clean positions, corrupt positions), or None where it is undefined.
-GroupPairs = list[tuple[Int[Tensor, " k"], Int[Tensor, " k"]] | None]
+#: Per row pair, the group's (clean positions, corrupt positions), or None where it is undefined
+#: (``_k``: each pair's own length; rows differ).
+GroupPairs = list[tuple[Int[Tensor, " _k"], Int[Tensor, " _k"]] | None]
 
 
 @dataclass

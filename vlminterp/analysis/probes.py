@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from jaxtyping import Float
+from jaxtyping import Float, Shaped
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
@@ -38,6 +38,8 @@ from vlminterp.analysis.activations import ConditionActivations, check_matrix, c
 __all__ = ["Probe", "transfer_accuracy", "cross_val_predict", "wilson_interval", "probe_rows"]
 
 DEFAULT_PAIRS = (("text_only", "text_only"), ("image", "image"), ("text_only", "image"))
+#: One label per row of ``X``: a list, or a 1-D numpy array (e.g. of ``str``).
+Labels = Sequence[Any] | Shaped[np.ndarray, " n"]
 
 
 def _check_labels(y: Any, n: int, name: str) -> np.ndarray:
@@ -73,7 +75,7 @@ class Probe:
         self.max_iter = max_iter
         self.seed = seed
 
-    def fit(self, X: Float[np.ndarray, "n d_model"], y: Sequence[Any]) -> Probe:
+    def fit(self, X: Float[np.ndarray, "n d_model"], y: Labels) -> Probe:
         """Fit on rows ``X`` with labels ``y`` (exactly two distinct values); returns ``self``."""
         X = check_matrix(X, "Probe training activations")
         y = _check_labels(y, len(X), "Probe training labels")
@@ -99,7 +101,7 @@ class Probe:
         pipe = self._fitted()
         return pipe.predict(check_matrix(X, "Probe test activations"))
 
-    def score(self, X: Float[np.ndarray, "n d_model"], y: Sequence[Any]) -> float:
+    def score(self, X: Float[np.ndarray, "n d_model"], y: Labels) -> float:
         """Accuracy on ``(X, y)``."""
         pred = self.predict(X)
         y = np.asarray(y)
@@ -110,9 +112,9 @@ class Probe:
 
 def transfer_accuracy(
     X_train: Float[np.ndarray, "n d_model"],
-    y_train: Sequence[Any],
+    y_train: Labels,
     X_test: Float[np.ndarray, "m d_model"],
-    y_test: Sequence[Any],
+    y_test: Sequence[Any] | Shaped[np.ndarray, " m"],
     seed: int = 0,
 ) -> float:
     """Accuracy of a :class:`Probe` fitted on ``(X_train, y_train)`` and scored on ``(X_test, y_test)``."""
@@ -122,7 +124,7 @@ def transfer_accuracy(
 def cross_val_predict(
     X_train: Float[np.ndarray, "n d_model"],
     X_test: Float[np.ndarray, "n d_model"],
-    y: Sequence[Any],
+    y: Labels,
     *,
     n_splits: int = 5,
     seed: int = 0,

@@ -310,8 +310,8 @@ class ShiftDC(Intervention):
     # ------------------------------------------------------------------ the method
     @staticmethod
     def decompose(
-        shift: Float[Tensor, "*batch d_model"], direction: Float[Tensor, "*batch d_model"]
-    ) -> tuple[Float[Tensor, "*batch d_model"], Float[Tensor, "*batch d_model"]]:
+        shift: Float[Tensor, "*#batch d_model"], direction: Float[Tensor, "*#batch d_model"]
+    ) -> tuple[Float[Tensor, "*#batch d_model"], Float[Tensor, "*#batch d_model"]]:
         """``(safety, rest)`` components of a shift ``m`` along a direction ``s`` (:func:`vlminterp.directions.decompose`)."""
         return decompose(shift, direction)
 

@@ -24,7 +24,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, no_type_check
 
 from transformers import ProcessorMixin
 
@@ -76,6 +77,9 @@ class PixtralImageOnlyProcessor(ProcessorMixin):
         ([[48, 64]], 12)
     """
 
+    # Not wrapped by runtime type checkers (jaxtyping's import hook in the tests): transformers reads
+    # the saved fields from this function's own code object (``from_args_and_dict``).
+    @no_type_check
     def __init__(
         self,
         image_processor: Any = None,
@@ -100,7 +104,7 @@ class PixtralImageOnlyProcessor(ProcessorMixin):
         images_kwargs["patch_size"] = self.patch_size * self.spatial_merge_size
         return super()._process_images(images, **images_kwargs)
 
-    def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs: Any) -> str:
+    def replace_image_token(self, image_inputs: Mapping[str, Any], image_idx: int, **kwargs: Any) -> str:
         """The expansion of the ``image_idx``-th ``[IMG]``: rows of image tokens, breaks, an end token."""
         step = self.patch_size * self.spatial_merge_size
         height, width = (int(x) for x in image_inputs["image_sizes"][image_idx])
