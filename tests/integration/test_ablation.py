@@ -168,7 +168,7 @@ def test_patching_one_head_changes_only_that_head(tiny_model, samples):
     torch.testing.assert_close(z[:, :-1], clean[name][:, :-1], rtol=0, atol=0)
 
 
-def test_a_raising_hook_leaves_no_hooks(tiny_model, samples):
+def test_a_raising_hook_leaves_no_hooks(tiny_model, samples, no_shape_checks):
     image = PromptBatch.paired(tiny_model, samples, [Condition.IMAGE])
     one = PromptBatch.paired(tiny_model, samples[:1], [Condition.TEXT_ONLY])
     name = tiny_model.layer_hook("resid_post", 0)
@@ -195,6 +195,10 @@ def test_bad_arguments_raise_naming_the_fix(tiny_model, image_batch):
         HeadAblation([(0, 0)], mode="median")
     with pytest.raises(ValueError, match=r"must be \[n_layers=2"):
         HeadAblation([(0, 0)], mode="mean", mean_from=torch.zeros(3, 4)).prepared(tiny_model)
+    means = torch.zeros(2, 4, 16)
+    means[1, 2, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"mean_from is not finite \(NaN or inf\) at heads \[\(1, 2\)\]"):
+        HeadAblation([(0, 2), (1, 2)], mode="mean", mean_from=means).prepared(tiny_model)
     with pytest.raises(ValueError, match="the direction is zero, so it has no unit vector"):
         DirectionalAblation(torch.zeros(64))
     with pytest.raises(ValueError, match=r"zero at layers \[0\]"):

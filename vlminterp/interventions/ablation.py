@@ -186,6 +186,11 @@ class HeadAblation(Intervention):
                     f"HeadAblation mean_from must be [n_layers={c.n_layers}, n_heads={c.n_heads}, d_head={c.d_head}], "
                     f"got {tuple(means.shape)}. Compute it with mean_z(model, batch)."
                 )
+            bad = [(layer, h) for layer, h in heads if not bool(torch.isfinite(means[layer, h]).all())]
+            if bad:
+                raise ValueError(
+                    f"HeadAblation: mean_from is not finite (NaN or inf) at heads {bad}; recompute it."
+                )
             means = means.to(model.device, model_dtype(model))
         hooks = []
         for layer in sorted({layer for layer, _ in heads}):

@@ -31,6 +31,8 @@ from jaxtyping import Float
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from vlminterp.interventions.base import finite
+
 if TYPE_CHECKING:
     from vlminterp.models.hooked_vlm import HookedVLM
 
@@ -91,6 +93,8 @@ class SteeringVectors:
             )
         if not self.vectors.is_floating_point():
             raise ValueError(f"SteeringVectors.vectors must be floating point, got {self.vectors.dtype}.")
+        if self.alpha is not None:
+            object.__setattr__(self, "alpha", finite("SteeringVectors.alpha", self.alpha))
         layers = tuple(int(layer) for layer in (self.layers or range(self.n_layers)))
         bad = [layer for layer in layers if not 0 <= layer < self.n_layers]
         if bad:
