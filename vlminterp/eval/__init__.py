@@ -7,6 +7,9 @@ Example:
     0.5
 """
 
+from vlminterp.eval.endpoint import ChatEndpoint, JudgeRunError
+from vlminterp.eval.http_judge import EndpointGrader, EndpointJudge, Grade
+from vlminterp.eval.judge_prompts import PROMPT_SETS
 from vlminterp.eval.judges import (
     KEYWORD_PRESETS,
     LLAMA_GUARD_TEMPLATE,
@@ -14,13 +17,17 @@ from vlminterp.eval.judges import (
     Judge,
     KeywordJudge,
     LLMJudge,
+    UnparsedReplyError,
     Verdict,
     parse_safe_unsafe,
 )
+from vlminterp.eval.llama_guard import LlamaGuardJudge, parse_llama_guard
 from vlminterp.eval.metrics import (
     extract_letter,
+    llava_bench_scores,
     mme_scores,
     mme_yes_no,
+    mmvet_scores,
     rate_table,
     scienceqa_accuracy,
     wilson_interval,
@@ -33,6 +40,15 @@ __all__ = [
     "Judge",
     "KeywordJudge",
     "LLMJudge",
+    "LlamaGuardJudge",
+    "parse_llama_guard",
+    "ChatEndpoint",
+    "EndpointJudge",
+    "EndpointGrader",
+    "Grade",
+    "PROMPT_SETS",
+    "JudgeRunError",
+    "UnparsedReplyError",
     "KEYWORD_PRESETS",
     "LLAMA_GUARD_TEMPLATE",
     "MMSB_TEMPLATE",
@@ -41,6 +57,8 @@ __all__ = [
     "rate_table",
     "mme_yes_no",
     "mme_scores",
+    "mmvet_scores",
+    "llava_bench_scores",
     "scienceqa_accuracy",
     "extract_letter",
     "generate_responses",

@@ -22,6 +22,8 @@ __all__ = [
     "rate_table",
     "mme_yes_no",
     "mme_scores",
+    "mmvet_scores",
+    "llava_bench_scores",
     "scienceqa_accuracy",
     "extract_letter",
 ]
@@ -184,6 +186,73 @@ def mme_scores(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             f"subtasks present (missing: {', '.join(missing['perception'] + missing['cognition'])}).",
             stacklevel=2,
         )
+    return out
+
+
+def mmvet_scores(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """MM-Vet totals as ``mm-vet_evaluator.py``: 100 x the mean grade, overall and per capability.
+
+    Args:
+        rows: One per question: ``score`` (the grader's 0-1 value) and ``capability`` (a list of
+            capability names, e.g. ``["rec", "ocr"]``; None when unknown, counted only in ``all``).
+
+    Returns:
+        Rows ``{capability, metric: "mmvet_score", value, n}``, ``all`` first, then capabilities by count.
+
+    Example:
+        >>> rows = [{"score": 1.0, "capability": ["ocr"]}, {"score": 0.4, "capability": ["ocr", "math"]}]
+        >>> [(r["capability"], round(r["value"], 6), r["n"]) for r in mmvet_scores(rows)]
+        [('all', 70.0, 2), ('ocr', 70.0, 2), ('math', 40.0, 1)]
+    """
+    groups: dict[str, list[float]] = {"all": []}
+    for i, r in enumerate(rows):
+        score = r["score"]
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not 0 <= score <= 1:
+            raise ValueError(
+                f"mmvet_scores: row {i} has score {score!r}; MM-Vet grades are numbers in [0, 1]."
+            )
+        for group in ["all", *(r.get("capability") or [])]:
+            groups.setdefault(group, []).append(float(score))
+    ordered = sorted(groups.items(), key=lambda kv: (kv[0] != "all", -len(kv[1])))
+    return [
+        {"capability": c, "metric": "mmvet_score", "value": 100 * sum(v) / len(v), "n": len(v)}
+        for c, v in ordered
+        if v
+    ]
+
+
+def llava_bench_scores(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """LLaVA-Bench relative scores as ``summarize_gpt_review.py``: 100 x mean(ours) / mean(reference).
+
+    Args:
+        rows: One per question: ``category`` (``conv`` / ``detail`` / ``complex``), ``score`` (our
+            answer's 1-10 grade) and ``reference`` (the GPT-4 answer's grade in the same review).
+
+    Returns:
+        Per category and ``all``: rows ``{category, metric, value, n}`` with metric ``relative_score``,
+        ``answer_score`` (mean of ours) and ``reference_score`` (mean of the reference's).
+
+    Example:
+        >>> rows = [{"category": "conv", "score": 6.0, "reference": 8.0}, {"category": "detail", "score": 9.0, "reference": 9.0}]
+        >>> [(r["category"], r["value"]) for r in llava_bench_scores(rows) if r["metric"] == "relative_score"]
+        [('all', 88.23529411764706), ('conv', 75.0), ('detail', 100.0)]
+    """
+    groups: dict[str, list[tuple[float, float]]] = {"all": []}
+    for r in rows:
+        for group in ("all", r["category"]):
+            groups.setdefault(group, []).append((float(r["score"]), float(r["reference"])))
+    out = []
+    for category, pairs in sorted(groups.items(), key=lambda kv: kv[0] != "all"):
+        if not pairs:
+            continue
+        ours = sum(p[0] for p in pairs) / len(pairs)
+        reference = sum(p[1] for p in pairs) / len(pairs)
+        n = len(pairs)
+        out += [
+            {"category": category, "metric": "relative_score", "value": 100 * ours / reference, "n": n},
+            {"category": category, "metric": "answer_score", "value": ours, "n": n},
+            {"category": category, "metric": "reference_score", "value": reference, "n": n},
+        ]
     return out
 
 
