@@ -77,8 +77,9 @@ def test_an_out_that_is_a_file_is_refused_and_kept(command, tmp_path):
 
 def test_the_corrected_rerun_uses_the_same_out(tmp_path):
     out = tmp_path / "run"
-    with pytest.raises(ValueError):
+    with pytest.raises(SystemExit) as e:  # exit 2 with the message, nothing written
         main(["collect", "--model", "tiny", "--dataset", "nosuchset", "--data-root", "x", "--out", str(out)])
+    assert e.value.code == 2 and not out.exists()
     assert main(["collect", "--model", "tiny", "--limit", "2", "--no-progress", "--out", str(out)]) == 0
     text = "".join(p.read_text() for p in out.glob("*.json"))
     assert str(tmp_path) not in text

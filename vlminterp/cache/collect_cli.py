@@ -82,6 +82,7 @@ class CollectConfig:
     harmful_root: str | None = None
     benign_root: str | None = None
     on_missing: str = "raise"
+    caption_tokens: int = 64
     split: str | None = None
     limit: int | None = None
     conditions: list[str] = field(default_factory=lambda: ["image", "blank", "text_only"])
@@ -104,6 +105,8 @@ class CollectConfig:
         self.positions = check_positions(self.positions, per_row=True)
         if self.keep not in KEEP_CHOICES:
             raise ValueError(f"--keep {self.keep!r}: choose from {list(KEEP_CHOICES)}.")
+        if self.caption_tokens < 1:
+            raise ValueError(f"--caption-tokens must be >= 1, got {self.caption_tokens}.")
         if self.split and (self.harmful or self.benign):
             raise ValueError("--split applies to --dataset; give --harmful / --benign as NAME:split instead.")
         self.sources()
@@ -145,6 +148,7 @@ class CollectConfig:
             harmful_root=args.harmful_root,
             benign_root=args.benign_root,
             on_missing=args.on_missing,
+            caption_tokens=args.caption_tokens,
             split=args.split,
             limit=args.limit,
             conditions=[c for c in args.conditions.split(",") if c],
@@ -170,6 +174,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=d.model, help=MODEL_SPEC_HELP)
     parser.add_argument("--dataset", default=None, help=f"{DATASET_SPEC_HELP} (default tiny)")
     add_source_arguments(parser)
+    parser.add_argument(
+        "--caption-tokens", type=int, default=d.caption_tokens, help="self-caption length limit"
+    )
     parser.add_argument("--split", default=None)
     parser.add_argument("--limit", type=int, default=None, help="first N samples of each label")
     parser.add_argument("--conditions", default=",".join(d.conditions), help="comma-separated conditions")
@@ -222,7 +229,9 @@ def collect(cfg: CollectConfig) -> ActivationStore:
     # The store writes into an empty folder: captions wait beside it until the collection is done.
     captions, pending = out / CAPTIONS, out.with_name(f".{out.name}.{CAPTIONS}")
     if "caption" in cfg.conditions:
-        samples = fill_captions(model, samples, captions if captions.is_file() else pending)
+        samples = fill_captions(
+            model, samples, captions if captions.is_file() else pending, cfg.caption_tokens
+        )
         n_self = sum(s.meta.get("caption_source") == "self" for s in samples)
         print(f"captions: {n_self} of {len(samples)} are the model's own (cached in {captions})")
     store = ActivationStore.collect(

@@ -95,6 +95,7 @@ class RepresentationGapConfig:
         conditions: Conditions to collect; must include ``text_only``.
         layers: Layers to cache (None = all; negative ones count from the end, checked against the model).
         out: Output directory.
+        caption_tokens: Length limit of a self-caption (CAPTION for samples without a caption).
         batch_size: Samples per forward pass (rows = samples x conditions).
         n_splits: Folds of every cross-validated probe.
         seed: Seed of folds and probes.
@@ -112,6 +113,7 @@ class RepresentationGapConfig:
     conditions: tuple[str, ...] = DEFAULT_CONDITIONS
     layers: tuple[int, ...] | None = None
     out: str = "results/representation_gap"
+    caption_tokens: int = 64
     batch_size: int = 8
     n_splits: int = 5
     seed: int = 0
@@ -128,7 +130,7 @@ class RepresentationGapConfig:
             self.layers = tuple(int(v) for v in self.layers)
             if not self.layers:
                 raise ValueError("layers is empty; give layer indices or None (every layer).")
-        for name in ("batch_size", "n_splits"):
+        for name in ("caption_tokens", "batch_size", "n_splits"):
             if int(getattr(self, name)) < (2 if name == "n_splits" else 1):
                 raise ValueError(
                     f"{name} must be >= {2 if name == 'n_splits' else 1}, got {getattr(self, name)}."
@@ -265,7 +267,7 @@ def run(cfg: RepresentationGapConfig, *, force: bool = False, model: HookedVLM |
             )
         model = model if model is not None else load_model(cfg.model)
         if "caption" in cfg.conditions:
-            samples = fill_captions(model, samples, out / "captions.json")
+            samples = fill_captions(model, samples, out / "captions.json", cfg.caption_tokens)
         acts = collect(model, samples, cfg)
         rows = analyse(acts, cfg, {s.id: str(s.meta.get("variant", "all")) for s in samples}, not skipped)
         info = {
@@ -287,6 +289,7 @@ def run(cfg: RepresentationGapConfig, *, force: bool = False, model: HookedVLM |
             info["captions"] = {
                 "source": source,
                 "self_prompt": QUERY_CONDITIONED_PROMPT,
+                "max_new_tokens": cfg.caption_tokens,
                 "cache": "captions.json",
             }
         write_results(out, rows, cfg.to_dict(), info=info)
@@ -307,6 +310,7 @@ def _parse(argv: Sequence[str] | None) -> tuple[RepresentationGapConfig, bool, a
         "--layers", default=None, help="comma-separated layer indices (default all; negative: from the end)"
     )
     p.add_argument("--out", default="results/representation_gap", help="output directory")
+    p.add_argument("--caption-tokens", type=int, default=64, help="length limit of a self-caption")
     p.add_argument("--batch-size", type=int, default=8, help="samples per forward pass")
     p.add_argument("--n-splits", type=int, default=5, help="cross-validation folds")
     p.add_argument("--seed", type=int, default=0)
@@ -330,6 +334,7 @@ def _parse(argv: Sequence[str] | None) -> tuple[RepresentationGapConfig, bool, a
             conditions=tuple(c for c in a.conditions.split(",") if c),
             layers=layers,
             out=a.out,
+            caption_tokens=a.caption_tokens,
             batch_size=a.batch_size,
             n_splits=a.n_splits,
             seed=a.seed,
@@ -344,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     cfg, force, parser = _parse(argv)
     try:
         return run(cfg, force=force)
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:  # a bad dataset file, a missing image (--on-missing raise)
         parser.error(str(e))
 
 

@@ -108,7 +108,12 @@ class Sources:
                 raise ValueError(f"--{label}-root is given without --{label}; name the {label} source.")
         if harmful is None and benign is None:
             spec = DatasetSpec.parse(
-                dataset or default, data_root, limit, on_missing, option="--dataset", root_option="--data-root"
+                dataset or default,
+                data_root,
+                limit,
+                on_missing,
+                option="--dataset",
+                root_option="--data-root",
             )
             return cls(((None, spec),))
         if dataset is not None:
@@ -181,12 +186,14 @@ def one_class_note(counts: dict[str, int]) -> str | None:
     return f"only {' and '.join(present)} samples ({found}): skipped {', '.join(TWO_CLASS_PARTS)} (they need both classes)"
 
 
-def fill_captions(model: HookedVLM, samples: Sequence[Sample], cache: str | Path | None) -> list[Sample]:
+def fill_captions(
+    model: HookedVLM, samples: Sequence[Sample], cache: str | Path | None, max_new_tokens: int = 64
+) -> list[Sample]:
     """``samples`` where every one with an image but no caption has the model's own caption.
 
     The captions come from :func:`vlminterp.interventions.captioning.caption_images` (``source="self"``,
-    its query-conditioned prompt, greedy), cached in the JSON file ``cache``; ``meta["caption_source"]``
-    says ``self`` or ``dataset`` for every sample with a caption.
+    its query-conditioned prompt, greedy, at most ``max_new_tokens``), cached in the JSON file
+    ``cache``; ``meta["caption_source"]`` says ``self`` or ``dataset`` for every sample with a caption.
 
     Example:
         >>> from vlminterp import HookedVLM
@@ -194,14 +201,17 @@ def fill_captions(model: HookedVLM, samples: Sequence[Sample], cache: str | Path
         >>> model = HookedVLM.tiny("llava")
         >>> red = Image.new("RGB", (32, 32), "red")
         >>> given = Sample(id="a", query="what is it ?", image=red, caption="a red square")
-        >>> out = fill_captions(model, [given, Sample(id="b", query="and this ?", image=red)], None)
+        >>> out = fill_captions(model, [given, Sample(id="b", query="and this ?", image=red)], None, 4)
         >>> [s.meta["caption_source"] for s in out], out[0].caption, bool(out[1].caption)
         (['dataset', 'self'], 'a red square', True)
     """
     from vlminterp.interventions.captioning import caption_images
 
     todo = [s for s in samples if s.image is not None and not s.caption]
-    made = {s.id: s for s in caption_images(model, todo, source="self", cache=cache)} if todo else {}
+    made = (
+        caption_images(model, todo, max_new_tokens=max_new_tokens, source="self", cache=cache) if todo else []
+    )
+    made = {s.id: s for s in made}
     out = []
     for s in samples:
         if s.id in made:
