@@ -307,18 +307,18 @@ class ChatEndpoint:
         with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
             pending = {pool.submit(one, k, m) for k, m in todo.items()}
             error: BaseException | None = None
-            while pending and error is None:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for f in finished:
-                    if f.exception() is not None:
-                        error = error or f.exception()
-                    else:
-                        bar.update(1)
-            if error is not None:
+            try:
+                while pending and error is None:
+                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in finished:
+                        if f.exception() is not None:
+                            error = error or f.exception()
+                        else:
+                            bar.update(1)
+            finally:  # an error or Ctrl-C: start nothing new; requests in flight finish and are cached
                 stop.set()
                 for f in pending:
                     f.cancel()
-                wait(pending)
         bar.close()
         if error is not None:
             answered = sum(k in self._cache for k in todo)
