@@ -1,15 +1,35 @@
-"""Shared helpers of the benchmarks: timing, the JSON result line, the malloc note."""
+"""Shared helpers of the benchmarks: shapes and options, timing, the JSON result line.
+
+Every benchmark takes the same options (:func:`parse_args`):
+
+- ``--quick``: a 4.5M-parameter llava (seconds per variant); default: the mid-size ~100M llava;
+  ``--shapes llava-7b``: llava-1.5-7b's shapes with random weights (GPU only: ~30 GB of RAM and disk
+  to build the float32 checkpoint, float16 on the device);
+- ``--device cuda``: run on a GPU (timings synchronise the device);
+- ``--repeats N``: timed repeats per variant (interleaved, median);
+- ``--record FILE``: also append the JSON line to ``FILE`` (``benchmarks/results/*.jsonl``).
+
+The last line printed is one JSON object ``{"benchmark", "ratios", "ms", "targets", "config"}``;
+``ms`` holds absolute median milliseconds per variant, and ``config`` the shapes, the device, the
+versions (torch, transformers, transformer_lens, vlminterp), the thread count and the malloc
+settings (:func:`vlminterp.malloc.malloc_settings`).
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 
-#: Sizes of the benchmark llava: about 100M parameters (full) and a quick variant (< 1 minute).
+import torch
+
+#: Sizes of the benchmark llava: about 100M parameters (mid) and a quick variant (4.5M).
 LLAVA_100M = dict(
     d_model=768,
     n_layers=12,
@@ -30,47 +50,138 @@ LLAVA_QUICK = dict(
     image_size=224,
     patch_size=14,
 )
+#: llava-1.5-7b's shapes: Llama-2-7B decoder, CLIP ViT-L/14 at 336 px (576 image tokens). The tiny
+#: builder's vision tower has 2 heads and a 2x MLP (ViT-L: 16 heads, 4x), so the vision cost is
+#: somewhat under the real one; the decoder, which dominates, is exact (with the real Llama-2 tokenizer).
+LLAVA_7B = dict(
+    d_model=4096,
+    n_layers=32,
+    n_heads=32,
+    n_kv_heads=32,
+    d_mlp=11008,
+    vision_d_model=1024,
+    vision_layers=24,
+    image_size=336,
+    patch_size=14,
+)
+SHAPES = {"quick": LLAVA_QUICK, "mid": LLAVA_100M, "llava-7b": LLAVA_7B}
+LLAMA2_TOKENIZER = Path(__file__).resolve().parents[1].parent / "shared" / "tokenizers" / "llama2"
 
 
-def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    """Median wall time of ``fn`` over ``repeats`` runs after ``warmup`` untimed runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def parse_args(description: str, argv: list[str] | None, extra: Callable | None = None) -> argparse.Namespace:
+    """The common options; ``args.shapes`` ("quick", "mid" or "llava-7b") and ``args.sizes`` are resolved.
+
+    Args:
+        description: The benchmark's docstring.
+        argv: Command-line arguments (None: ``sys.argv``).
+        extra: Adds the benchmark's own options to the parser.
+    """
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument(
+        "--quick", action="store_true", help="the 4.5M-parameter model (same as --shapes quick)"
+    )
+    parser.add_argument("--shapes", choices=sorted(SHAPES), default=None, help="model shapes (default: mid)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per variant")
+    parser.add_argument("--record", type=Path, default=None, help="append the JSON line to this file")
+    if extra is not None:
+        extra(parser)
+    args = parser.parse_args(argv)
+    if args.quick and args.shapes not in (None, "quick"):
+        parser.error(f"--quick contradicts --shapes {args.shapes}.")
+    args.shapes = "quick" if args.quick else args.shapes or "mid"
+    args.quick = args.shapes == "quick"
+    if args.shapes == "llava-7b" and not str(args.device).startswith("cuda"):
+        parser.error("--shapes llava-7b is for a GPU (float16, ~14 GB of weights): add --device cuda.")
+    args.sizes = SHAPES[args.shapes]
+    return args
 
 
-def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds per function, timing them round-robin so machine noise hits all alike."""
-    for fn in fns.values():
-        fn()
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def interleaved_medians(
+    fns: dict[str, Callable[[], object]], repeats: int, warmup: bool = True, device: str = "cpu"
+) -> dict[str, float]:
+    """Median seconds per function, timing them round-robin so machine noise hits all alike.
+
+    Args:
+        fns: Variant name -> the work to time.
+        repeats: Timed runs of each variant.
+        warmup: Run each once, untimed, first (skip when the caller has already run them).
+        device: The device to synchronise before reading the clock.
+    """
+    if warmup:
+        for fn in fns.values():
+            fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            _sync(device)
             start = time.perf_counter()
             fn()
+            _sync(device)
             times[name].append(time.perf_counter() - start)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def malloc_settings() -> dict:
-    """The glibc malloc settings this run used: environment and vlminterp's mallopt (up to 40% of CPU time)."""
-    from vlminterp.malloc import malloc_settings as settings
+def run_info(args: argparse.Namespace) -> dict:
+    """What every JSON line records: shapes, time, load, device, threads, malloc settings and versions."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return settings()
+    from vlminterp.malloc import malloc_settings
+
+    def installed(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return {
+        "shapes": args.shapes,
+        "quick": args.quick,
+        "utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "load_avg_1m": round(os.getloadavg()[0], 2),  # at the end of the run: how shared the machine was
+        "device": str(args.device),
+        "threads": torch.get_num_threads(),
+        "malloc": malloc_settings(),
+        "versions": {d: installed(d) for d in ("torch", "transformers", "transformer-lens", "vlminterp")},
+        **args.sizes,
+    }
 
 
-def emit(benchmark: str, ratios: dict[str, float], targets: dict[str, float], config: dict) -> None:
-    """Print the convention's last line: one JSON object."""
-    print(json.dumps({"benchmark": benchmark, "ratios": ratios, "targets": targets, "config": config}))
+def emit(
+    args: argparse.Namespace,
+    benchmark: str,
+    ratios: dict[str, float],
+    seconds: dict[str, float],
+    targets: dict[str, float],
+    config: dict,
+) -> dict:
+    """Print the convention's last line (one JSON object) and append it to ``args.record`` if given."""
+    line = {
+        "benchmark": benchmark,
+        "ratios": {k: round(v, 4) for k, v in ratios.items()},
+        "ms": {k: round(v * 1e3, 2) for k, v in seconds.items()},
+        "targets": targets,
+        "config": {**run_info(args), **config},
+    }
+    text = json.dumps(line)
+    if args.record is not None:
+        args.record.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.record, "a") as f:
+            f.write(text + "\n")
+    print(text, flush=True)
+    return line
 
 
-def build_models(sizes: dict, with_hf: bool = True):
-    """A random llava of ``sizes`` loaded as HookedVLM and (optionally) as an independent HF model.
+def build_models(args: argparse.Namespace, with_hf: bool = True):
+    """A random llava of ``args.sizes`` loaded as HookedVLM and (optionally) as an independent HF model.
+
+    On ``--shapes llava-7b`` the real Llama-2 tokenizer is used (real vocabulary) and both models are
+    float16 on the device.
 
     Returns:
         ``(model, hf_or_None, n_params)``; the HF model uses eager attention, like the bridge.
@@ -80,12 +191,26 @@ def build_models(sizes: dict, with_hf: bool = True):
     from vlminterp import HookedVLM
     from vlminterp.testing import build_tiny_vlm
 
+    big = args.shapes == "llava-7b"
+    dtype = torch.float16 if big else torch.float32
+    options = {"tokenizer_dir": LLAMA2_TOKENIZER} if big else {}
     with tempfile.TemporaryDirectory() as tmp:
-        path = build_tiny_vlm("llava", Path(tmp) / "bench", seed=0, **sizes)
-        model = HookedVLM.from_pretrained(path)
+        path = build_tiny_vlm("llava", Path(tmp) / "bench", seed=0, **options, **args.sizes)
+        model = HookedVLM.from_pretrained(path, device=args.device, dtype=dtype)
         hf = (
-            LlavaForConditionalGeneration.from_pretrained(path, attn_implementation="eager").eval()
+            LlavaForConditionalGeneration.from_pretrained(path, attn_implementation="eager", dtype=dtype)
+            .to(args.device)
+            .eval()
             if with_hf
             else None
         )
     return model, hf, sum(p.numel() for p in model.hf_model.parameters())
+
+
+def hf_inputs(batch, device: str, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, dict]:
+    """``(input_ids, kwargs)`` of a PromptBatch for a raw HF forward on ``device`` (floats in ``dtype``)."""
+    kwargs = {
+        k: v.to(device, dtype) if v.is_floating_point() else v.to(device)
+        for k, v in batch.model_kwargs().items()
+    }
+    return batch.input_ids.to(device), kwargs

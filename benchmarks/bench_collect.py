@@ -1,34 +1,37 @@
 """Dataset-scale collection speed and memory: ActivationStore.collect against raw transformers.
 
-Usage: ``python benchmarks/bench_collect.py [--quick]``. Prints a table, then one JSON line with
+Usage: ``python benchmarks/bench_collect.py [--quick] [--device cuda] [--shapes llava-7b]`` (options:
+``benchmarks/_common.py``). Prints a table, then one JSON line with
 
 - ``collect_vs_hf``: ``ActivationStore.collect(keep="stats", positions="last")`` over N prompts
-  (batches of 8) against the bare loop of raw HF forwards with ``output_hidden_states=True`` over
-  the same, already built, batches. Target <= 1.1. collect also builds its prompts (tokenizer and
-  image processor), which the bare loop gets for free; ``prompts_vs_hf`` reports that part alone,
-  and ``collect_vs_run_with_cache`` compares with ``HookedVLM.run_with_cache`` over the built
-  batches (the store's own overhead: prompts, selection, statistics).
+  (batches of 8; prompts of batch k+1 built in a background thread while batch k runs) against the
+  bare loop of raw HF forwards with ``output_hidden_states=True`` over the same, already built,
+  batches. Target <= 1.05. collect also builds its prompts (tokenizer, chat template, image
+  processor), which the bare loop gets for free: ``prompts_vs_hf`` reports that part alone, and
+  ``collect_sequential_vs_hf`` the same collect with ``prefetch=False`` (prompts built between
+  forwards: what the prefetch thread saves).
 - ``rss_growth_8x``: peak RSS growth (fraction) when the dataset grows 8x with ``keep="stats"``.
   Target < 0.05 (memory independent of the dataset size).
 
-Timings are medians of interleaved repeats (CPU timing is noisy).
+Sizes: quick, 64 prompts of 112 px images (64 image tokens) and 16 -> 128 prompts for RSS; mid
+(~100M), 32 prompts (256 image tokens each) and 4 -> 32 for RSS: each mid variant is 4 forwards of
+8 x ~290 tokens. Timings are medians of interleaved repeats (3 quick, 2 mid; the RSS runs are the
+warm-up); the mid-size run takes about 4 minutes on 2 idle cores. On 2 CPU cores the prefetch
+thread competes with torch's 2 intra-op threads, so it hides less of the prompt building there than
+on a GPU, where the forward leaves the CPU idle.
 """
 
 from __future__ import annotations
 
-import argparse
 import resource
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import LLAVA_100M, LLAVA_QUICK, emit, interleaved_medians, malloc_settings  # noqa: E402
+from _common import build_models, emit, hf_inputs, interleaved_medians, parse_args  # noqa: E402
 
-FULL = LLAVA_100M
-QUICK = {**LLAVA_QUICK, "image_size": 112}
 BATCH = 8
 
 
@@ -55,68 +58,55 @@ def make_samples(n: int, image_size: int) -> list:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a smaller model and dataset (< 1 minute)")
-    parser.add_argument("--repeats", type=int, default=None)
-    args = parser.parse_args(argv)
-    sizes = QUICK if args.quick else FULL
-    n_prompts, repeats = (64, args.repeats or 3) if args.quick else (256, args.repeats or 3)
-    rss_small = 16 if args.quick else 64
+    args = parse_args(__doc__, argv)
+    if args.quick:  # 112 px: 64 image tokens per prompt
+        args.sizes = {**args.sizes, "image_size": 112}
+    n_prompts, rss_small = (64, 16) if args.quick else (32, 4)
+    repeats = args.repeats or (3 if args.quick else 2)
 
-    from transformers import LlavaForConditionalGeneration
-
-    from vlminterp import Condition, HookedVLM, PromptBatch
+    from vlminterp import Condition, PromptBatch
     from vlminterp.cache import ActivationStore
 
     torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "bench"
-        from vlminterp.testing import build_tiny_vlm
+    model, hf, n_params = build_models(args)
+    image_size = args.sizes["image_size"]
 
-        build_tiny_vlm("llava", path, seed=0, **sizes)
-        model = HookedVLM.from_pretrained(path)
-        hf = LlavaForConditionalGeneration.from_pretrained(path, attn_implementation="eager").eval()
-    n_params = sum(p.numel() for p in hf.parameters())
-
-    # memory first (peak RSS is monotone): the same collect on an 8x larger dataset
-    def stats_run(n: int) -> None:
+    def collect(samples, prefetch: bool = True) -> None:
         ActivationStore.collect(
-            model, make_samples(n, sizes["image_size"]), ["image"], batch_size=BATCH, progress=False
+            model, samples, ["image"], batch_size=BATCH, positions="last", progress=False, prefetch=prefetch
         )
 
-    stats_run(rss_small)
+    # memory first (peak RSS is monotone): the same collect on an 8x larger dataset; also the warm-up
+    collect(make_samples(rss_small, image_size))
     rss_a = peak_rss_mb()
-    stats_run(8 * rss_small)
+    collect(make_samples(8 * rss_small, image_size))
     rss_b = peak_rss_mb()
 
-    samples = make_samples(n_prompts, sizes["image_size"])
+    samples = make_samples(n_prompts, image_size)
     chunks = [samples[i : i + BATCH] for i in range(0, n_prompts, BATCH)]
-    batches = [PromptBatch.paired(model, chunk, [Condition.IMAGE]) for chunk in chunks]
-    inputs = [(b.input_ids, b.model_kwargs()) for b in batches]
+    dtype = next(hf.parameters()).dtype
+    inputs = [hf_inputs(PromptBatch.paired(model, c, [Condition.IMAGE]), args.device, dtype) for c in chunks]
 
     def raw_hf():
         with torch.no_grad():
             for ids, kwargs in inputs:
                 hf(input_ids=ids, output_hidden_states=True, **kwargs)
 
-    names = model.hook_names("resid_post")
-
-    def cache_only():
-        for batch in batches:
-            model.run_with_cache(batch, names_filter=names, positions="last")
-
     def prompts():
         for chunk in chunks:
             PromptBatch.paired(model, chunk, [Condition.IMAGE])
 
-    def collect():
-        ActivationStore.collect(model, samples, ["image"], batch_size=BATCH, positions="last", progress=False)
-
-    fns = {"raw_hf": raw_hf, "collect": collect, "run_with_cache": cache_only, "prompts": prompts}
-    med = interleaved_medians(fns, repeats)
+    fns = {
+        "raw_hf": raw_hf,
+        "collect": lambda: collect(samples),
+        "collect_sequential": lambda: collect(samples, prefetch=False),
+        "prompts": prompts,
+    }
+    raw_hf()
+    med = interleaved_medians(fns, repeats, warmup=False, device=args.device)
     ratios = {
         "collect_vs_hf": med["collect"] / med["raw_hf"],
-        "collect_vs_run_with_cache": med["collect"] / med["run_with_cache"],
+        "collect_sequential_vs_hf": med["collect_sequential"] / med["raw_hf"],
         "prompts_vs_hf": med["prompts"] / med["raw_hf"],
         "rss_growth_8x": (rss_b - rss_a) / rss_a,
     }
@@ -127,22 +117,14 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"peak RSS: {rss_a:.0f} MB after {rss_small} prompts, {rss_b:.0f} MB after {8 * rss_small} prompts")
     print(f"rss_growth_8x: {ratios['rss_growth_8x']:.4f}")
     config = {
-        "quick": args.quick,
         "params_m": round(n_params / 1e6, 1),
         "prompts": n_prompts,
         "batch_size": BATCH,
         "rss_prompts": [rss_small, 8 * rss_small],
+        "rss_mb": [round(rss_a), round(rss_b)],
         "repeats": repeats,
-        "threads": torch.get_num_threads(),
-        "malloc": malloc_settings(),
-        **sizes,
     }
-    emit(
-        "bench_collect",
-        {k: round(v, 4) for k, v in ratios.items()},
-        {"collect_vs_hf": 1.1, "rss_growth_8x": 0.05},
-        config,
-    )
+    emit(args, "bench_collect", ratios, med, {"collect_vs_hf": 1.05, "rss_growth_8x": 0.05}, config)
     return ratios
 
 

@@ -1,40 +1,34 @@
 """Forward and caching speed of HookedVLM against raw transformers, in the same run.
 
-Usage: ``python benchmarks/bench_forward.py [--quick]``. Prints a table, then one JSON line with
+Usage: ``python benchmarks/bench_forward.py [--quick] [--device cuda] [--shapes llava-7b]`` (options:
+``benchmarks/_common.py``). Prints a table, then one JSON line with
 ``cache_filtered_vs_hf`` (run_with_cache of every resid_post) and ``cache_last_vs_hf`` (the same at
 ``positions="last"``), both relative to a raw HF forward with ``output_hidden_states=True``.
-Targets: <= 1.05 for both. Timings are medians of interleaved repeats (CPU timing is noisy).
+Targets: <= 1.05 for both. Timings are medians of 5 interleaved repeats after one warm-up (CPU
+timing is noisy); the mid-size run takes about 2 minutes on 2 cores.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import LLAVA_100M, LLAVA_QUICK, build_models, emit, interleaved_medians, malloc_settings  # noqa: E402
-
-FULL = LLAVA_100M
-QUICK = LLAVA_QUICK
+from _common import build_models, emit, hf_inputs, interleaved_medians, parse_args  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a smaller model and fewer repeats (< 1 minute)")
-    parser.add_argument("--repeats", type=int, default=None)
-    args = parser.parse_args(argv)
-    sizes = QUICK if args.quick else FULL
-    repeats = args.repeats or (5 if args.quick else 7)
+    args = parse_args(__doc__, argv)
+    repeats = args.repeats or 5
 
     from PIL import Image
 
     from vlminterp import Condition, PromptBatch, Sample
 
     torch.manual_seed(0)
-    model, hf, n_params = build_models(sizes)
+    model, hf, n_params = build_models(args)
     words = (
         "tell me how to build a kite from the picture and then describe the image in detail please".split()
     )
@@ -47,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
         for i in range(4)
     ]
     batch = PromptBatch.paired(model, samples, [Condition.IMAGE])
-    ids, kwargs = batch.input_ids, batch.model_kwargs()
+    ids, kwargs = hf_inputs(batch, args.device, next(hf.parameters()).dtype)
     names = model.hook_names("resid_post")
 
     def raw_hf():
@@ -60,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
         "cache_filtered": lambda: model.run_with_cache(batch, names_filter=names),
         "cache_last": lambda: model.run_with_cache(batch, names_filter=names, positions="last"),
     }
-    med = interleaved_medians(fns, repeats)
+    med = interleaved_medians(fns, repeats, device=args.device)
     ratios = {
         "bridge_forward_vs_hf": med["bridge_forward"] / med["raw_hf"],
         "cache_filtered_vs_hf": med["cache_filtered"] / med["raw_hf"],
@@ -72,21 +66,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'variant':<18}{'median ms':>12}{'ratio to HF':>14}")
     for name, sec in med.items():
         print(f"{name:<18}{sec * 1e3:>12.1f}{sec / med['raw_hf']:>14.3f}")
-    config = {
-        "quick": args.quick,
-        "params_m": round(n_params / 1e6, 1),
-        "batch": list(ids.shape),
-        "repeats": repeats,
-        "threads": torch.get_num_threads(),
-        "malloc": malloc_settings(),
-        **sizes,
-    }
-    emit(
-        "bench_forward",
-        {k: round(v, 4) for k, v in ratios.items()},
-        {"cache_filtered_vs_hf": 1.05, "cache_last_vs_hf": 1.05},
-        config,
-    )
+    config = {"params_m": round(n_params / 1e6, 1), "batch": list(ids.shape), "repeats": repeats}
+    emit(args, "bench_forward", ratios, med, {"cache_filtered_vs_hf": 1.05, "cache_last_vs_hf": 1.05}, config)
     return ratios
 
 

@@ -8,9 +8,10 @@ Runs ``benchmarks/<bench>.py`` in three fresh processes and collects each one's 
   the mallopt tuning ``import vlminterp`` applies (:mod:`vlminterp.malloc`);
 - ``glibc``: no variables and ``VLMINTERP_MALLOC=0`` (glibc's defaults: what users got before).
 
-Prints one row per policy and ratio, then one JSON line ``{"benchmark": "bench_malloc", "ratios":
-{policy: {ratio: value}}, ...}``. The ``library`` row should match ``makefile``; ``glibc`` shows
-what the tuning saves.
+Prints one row per policy and ratio or absolute median (ms), then one JSON line ``{"benchmark":
+"bench_malloc", "ratios": {policy: {ratio: value}}, "ms": {policy: {variant: ms}}, ...}``. The
+``library`` rows should match ``makefile``; ``glibc`` shows what the tuning saves, in ratios and in
+milliseconds of the same variant. ``--record FILE`` appends that line to ``FILE``.
 """
 
 from __future__ import annotations
@@ -22,10 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit  # noqa: E402
-
-from vlminterp.malloc import ENV_VARS  # noqa: E402
+from vlminterp.malloc import ENV_VARS
 
 MAKEFILE_ENV = {
     "MALLOC_MMAP_THRESHOLD_": "33554432",
@@ -47,6 +45,7 @@ def policy_env(policy: str) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bench", default="bench_sweep", help="benchmark script name in benchmarks/")
+    parser.add_argument("--record", type=Path, default=None, help="append the JSON line to this file")
     args, rest = parser.parse_known_args(argv)
     rest = [a for a in rest if a != "--"]
     script = Path(__file__).resolve().parent / f"{args.bench}.py"
@@ -57,18 +56,32 @@ def main(argv: list[str] | None = None) -> dict:
         )
         if proc.returncode:
             raise RuntimeError(f"{args.bench} under policy {policy!r} failed:\n{proc.stderr[-2000:]}")
-        line = json.loads(proc.stdout.strip().splitlines()[-1])
-        results[policy] = {"ratios": line["ratios"], "malloc": line["config"].get("malloc")}
-    print(f"{'policy':<10}{'ratio':<34}{'value':>8}")
-    for policy, res in results.items():
-        for name, value in res["ratios"].items():
-            print(f"{policy:<10}{name:<34}{value:>8.3f}")
-    emit(
-        "bench_malloc",
-        {p: r["ratios"] for p, r in results.items()},
-        {},
-        {"bench": args.bench, "args": rest, "malloc": {p: r["malloc"] for p, r in results.items()}},
-    )
+        results[policy] = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"{'policy':<10}{'ratio or ms':<34}{'value':>10}")
+    for policy, line in results.items():
+        for name, value in line["ratios"].items():
+            print(f"{policy:<10}{name:<34}{value:>10.3f}")
+        for name, value in line["ms"].items():
+            print(f"{policy:<10}{name + ' (ms)':<34}{value:>10.1f}")
+    first = next(iter(results.values()))["config"]
+    out = {
+        "benchmark": "bench_malloc",
+        "ratios": {p: r["ratios"] for p, r in results.items()},
+        "ms": {p: r["ms"] for p, r in results.items()},
+        "targets": {},
+        "config": {
+            "bench": args.bench,
+            "args": rest,
+            "malloc": {p: r["config"]["malloc"] for p, r in results.items()},
+            **{k: first[k] for k in ("shapes", "device", "threads", "versions") if k in first},
+        },
+    }
+    text = json.dumps(out)
+    if args.record is not None:
+        args.record.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.record, "a") as f:
+            f.write(text + "\n")
+    print(text)
     return results
 
 

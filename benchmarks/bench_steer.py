@@ -1,7 +1,8 @@
 """Steered generation speed (CMRM, ShiftDC) against unsteered raw transformers, in the same run.
 
-Usage: ``python benchmarks/bench_steer.py [--quick]``. On the mid-size random llava (batch 4, prompts
-with images, greedy) every variant generates exactly ``max_new_tokens`` tokens per row (64 in full
+Usage: ``python benchmarks/bench_steer.py [--quick] [--device cuda] [--shapes llava-7b]
+[--max-new-tokens N]`` (options: ``benchmarks/_common.py``). On the random llava (batch 4, prompts
+with images, greedy) every variant generates exactly ``max_new_tokens`` tokens per row (64 in mid
 mode, 8 in quick): the tokenizer's EOS is set to a new id outside the model's vocabulary (it can
 never be chosen), and HF ``generate`` gets the same EOS id with ``min_new_tokens=max_new_tokens``.
 Ratios (median time / median time of raw HF ``generate``, unsteered):
@@ -17,25 +18,24 @@ Ratios (median time / median time of raw HF ``generate``, unsteered):
   captions its own images (``caption_max_new_tokens = max_new_tokens``, i.e. a caption as long as
   the response). Target <= 1.71 (the paper's 4.66 s / 2.73 s on LLaVA-1.5-7B).
 
-Timings are medians of interleaved repeats after one warm-up run each (3 repeats in quick mode, 2 in
-full mode: a full run with 3 repeats and a separate check pass had not finished after 15 minutes
-on 2 shared CPU cores; 2 repeats, checks on the timed outputs, is the reduced full config). The last timed outputs are checked: every row has ``max_new_tokens`` tokens, no
-hook is left, and the unsteered HookedVLM tokens are compared with HF's (printed).
+Timings are medians of interleaved repeats (3 in quick mode, 1 in mid mode) after one warm-up run
+of each variant with 2 new tokens. The mid mode is one round of six 64-token generations (the
+steered ones up to 4x a plain one); with 3 rounds and a separate check pass it had not finished
+after 15 minutes on 2 shared CPU cores. The last timed outputs are checked: every row has
+``max_new_tokens`` tokens, no hook is left, and the unsteered HookedVLM tokens are compared with
+HF's (printed).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import LLAVA_100M, LLAVA_QUICK, build_models, emit, interleaved_medians, malloc_settings  # noqa: E402
+from _common import build_models, emit, hf_inputs, interleaved_medians, parse_args  # noqa: E402
 
-FULL = LLAVA_100M
-QUICK = LLAVA_QUICK
 TARGETS = {
     "cmrm_dataset_generate_vs_hf": 1.10,
     "cmrm_sample_vs_hf": 1.5,
@@ -45,13 +45,11 @@ TARGETS = {
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a smaller model and fewer tokens (< 1 minute)")
-    parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--max-new-tokens", type=int, default=None)
-    args = parser.parse_args(argv)
-    sizes = QUICK if args.quick else FULL
-    repeats = args.repeats or (3 if args.quick else 2)
+    def extra(parser):
+        parser.add_argument("--max-new-tokens", type=int, default=None, help="default 8 quick, 64 mid")
+
+    args = parse_args(__doc__, argv, extra)
+    repeats = args.repeats or (3 if args.quick else 1)
     max_new_tokens = args.max_new_tokens or (8 if args.quick else 64)
 
     from PIL import Image
@@ -60,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     from vlminterp.interventions import CMRM, SafetyDirection, ShiftDC
 
     torch.manual_seed(0)
-    model, hf, n_params = build_models(sizes)
+    model, hf, n_params = build_models(args)
     # An EOS id outside the vocabulary: no row can stop early, so every variant makes the same tokens.
     model.tokenizer.add_special_tokens({"eos_token": "<bench_eos>"})
     eos = model.tokenizer.eos_token_id
@@ -82,38 +80,45 @@ def main(argv: list[str] | None = None) -> dict:
         for i in range(4)
     ]
     batch = PromptBatch.paired(model, samples, [Condition.IMAGE])
-    ids, kwargs = batch.input_ids, batch.model_kwargs()
+    ids, kwargs = hf_inputs(batch, args.device, next(hf.parameters()).dtype)
 
     vectors = CMRM.fit(model, samples, progress=False)
     direction = SafetyDirection.fit(model, samples[::2], samples[1::2], progress=False)
     cmrm = CMRM(vectors, alpha=1.0)
     sample_cmrm = CMRM.sample_level(alpha=1.0)
     shiftdc_given = ShiftDC(direction, caption_source="sample")
-    shiftdc_self = ShiftDC(direction, caption_source="self", caption_max_new_tokens=max_new_tokens)
 
-    def raw_hf():
-        with torch.no_grad():
-            return hf.generate(
-                input_ids=ids,
-                **kwargs,
-                max_new_tokens=max_new_tokens,
-                min_new_tokens=max_new_tokens,
-                eos_token_id=eos,
-                do_sample=False,
-            )[:, ids.shape[1] :]
+    def variants(n: int) -> dict:
+        """The six variants, each generating ``n`` tokens per row (captions of ``n`` tokens too)."""
+        shiftdc_self = ShiftDC(direction, caption_source="self", caption_max_new_tokens=n)
 
-    def cmrm_dataset():
-        with cmrm.applied(model):
-            return model.generate(batch, max_new_tokens=max_new_tokens)
+        def raw_hf():
+            with torch.no_grad():
+                out = hf.generate(
+                    input_ids=ids,
+                    **kwargs,
+                    max_new_tokens=n,
+                    min_new_tokens=n,
+                    eos_token_id=eos,
+                    do_sample=False,
+                )
+            return out[:, ids.shape[1] :].cpu()
 
-    variants = {
-        "raw_hf": raw_hf,
-        "hooked_generate": lambda: model.generate(batch, max_new_tokens=max_new_tokens),
-        "cmrm_dataset_generate": cmrm_dataset,
-        "cmrm_sample": lambda: sample_cmrm.generate(model, samples, max_new_tokens),
-        "shiftdc_excl_caption": lambda: shiftdc_given.generate(model, samples, max_new_tokens),
-        "shiftdc_incl_caption": lambda: shiftdc_self.generate(model, samples, max_new_tokens),
-    }
+        def cmrm_dataset():
+            with cmrm.applied(model):
+                return model.generate(batch, max_new_tokens=n)
+
+        return {
+            "raw_hf": raw_hf,
+            "hooked_generate": lambda: model.generate(batch, max_new_tokens=n),
+            "cmrm_dataset_generate": cmrm_dataset,
+            "cmrm_sample": lambda: sample_cmrm.generate(model, samples, n),
+            "shiftdc_excl_caption": lambda: shiftdc_given.generate(model, samples, n),
+            "shiftdc_incl_caption": lambda: shiftdc_self.generate(model, samples, n),
+        }
+
+    for fn in variants(2).values():  # warm-up: every code path once, at 2 tokens
+        fn()
     outputs: dict[str, object] = {}
 
     def keeping(name, fn):
@@ -122,8 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
 
         return run
 
-    fns = {name: keeping(name, fn) for name, fn in variants.items()}
-    med = interleaved_medians(fns, repeats)
+    fns = {name: keeping(name, fn) for name, fn in variants(max_new_tokens).items()}
+    med = interleaved_medians(fns, repeats, warmup=False, device=args.device)
     # Correctness and equal lengths, on the outputs of the last timed runs.
     same_tokens = outputs["hooked_generate"].tokens == outputs["raw_hf"].tolist()
     for name, out in outputs.items():
@@ -144,18 +149,14 @@ def main(argv: list[str] | None = None) -> dict:
         target = TARGETS.get(f"{name}_vs_hf")
         print(f"{name:<24}{sec:>10.3f}{sec / med['raw_hf']:>14.3f}{'' if target is None else target:>9}")
     config = {
-        "quick": args.quick,
         "params_m": round(n_params / 1e6, 1),
         "batch": list(ids.shape),
         "max_new_tokens": max_new_tokens,
         "caption_max_new_tokens": max_new_tokens,
         "repeats": repeats,
         "unsteered_tokens_equal_hf": same_tokens,
-        "threads": torch.get_num_threads(),
-        "malloc": malloc_settings(),
-        **sizes,
     }
-    emit("bench_steer", {k: round(v, 4) for k, v in ratios.items()}, TARGETS, config)
+    emit(args, "bench_steer", ratios, med, TARGETS, config)
     return ratios
 
 

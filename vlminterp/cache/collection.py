@@ -219,8 +219,9 @@ def prompt_batches(model: Any, samples: Sequence[Sample], plan: CollectPlan) -> 
         >>> model = HookedVLM.tiny("llava")
         >>> samples = [Sample(id=f"s{i}", query="hi") for i in range(3)]
         >>> plan = plan_collection(
-        ...     model, samples, ["text_only"], hooks="resid_post", layers=None, positions="last", batch_size=2,
-        ...     shard_size=256, out_dir=None, keep="stats", covariance=False, dtype="float32", prompt_options={},
+        ...     model, samples, ["text_only"], hooks="resid_post", layers=None, positions="last",
+        ...     batch_size=2, shard_size=256, out_dir=None, keep="stats", covariance=False,
+        ...     dtype="float32", prompt_options={},
         ... )
         >>> [b.sample_ids for b in prompt_batches(model, samples, plan)]
         [['s0', 's1'], ['s2']]
