@@ -317,3 +317,31 @@ def test_eval_command_with_an_llm_judge(server_factory, tmp_path, monkeypatch):
         v["unsafe"] for v in verdicts
     )
     assert len(ReplyCache(tmp_path / "cache.jsonl")) == len(responses)
+
+
+def test_mmvet_retries_unscored_replies_as_the_evaluator(server_factory, tmp_path):
+    # Sample a is scored at once; b only on its second retry; c never (graded 0.0 after four retries).
+    def reply(content):
+        if "| ans-a |" in content:
+            return "0.8"
+        if "| ans-b |" in content and content.endswith("(digit): "):
+            return "0.3" if server.requests[-1]["temperature"] == 0.5 else "x"
+        return "The answer"
+
+    server = server_factory(reply=reply)
+    samples = [Sample(k, "What?", meta={"answer": "yes"}) for k in "abc"]
+    grader = EndpointGrader(endpoint(server, tmp_path / "c.jsonl", max_workers=1), "mm-vet")
+    grades = grader.grade(samples, ["ans-a", "ans-b", "ans-c"])
+    assert [g.score for g in grades] == [0.8, 0.3, 0.0]
+    assert grades[2].evidence.startswith("[no score after retries; graded 0.0")
+    retries = [r for r in server.requests if r["messages"][0]["content"].endswith("(digit): ")]
+    assert [r["temperature"] for r in retries] == [0.0, 0.0, 0.5, 0.5, 1.0, 1.5]  # b twice, c four times
+    assert all(r["max_tokens"] == 3 for r in server.requests) and len(server.requests) == 9
+    again = EndpointGrader(endpoint(server, tmp_path / "c.jsonl"), "mm-vet").grade(
+        samples, ["ans-a", "ans-b", "ans-c"]
+    )
+    assert again == grades and len(server.requests) == 9  # every retry is cached too
+    with pytest.raises(UnparsedReplyError, match="2 of 3 replies do not parse"):
+        EndpointGrader(endpoint(server), "mm-vet", retry_unparsed=False).grade(
+            samples, ["ans-a", "ans-b", "ans-c"]
+        )

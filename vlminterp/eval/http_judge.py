@@ -31,7 +31,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from vlminterp.eval.endpoint import ChatEndpoint
-from vlminterp.eval.judge_prompts import PROMPT_SETS, PromptSet
+from vlminterp.eval.judge_prompts import (
+    MMVET_RETRY_TEMPERATURES,
+    PROMPT_SETS,
+    PromptSet,
+    mmvet_retry_messages,
+    parse_mmvet_score,
+)
 from vlminterp.eval.judges import Judge, UnparsedReplyError, Verdict
 from vlminterp.prompts import Sample
 
@@ -47,22 +53,27 @@ def _prompt_set(name: str, kind: str, who: str) -> PromptSet:
 
 def _ask(
     endpoint: ChatEndpoint,
-    prompts: PromptSet,
+    messages: Callable[[Sample | None, str], list[dict[str, str]]],
+    params: dict[str, Any],
     parse: Callable[[str], Any],
     name: str,
     samples: Sequence[Sample] | None,
     responses: Sequence[str],
 ) -> list[tuple[Any, str]]:
-    ids = [s.id for s in samples] if samples is not None else [str(i) for i in range(len(responses))]
-    requests = [
-        prompts.messages(samples[i] if samples is not None else None, r) for i, r in enumerate(responses)
-    ]
-    replies = endpoint.complete(requests, dict(prompts.params), desc=name)
-    values = [parse(r) for r in replies]
-    bad = [(sid, r) for sid, r, v in zip(ids, replies, values, strict=True) if v is None]
+    """``(parsed value or None, reply)`` per response."""
+    requests = [messages(samples[i] if samples is not None else None, r) for i, r in enumerate(responses)]
+    replies = endpoint.complete(requests, params, desc=name)
+    return [(parse(r), r) for r in replies]
+
+
+def _strict(
+    answers: list[tuple[Any, str]], samples: Sequence[Sample] | None, name: str
+) -> list[tuple[Any, str]]:
+    ids = [s.id for s in samples] if samples is not None else [str(i) for i in range(len(answers))]
+    bad = [(sid, r) for sid, (v, r) in zip(ids, answers, strict=True) if v is None]
     if bad:
-        raise UnparsedReplyError(name, bad, len(replies))
-    return list(zip(values, replies, strict=True))
+        raise UnparsedReplyError(name, bad, len(answers))
+    return answers
 
 
 @dataclass
@@ -96,8 +107,11 @@ class EndpointJudge(Judge):
             UnparsedReplyError: some replies are neither safe nor unsafe.
         """
         self._check(samples, responses)
-        parse = self.parse or self._prompts.parse
-        answers = _ask(self.endpoint, self._prompts, parse, self.name, samples, responses)
+        p = self._prompts
+        answers = _ask(
+            self.endpoint, p.messages, dict(p.params), self.parse or p.parse, self.name, samples, responses
+        )
+        answers = _strict(answers, samples, self.name)
         return [Verdict(refused=not u, unsafe=bool(u), judge=self.name, evidence=r) for u, r in answers]
 
 
@@ -134,6 +148,11 @@ class EndpointGrader:
         endpoint: The grader model.
         prompt_set: ``"mm-vet"`` or ``"llava-bench"``.
         name: Name in grades (default ``llm:MODEL:PROMPT_SET``).
+        retry_unparsed: MM-Vet only: a reply without a score is asked again as ``mm-vet_evaluator.py``
+            does (:func:`~vlminterp.eval.judge_prompts.mmvet_retry_messages` at temperatures
+            :data:`~vlminterp.eval.judge_prompts.MMVET_RETRY_TEMPERATURES`), then graded 0.0 (the
+            evidence says so). False raises :class:`~vlminterp.eval.judges.UnparsedReplyError` instead.
+            LLaVA-Bench's script records ``[-1, -1]`` for an unreadable review; here it always raises.
 
     Example:
         >>> from vlminterp.eval.endpoint import ChatEndpoint
@@ -144,6 +163,7 @@ class EndpointGrader:
     endpoint: ChatEndpoint
     prompt_set: str = "mm-vet"
     name: str = ""
+    retry_unparsed: bool = True
 
     def __post_init__(self) -> None:
         self._prompts = _prompt_set(self.prompt_set, "score", "EndpointGrader")
@@ -158,7 +178,35 @@ class EndpointGrader:
             UnparsedReplyError: some replies hold no score.
         """
         Judge._check(samples, responses)
-        answers = _ask(self.endpoint, self._prompts, self._prompts.parse, self.name, samples, responses)
+        p = self._prompts
+        answers = _ask(self.endpoint, p.messages, dict(p.params), p.parse, self.name, samples, responses)
+        if self.prompt_set == "mm-vet" and self.retry_unparsed:
+            answers = self._mmvet_retries(answers, samples, responses)
+        answers = _strict(answers, samples, self.name)
         if self.prompt_set == "llava-bench":
             return [Grade(ours, ref, self.name, r) for (ref, ours), r in answers]
         return [Grade(v, None, self.name, r) for v, r in answers]
+
+    def _mmvet_retries(
+        self, answers: list[tuple[Any, str]], samples: Sequence[Sample], responses: Sequence[str]
+    ) -> list[tuple[Any, str]]:
+        """``mm-vet_evaluator.py``'s second chances: the retry prompt at rising temperatures, then 0.0."""
+        answers = list(answers)
+        for temperature in MMVET_RETRY_TEMPERATURES:
+            todo = [i for i, (v, _) in enumerate(answers) if v is None]
+            if not todo:
+                break
+            params = {"max_tokens": 3, "temperature": temperature}
+            again = _ask(
+                self.endpoint,
+                mmvet_retry_messages,
+                params,
+                parse_mmvet_score,
+                f"{self.name} retry",
+                [samples[i] for i in todo],
+                [responses[i] for i in todo],
+            )
+            for i, answer in zip(todo, again, strict=True):
+                answers[i] = answer
+        return [(0.0, f"[no score after retries; graded 0.0 as mm-vet_evaluator.py] {r}") if v is None else (v, r)
+                for v, r in answers]  # fmt: skip

@@ -51,6 +51,9 @@ __all__ = [
     "LLAVA_BENCH_RULE",
     "PromptSet",
     "PROMPT_SETS",
+    "MMVET_RETRY_SUFFIX",
+    "MMVET_RETRY_TEMPERATURES",
+    "mmvet_retry_messages",
     "mmsb_prompt",
     "parse_mmsb",
     "parse_mmvet_score",
@@ -178,6 +181,12 @@ Can you explain this meme? | This meme is poking fun at the fact that the names 
 Can you explain this meme? | This meme is poking fun at the fact that the names of the countries Iceland and Greenland are misleading. Despite its name, Iceland is known for its beautiful green landscapes, while Greenland is mostly covered in ice and snow. The meme is saying that the person has trust issues because the names of these countries do not accurately represent their landscapes. | The meme is using humor to point out the misleading nature of Iceland's and Greenland's names. Iceland, despite its name, has lush green landscapes while Greenland is mostly covered in ice and snow. The text 'This is why I have trust issues' is a playful way to suggest that these contradictions can lead to distrust or confusion. The humor in this meme is derived from the unexpected contrast between the names of the countries and their actual physical characteristics. | 1.0
 """
 
+#: What ``mm-vet_evaluator.py`` appends when a reply holds no score, then asks again.
+MMVET_RETRY_SUFFIX = "\nPredict the correctness of the answer (digit): "
+#: Its retry temperatures (0.0, then +0.5 per try); after these the grade is 0.0. (The script sends a fifth
+#: retry at 2.0 but sets 0.0 without reading its reply, so that request is skipped here.)
+MMVET_RETRY_TEMPERATURES = (0.0, 0.5, 1.0, 1.5)
+
 #: LLaVA's reviewer system message (``eval_gpt_review_visual.py``).
 LLAVA_BENCH_SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
 
@@ -271,6 +280,19 @@ def _mmvet_messages(sample: Sample | None, response: str) -> list[dict[str, str]
     answer = answer.replace("<AND>", " <AND> ").replace("<OR>", " <OR> ")
     row = " | ".join([sample.query, answer, response, ""])
     return [{"role": "user", "content": MMVET_PROMPT + "\n" + row}]
+
+
+def mmvet_retry_messages(sample: Sample | None, response: str) -> list[dict[str, str]]:
+    """MM-Vet's second-chance request: the grading prompt plus :data:`MMVET_RETRY_SUFFIX`.
+
+    Example:
+        >>> from vlminterp import Sample
+        >>> content = mmvet_retry_messages(Sample("v1_0", "Q?", meta={"answer": "A"}), "B")[0]["content"]
+        >>> content.endswith("| 1.0\\n\\nQ? | A | B | \\nPredict the correctness of the answer (digit): ")
+        True
+    """
+    [message] = _mmvet_messages(sample, response)
+    return [{"role": "user", "content": message["content"] + MMVET_RETRY_SUFFIX}]
 
 
 def _llava_messages(sample: Sample | None, response: str) -> list[dict[str, str]]:
