@@ -1,0 +1,43 @@
+"""Study sources: labels and ids of a harmful and a benign source, caption provenance, option errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from vlminterp.cache.collect_cli import CollectConfig
+from vlminterp.prompts import Sample
+from vlminterp.studies.sources import Sources, caption_source, class_counts, one_class_note
+
+
+def test_a_source_keeps_its_class_and_prefixes_ids():
+    # The demo set has both labels: as a harmful source only its harmful samples are kept.
+    samples = Sources.parse(None, harmful="demo", limit=3).load()
+    assert [s.label for s in samples] == ["harmful"] * 3
+    assert all(s.id.startswith("harmful:demo/") for s in samples)
+    both = Sources.parse(None, harmful="demo", benign="demo", limit=2).load()
+    assert class_counts(both) == {"harmful": 2, "benign": 2} and len({s.id for s in both}) == 4
+    assert str(Sources.parse("organism:val")) == "organism:val"
+    assert not Sources.parse(None).labelled and Sources.parse(None, benign="tiny").labelled
+
+
+def test_one_class_note_and_caption_source():
+    assert one_class_note({"harmful": 2, "benign": 1}) is None
+    assert one_class_note({"harmful": 0, "benign": 0}).startswith("only unlabelled samples")
+    given = Sample(id="a", query="q", caption="c")
+    own = Sample(id="b", query="q", caption="d", meta={"caption_source": "self"})
+    assert caption_source([given, own]) == "self+dataset"
+    assert caption_source([given]) == "dataset" and caption_source([Sample(id="x", query="q")]) == "none"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"harmful": "demo", "split": "test"}, "--split applies to --dataset"),
+        ({"on_missing": "keep"}, "--on-missing 'keep'"),
+        ({"caption_tokens": 0}, "--caption-tokens must be >= 1"),
+        ({"benign": "figstep"}, "--benign 'figstep' is read from files: pass --benign-root or --data-root"),
+    ],
+)
+def test_collect_config_refuses(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CollectConfig(out="x", **kwargs)
