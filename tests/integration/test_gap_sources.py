@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import SHARED_DATA
-from vlminterp import PromptBatch, Sample, data, viz
+from vlminterp import HookedVLM, PromptBatch, Sample, data, viz
 from vlminterp.cache import ActivationStore
 from vlminterp.cache.collect_cli import add_arguments
 from vlminterp.cache.collect_cli import run as collect_run
@@ -93,7 +93,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 @pytest.mark.filterwarnings("ignore:llava-bench-coco.*placeholder")
-def test_collect_two_sources_self_captions_equal_hand_built_and_resume(tiny_model, tmp_path, capsys):
+def test_collect_two_sources_self_captions_equal_hand_built_and_resume(
+    tiny_model, tmp_path, capsys, monkeypatch
+):
     from transformers import LlavaForConditionalGeneration
 
     out = tmp_path / "col"
@@ -132,7 +134,9 @@ def test_collect_two_sources_self_captions_equal_hand_built_and_resume(tiny_mode
     last = sorted((out / "shards").glob("shard-*"))[-2:]
     for path in last:
         path.unlink()
-    assert collect_run(parse([*argv, "--resume"])) == 0
+    with monkeypatch.context() as m:  # the captions come from --out/captions.json, not from the model
+        m.setattr(HookedVLM, "generate", lambda *a, **k: pytest.fail("captioned again on resume"))
+        assert collect_run(parse([*argv, "--resume"])) == 0
     resumed = ActivationStore.load(out, checksum=True)
     for cond, value in before.items():
         assert torch.equal(resumed.vectors(cond, 0), value)
