@@ -166,7 +166,9 @@ def test_too_few_of_a_class_fails_before_the_model_is_loaded(tmp_path, monkeypat
 
     monkeypatch.setattr(study, "load_model", no_model)
     out = tmp_path / "few"
-    with pytest.raises(ValueError, match=r"\{'harmful': 3, 'benign': 1\} per class: fewer than n_splits=2"):
+    with pytest.raises(
+        ValueError, match=r"\{'harmful': 3, 'benign': 1\} per class \(4 in all\): fewer than n_splits=2"
+    ):
         study.run(gap_config(out))
     assert not out.exists()
 
@@ -179,6 +181,8 @@ BAD = [
     (["--on-missing", "keep"], "invalid choice: 'keep'"),
     # FigStep 1/2 has no image file in shared/data: --on-missing raise stops before any work.
     (["--harmful", "figstep", "--harmful-root", str(FIGSTEP), "--limit", "2"], "image files are missing"),
+    # Layers are checked against the model before any self-caption is written.
+    ([*SOURCES, "--limit", "2", "--layers", "9"], "--layers [9] are out of range"),
 ]
 
 
@@ -192,4 +196,4 @@ def test_bad_options_write_nothing(command, argv, match, tmp_path, capsys):
         else:
             collect_cli.main([*argv, "--out", str(out)])
     assert e.value.code == 2 and match in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["cache"])  # generated images only

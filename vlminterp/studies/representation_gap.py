@@ -174,6 +174,20 @@ class RepresentationGapConfig:
 
 
 # ---------------------------------------------------------------------- stages
+def chosen_layers(cfg: RepresentationGapConfig, n_layers: int) -> list[int]:
+    """``cfg.layers`` checked against an ``n_layers`` model (every layer when None).
+
+    Example:
+        >>> chosen_layers(RepresentationGapConfig(layers=(0, -1)), 4)
+        [0, 3]
+    """
+    return (
+        list(range(n_layers))
+        if cfg.layers is None
+        else list(resolve_layers(cfg.layers, n_layers, "--layers"))
+    )
+
+
 def collect(
     model: HookedVLM, samples: Sequence[Sample], cfg: RepresentationGapConfig
 ) -> ConditionActivations:
@@ -181,13 +195,7 @@ def collect(
 
     The CAPTION condition needs ``Sample.caption`` (:func:`vlminterp.studies.sources.fill_captions`).
     """
-    n_layers = model.cfg.n_layers
-    layers = (
-        list(range(n_layers))
-        if cfg.layers is None
-        else list(resolve_layers(cfg.layers, n_layers, "--layers"))
-    )
-    names = model.hook_names("resid_post", layers)
+    names = model.hook_names("resid_post", chosen_layers(cfg, model.cfg.n_layers))
     caches = []
     for start in range(0, len(samples), cfg.batch_size):
         chunk = samples[start : start + cfg.batch_size]
@@ -258,14 +266,15 @@ def run(cfg: RepresentationGapConfig, *, force: bool = False, model: HookedVLM |
         samples = cfg.sources().load()
         counts = class_counts(samples)
         skipped = one_class_note(counts)
+        if min([n for n in counts.values() if n] or [len(samples)]) < cfg.n_splits:
+            raise ValueError(
+                f"The samples have {counts} per class ({len(samples)} in all): fewer than "
+                f"n_splits={cfg.n_splits} in a group. Raise --limit, lower --n-splits, or use a larger source."
+            )
         if skipped:
             print(skipped)
-        elif min(counts.values()) < cfg.n_splits:
-            raise ValueError(
-                f"The samples have {counts} per class: fewer than n_splits={cfg.n_splits} in a class. "
-                "Raise --limit, lower --n-splits, or use a larger source."
-            )
         model = model if model is not None else load_model(cfg.model)
+        chosen_layers(cfg, model.cfg.n_layers)  # checked before captions are written
         if "caption" in cfg.conditions:
             samples = fill_captions(model, samples, out / "captions.json", cfg.caption_tokens)
         acts = collect(model, samples, cfg)
