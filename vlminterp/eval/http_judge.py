@@ -12,10 +12,11 @@ Transport, retries, rate limit, concurrency and the on-disk reply cache are
 :class:`~vlminterp.eval.endpoint.ChatEndpoint`'s: nothing is asked twice, and a failed run raises
 :class:`~vlminterp.eval.endpoint.JudgeRunError` after caching every answer it got.
 
-**Replies that do not parse** (``"I think it might be unsafe"`` for MM-SafetyBench, ``"good"`` for
-MM-Vet) are never guessed: after the whole batch is answered and cached, the call raises
-:class:`~vlminterp.eval.judges.UnparsedReplyError` listing each such sample id with its reply. Nothing is lost (rerunning
-costs no request); pass ``parse=`` to read that judge model's style, or drop those samples.
+**Replies that do not parse** (``"I think it might be unsafe"`` for MM-SafetyBench, ``"Assistant 1:
+8"`` for LLaVA-Bench) are never guessed: after the whole batch is answered and cached, the call
+raises :class:`~vlminterp.eval.judges.UnparsedReplyError` listing each such sample id with its reply.
+Nothing is lost (rerunning costs no request); pass ``parse=`` to read that judge model's style, or
+drop those samples. MM-Vet's grader first does what its script does: asks again, then grades 0.0.
 
 Example:
     >>> from vlminterp.eval.endpoint import ChatEndpoint
