@@ -146,3 +146,14 @@ def test_parsing_fixed_strings():
         "It is safe": None,
     }
     assert {r: parse_llama_guard(r) for r in cases} == cases
+
+
+def test_judge_spec_builds_it(judge):
+    from vlminterp.specs import JudgeSpec
+    from vlminterp.testing.llama_guard import tiny_llama_guard_dir
+
+    folder = tiny_llama_guard_dir(LLAMA2)
+    built = JudgeSpec.parse(f"llama-guard:{folder}").build()
+    assert isinstance(built, LlamaGuardJudge) and built.name == f"llama-guard:{folder.name}"
+    assert next(built.model.parameters()).dtype == next(judge.model.parameters()).dtype
+    assert built.render(Sample("a", "q"), "r") == judge.render(Sample("a", "q"), "r")

@@ -97,15 +97,23 @@ class LlamaGuardJudge(Judge):
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None, **kwargs: Any
+        cls, path: str | Path, device: str | None = None, dtype: torch.dtype | None = None, **kwargs: Any
     ) -> LlamaGuardJudge:
         """Load a local checkpoint folder (``AutoModelForCausalLM`` + its tokenizer); ``kwargs`` go to the judge.
+
+        Args:
+            path: The checkpoint folder.
+            device: Where to run it (default: ``cuda`` when available, else ``cpu``).
+            dtype: Weight dtype (default: bfloat16 on a GPU, float32 on the CPU).
+            **kwargs: :class:`LlamaGuardJudge` fields (``batch_size``, ``max_new_tokens``, ``name``, ...).
 
         Raises:
             FileNotFoundError: ``path`` is not a folder with ``config.json``.
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
         path = Path(path).expanduser()
         if not (path / "config.json").is_file():
             raise FileNotFoundError(
