@@ -19,10 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from vlminterp import Sample
+from tests.conftest import SHARED_DATA
+from vlminterp import Sample, data
 from vlminterp.eval.endpoint import ChatEndpoint, EndpointError, JudgeRunError, ReplyCache
-from vlminterp.eval.http_judge import EndpointGrader, EndpointJudge, UnparsedReplyError
-from vlminterp.eval.metrics import rate_table
+from vlminterp.eval.http_judge import EndpointGrader, EndpointJudge, UnparsedReplyError, grade_rows
+from vlminterp.eval.judge_prompts import LLAVA_BENCH_RULE
+from vlminterp.eval.metrics import llava_bench_scores, rate_table
 
 # MM-SafetyBench evaluation.py, written as in the source file.
 GENERAL = (
@@ -345,3 +347,52 @@ def test_mmvet_retries_unscored_replies_as_the_evaluator(server_factory, tmp_pat
         EndpointGrader(endpoint(server), "mm-vet", retry_unparsed=False).grade(
             samples, ["ans-a", "ans-b", "ans-c"]
         )
+
+
+LLAVA_BENCH = SHARED_DATA / "llava_bench_coco"
+
+
+@pytest.mark.skipif(
+    not (LLAVA_BENCH / "llava/eval/table/rule.json").is_file(), reason="shared LLaVA-Bench absent"
+)
+def test_llava_bench_reviews_on_the_real_files(server_factory):
+    rules = json.loads((LLAVA_BENCH / "llava/eval/table/rule.json").read_text())
+    assert {rules[c]["prompt"] for c in ("conv", "detail", "complex")} == {LLAVA_BENCH_RULE}
+    samples = data.load("llava-bench-coco", LLAVA_BENCH, on_missing="keep")[:6]
+    rows = [
+        {"id": s.id, "dataset": "llava-bench-coco", "response": f"My answer {i}."}
+        for i, s in enumerate(samples)
+    ]
+    server = server_factory(reply=lambda c: "8 6\nAssistant 1 is more detailed.")
+    graded = grade_rows(EndpointGrader(endpoint(server, max_workers=1), "llava-bench"), rows, samples)
+
+    # eval_gpt_review_visual.py, from the raw files.
+    qa = LLAVA_BENCH / "playground/data/coco2014_val_qa_eval"
+    questions = [json.loads(x) for x in (qa / "qa90_questions.jsonl").read_text().splitlines()][:6]
+    gpt4 = {
+        a["question_id"]: a["text"]
+        for a in map(json.loads, (qa / "qa90_gpt4_answer.jsonl").read_text().splitlines())
+    }
+    caps = LLAVA_BENCH / "llava/eval/table/caps_boxes_coco2014_val_80.jsonl"
+    context = {c["image"]: c for c in map(json.loads, caps.read_text().splitlines())}
+    expected = []
+    for i, ques in enumerate(questions):
+        inst = context[ques["image"]]
+        cap_str = "\n".join(inst["captions"])
+        box_str = "\n".join([f"{instance['category']}: {instance['bbox']}" for instance in inst["instances"]])
+        rule = rules[ques["category"]]
+        role, prompt = rule["role"], rule["prompt"]
+        expected.append(
+            f"[Context]\n{cap_str}\n\n{box_str}\n\n"
+            f"[Question]\n{ques['text']}\n\n"
+            f"[{role} 1]\n{gpt4[ques['question_id']]}\n\n[End of {role} 1]\n\n"
+            f"[{role} 2]\nMy answer {i}.\n\n[End of {role} 2]\n\n"
+            f"[System]\n{prompt}\n\n"
+        )
+    assert [r["messages"][1]["content"] for r in server.requests] == expected
+    assert {(r["max_tokens"], r["temperature"]) for r in server.requests} == {(1024, 0.2)}
+    assert [g["category"] for g in graded] == [q["category"] for q in questions]
+    relative = {
+        r["category"]: r["value"] for r in llava_bench_scores(graded) if r["metric"] == "relative_score"
+    }
+    assert relative["all"] == 75.0 and graded[0]["dataset"] == "llava-bench-coco"

@@ -42,7 +42,7 @@ from vlminterp.eval.judge_prompts import (
 from vlminterp.eval.judges import Judge, UnparsedReplyError, Verdict
 from vlminterp.prompts import Sample
 
-__all__ = ["UnparsedReplyError", "EndpointJudge", "EndpointGrader", "Grade"]
+__all__ = ["UnparsedReplyError", "EndpointJudge", "EndpointGrader", "Grade", "grade_rows"]
 
 
 def _prompt_set(name: str, kind: str, who: str) -> PromptSet:
@@ -211,3 +211,39 @@ class EndpointGrader:
                 answers[i] = answer
         return [(0.0, f"[no score after retries; graded 0.0 as mm-vet_evaluator.py] {r}") if v is None else (v, r)
                 for v, r in answers]  # fmt: skip
+
+
+def grade_rows(
+    grader: EndpointGrader, rows: list[dict[str, Any]], samples: Sequence[Sample]
+) -> list[dict[str, Any]]:
+    """One grade per response row, ready for :func:`~vlminterp.eval.metrics.mmvet_scores` /
+    :func:`~vlminterp.eval.metrics.llava_bench_scores`.
+
+    Args:
+        grader: The grader.
+        rows: Response rows (:func:`vlminterp.eval.runner.generate_responses`): ``id``, ``response`` and
+            any of ``dataset``, ``condition``, ``method`` (copied).
+        samples: The samples the rows answer (matched by id; their ``meta`` gives the ground truth).
+
+    Returns:
+        ``{id, dataset, condition, method, score, reference, judge, evidence, capability, category}`` per
+        row (``capability`` / ``category`` from the sample's meta, None when absent).
+
+    Raises:
+        KeyError: a row's id is not among the samples.
+    """
+    by_id = {s.id: s for s in samples}
+    missing = [r["id"] for r in rows if r["id"] not in by_id]
+    if missing:
+        raise KeyError(
+            f"grade_rows: rows {missing[:5]} answer no sample given; pass the samples the rows came from."
+        )
+    chosen = [by_id[r["id"]] for r in rows]
+    grades = grader.grade(chosen, [r["response"] for r in rows])
+    keep = ("id", "dataset", "condition", "method")
+    return [
+        {k: r[k] for k in keep if k in r}
+        | g.to_dict()
+        | {"capability": s.meta.get("capability"), "category": s.meta.get("category")}
+        for r, s, g in zip(rows, chosen, grades, strict=True)
+    ]
