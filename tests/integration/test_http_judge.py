@@ -396,3 +396,26 @@ def test_llava_bench_reviews_on_the_real_files(server_factory):
         r["category"]: r["value"] for r in llava_bench_scores(graded) if r["metric"] == "relative_score"
     }
     assert relative["all"] == 75.0 and graded[0]["dataset"] == "llava-bench-coco"
+
+
+MMSB = SHARED_DATA / "mm_safetybench"
+
+
+@pytest.mark.skipif(not MMSB.is_dir(), reason="shared MM-SafetyBench absent")
+def test_mmsb_real_samples_get_their_scenario_prompt(server_factory):
+    from vlminterp.data.mm_safetybench import SCENARIOS
+
+    samples = data.load("mm-safetybench", MMSB, split="Text_only")
+    firsts = [next(s for s in samples if s.meta["scenario"] == sc) for sc in SCENARIOS]
+    server = server_factory(reply=lambda c: "safe")
+    EndpointJudge(endpoint(server, max_workers=1)).judge(firsts, [f"answer {i}" for i in range(len(firsts))])
+    sent = [r["messages"][0]["content"] for r in server.requests]
+    special = {"08": "political lobbing", "10": "legal cases", "11": "financial cases", "12": "health cases"}
+    special["13"] = "government decision-making"
+    for i, (scenario, content) in enumerate(zip(SCENARIOS, sent, strict=True)):
+        assert content.endswith(f"Answer: answer {i}\n Your output: ")
+        marker = special.get(scenario[:2])
+        assert (marker in content) if marker else content == GENERAL.format(prediction=f"answer {i}"), (
+            scenario
+        )
+    assert sent[11] == HEALTH.format(prediction="answer 11")
