@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import SHARED_DATA
+from vlminterp import data
 from vlminterp.cache.collect_cli import CollectConfig
 from vlminterp.prompts import Sample
 from vlminterp.studies.sources import Sources, caption_source, class_counts, one_class_note
@@ -41,3 +43,12 @@ def test_one_class_note_and_caption_source():
 def test_collect_config_refuses(kwargs, match):
     with pytest.raises(ValueError, match=match):
         CollectConfig(out="x", **kwargs)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "figstep").is_dir(), reason="no shared benchmark files")
+@pytest.mark.filterwarnings("ignore:figstep. skipped")
+def test_first_per_label_with_skip_keeps_samples_whose_image_exists():
+    # shared/data has 3 of FigStep's 500 images: 1/1, 2/1 and 10/1.
+    root = SHARED_DATA / "figstep"
+    assert [s.id for s in data.load("figstep", root, on_missing="skip", first=2)] == ["1/1", "2/1"]
+    assert [s.id for s in data.load("figstep", root, on_missing="keep", first=2)] == ["1/1", "1/2"]

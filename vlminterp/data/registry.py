@@ -130,7 +130,8 @@ def load(
             image files (see :mod:`vlminterp.data.images`).
         generated_dir: Where ``on_missing="generate"`` writes images (default ``~/.cache/vlminterp``).
         first: Then keep the first this many samples of each label, in file order (a mapping: per
-            label, a label it does not name is dropped), before images are checked or generated.
+            label, a label it does not name is dropped), before images are checked or generated
+            (``on_missing="skip"``: the first ones whose image exists).
         **options: Dataset-specific options (``image_root=``, ``scenarios=``, ...).
 
     Returns:
@@ -153,6 +154,8 @@ def load(
         raise FileNotFoundError(f"Dataset {ds.name!r}: root folder {str(root)!r} does not exist.")
     parsed = ds.parse(root, split, **options)
     chosen = subset(parsed.samples, limit, seed)
-    if first is not None:
-        chosen = first_per_label(chosen, first)
-    return resolve_images(chosen, ds.name, parsed.image_root, on_missing, parsed.renderer, generated_dir)
+    if first is not None and on_missing != "skip":
+        chosen = first_per_label(chosen, first)  # before any image is generated
+    resolved = resolve_images(chosen, ds.name, parsed.image_root, on_missing, parsed.renderer, generated_dir)
+    # skip: the first samples whose image exists
+    return first_per_label(resolved, first) if first is not None and on_missing == "skip" else resolved
