@@ -101,7 +101,9 @@ def test_complete_set_does_not_warn_and_bad_rows_raise():
     with pytest.raises(ValueError, match="'count' has 1 questions"):
         mme_scores(rows[:3])
     shuffled = [{**rows[0], "image_name": name} for name in ("a.jpg", "b.jpg", "a.jpg", "b.jpg")]
-    with pytest.raises(ValueError, match="'existence' pairs questions on 'a.jpg' and 'b.jpg'; pass the rows in"):
+    with pytest.raises(
+        ValueError, match="'existence' pairs questions on 'a.jpg' and 'b.jpg'; pass the rows in"
+    ):
         mme_scores(shuffled)
     with pytest.raises(ValueError, match="subtask 'vqa'"):
         mme_scores([{**rows[0], "subtask": "vqa"}])
