@@ -64,6 +64,8 @@ def test_gap_on_figstep_and_llava_bench_writes_rows_and_figures(tiny_model, tmp_
     info = json.loads((out / "manifest.json").read_text())["info"]
     assert info["classes"] == {"harmful": 2, "benign": 2} and info["skipped"] is None
     assert info["placeholder_images"] == 2  # no COCO photos in shared/data
+    # Only the chosen samples' images were made: FigStep 1/2 drawn, two LLaVA-Bench placeholders.
+    assert len(list((tmp_path / "cache").rglob("*.png"))) == 3
     assert info["captions"] == {
         "source": "self+dataset",
         "self_prompt": QUERY_CONDITIONED_PROMPT,
