@@ -1,4 +1,4 @@
-"""``vlminterp collect`` (collect_cli): a tiny run end to end, --resume, and a SIGKILL mid-run."""
+"""``vlminterp collect`` (vlminterp.studies.collect): a tiny run end to end, --resume, and a SIGKILL mid-run."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import torch
 from safetensors import safe_open
 
 from vlminterp.cache import ActivationStore
-from vlminterp.cache.collect_cli import CollectConfig, add_arguments, parse_layers, run
 from vlminterp.data.synthetic import tiny_samples
+from vlminterp.studies.collect import CollectConfig, add_arguments, parse_layers, run
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -97,7 +97,7 @@ def test_sigkill_mid_run_then_resume_is_bit_identical(tiny_model, tmp_path):
     common += ["--keep", "both", "--covariance", "--no-progress"]
     cut = tmp_path / "cut"
     code = (
-        "import sys, argparse; from vlminterp.cache.collect_cli import add_arguments, run; "
+        "import sys, argparse; from vlminterp.studies.collect import add_arguments, run; "
         "p = argparse.ArgumentParser(); add_arguments(p); sys.exit(run(p.parse_args(sys.argv[1:])))"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}

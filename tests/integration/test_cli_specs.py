@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from vlminterp.cache.collect_cli import CollectConfig
 from vlminterp.cli import main
 from vlminterp.eval.pipeline import EvalConfig
 from vlminterp.specs import ModelSpec, model_name
+from vlminterp.studies.collect import CollectConfig
 from vlminterp.studies.representation_gap import RepresentationGapConfig
 
 

@@ -13,11 +13,11 @@ import torch
 from tests.conftest import SHARED_DATA
 from vlminterp import HookedVLM, PromptBatch, Sample, data, viz
 from vlminterp.cache import ActivationStore
-from vlminterp.cache.collect_cli import add_arguments
-from vlminterp.cache.collect_cli import run as collect_run
 from vlminterp.cli import collect as collect_cli
 from vlminterp.interventions.captioning import QUERY_CONDITIONED_PROMPT
 from vlminterp.studies import representation_gap as study
+from vlminterp.studies.collect import add_arguments
+from vlminterp.studies.collect import run as collect_run
 from vlminterp.studies.sources import Sources
 
 FIGSTEP, LLAVA = SHARED_DATA / "figstep", SHARED_DATA / "llava_bench_coco"

@@ -6,8 +6,8 @@ import pytest
 
 from tests.conftest import SHARED_DATA
 from vlminterp import data
-from vlminterp.cache.collect_cli import CollectConfig
 from vlminterp.prompts import Sample
+from vlminterp.studies.collect import CollectConfig
 from vlminterp.studies.sources import Sources, caption_source, class_counts, one_class_note
 
 

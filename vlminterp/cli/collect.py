@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from vlminterp.cache.collect_cli import add_arguments, run
 from vlminterp.cli import SUBCOMMANDS
+from vlminterp.studies.collect import add_arguments, run
 
 __all__ = ["HELP", "main"]
 
