@@ -41,6 +41,25 @@ def test_cache_does_not_import_the_model():
     assert not {m for m in loaded if m.startswith(("vlminterp.models", "transformer_lens"))}
 
 
+def test_library_layers_do_not_import_the_application_layer():
+    """Studies, commands and evaluation runs sit on top: no library module imports them at load."""
+    application = (
+        "vlminterp.studies",
+        "vlminterp.cli",
+        "vlminterp.eval",
+        "vlminterp.sweeps",
+        "vlminterp.demo",
+    )
+    for module in (
+        "vlminterp.cache",
+        "vlminterp.models.hooked_vlm",
+        "vlminterp.interventions",
+        "vlminterp.analysis",
+    ):
+        loaded = loaded_after(f"import {module}")
+        assert not {m for m in loaded if m.startswith(application)}, module
+
+
 def _testing_imports(tree: ast.Module) -> list[tuple[str | None, int]]:
     """(enclosing function or None, line) of every import of vlminterp.testing in a module."""
     found = []
