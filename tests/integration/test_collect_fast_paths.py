@@ -33,7 +33,7 @@ def samples():
 
 @pytest.fixture(scope="module")
 def plain(tiny_model, samples, tmp_path_factory):
-    """The reference: sequential prompt building, float32 vectors."""
+    """The reference: sequential prompt building (explicitly), float32 vectors."""
     return collect(tiny_model, samples, tmp_path_factory.mktemp("plain"), "plain", prefetch=False)
 
 
@@ -64,10 +64,10 @@ def test_prefetch_is_bit_identical_and_builds_off_the_main_thread(
         return paired(*args, **kwargs)
 
     monkeypatch.setattr(collection_mod.PromptBatch, "paired", recording)
-    fast = collect(tiny_model, samples, tmp_path, "fast")
+    fast = collect(tiny_model, samples, tmp_path, "fast", prefetch=True)
     assert len(built_in) == 4 and all(n.startswith("vlminterp-prompts") for n in built_in)
     built_in.clear()
-    collect(tiny_model, samples[:3], tmp_path, "seq", prefetch=False)
+    collect(tiny_model, samples[:3], tmp_path, "seq")  # default on CPU: no extra thread
     assert built_in == ["MainThread"] * 2
     assert_same_stats(fast, plain)
     assert fast.sample_ids == plain.sample_ids == [s.id for s in samples]

@@ -2,7 +2,8 @@
 
 :func:`plan_collection` checks every argument once and returns a :class:`CollectPlan`;
 :func:`run_shard` runs one shard's samples through the model, one forward per condition and batch
-(prompts of the next batch built by :func:`prompt_batches` in a background thread meanwhile),
+(on an accelerator, prompts of the next batch built by :func:`prompt_batches` in a background
+thread meanwhile),
 and returns its :class:`~vlminterp.cache.running_stats.RunningStats` per (hook, condition, label)
 and its per-sample vectors. Shard statistics are stored as flat tensors
 (:func:`stats_tensors` / :func:`stats_from_tensors`), merged in a fixed key order
@@ -107,7 +108,7 @@ class CollectPlan:
     covariance: bool
     dtype: torch.dtype  # of stored vectors (statistics are float64)
     prompt_options: dict[str, Any]
-    prefetch: bool = True
+    prefetch: bool  # build the next batch's prompts in a background thread
 
     @property
     def keeps_stats(self) -> bool:
@@ -133,7 +134,7 @@ def plan_collection(
     dtype: str | torch.dtype,
     prompt_options: dict[str, Any],
     *,
-    prefetch: bool = True,
+    prefetch: bool | None = None,
 ) -> CollectPlan:
     """Check the arguments of :meth:`~vlminterp.cache.ActivationStore.collect` (described there) once.
 
@@ -201,7 +202,7 @@ def plan_collection(
         covariance=bool(covariance),
         dtype=torch_dtype(dtype),
         prompt_options=dict(prompt_options),
-        prefetch=bool(prefetch),
+        prefetch=model.device.type != "cpu" if prefetch is None else bool(prefetch),
     )
 
 
@@ -212,7 +213,10 @@ def prompt_batches(model: Any, samples: Sequence[Sample], plan: CollectPlan) -> 
     With ``plan.prefetch`` one background thread builds batch ``k + 1`` (tokenizer, chat template,
     image processor) while the caller runs batch ``k``'s forward, which releases the GIL inside
     torch; the batches are the same objects the sequential path builds, so results are bit-identical.
-    A build error is raised when its batch is reached, as without prefetch.
+    A build error is raised when its batch is reached, as without prefetch. The default turns it on
+    for a model on an accelerator, whose forward leaves the host CPU idle, and off on CPU, where
+    torch's threads already use every core: there prompt building is 0.3-3% of a forward and the
+    extra thread measured slower, not faster (``benchmarks/bench_collect.py``).
 
     Example:
         >>> from vlminterp import HookedVLM, Sample

@@ -116,7 +116,7 @@ class ActivationStore:
         storage_dtype: str | torch.dtype = "float32",
         shard_size: int = 256,
         resume: bool = True,
-        prefetch: bool = True,
+        prefetch: bool | None = None,
         **prompt_options: Any,
     ) -> ActivationStore:
         """Run every (condition, sample) pair through ``model`` and keep statistics and/or vectors.
@@ -140,7 +140,9 @@ class ActivationStore:
             shard_size: Samples per shard (unit of resume and of multi-process work).
             resume: Continue a collection already in ``out_dir`` (False: refuse to touch it).
             prefetch: Build the next batch's prompts (tokenizer, image processor) in a background
-                thread while the current batch runs; the result is bit-identical either way.
+                thread while the current batch runs; the result is bit-identical either way. None
+                (default): on for a model on an accelerator, off on CPU (where torch's threads use
+                every core and the extra thread measured slower).
             **prompt_options: ``blank``, ``noise_seed``, ``caption_template`` for ``PromptBatch.paired``.
 
         Returns:
