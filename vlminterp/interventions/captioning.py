@@ -34,10 +34,19 @@ from vlminterp.prompts import Condition, PromptBatch, Sample
 if TYPE_CHECKING:
     from vlminterp.models.hooked_vlm import HookedVLM
 
-__all__ = ["QUERY_CONDITIONED_PROMPT", "CAPTION_SOURCES", "Captioner", "caption_images"]
+__all__ = [
+    "QUERY_CONDITIONED_PROMPT",
+    "AUTHORS_CAPTION_PROMPT",
+    "CAPTION_SOURCES",
+    "Captioner",
+    "caption_images",
+]
 
 #: The ShiftDC paper's captioning prompt; ``{query}`` is the user's request.
 QUERY_CONDITIONED_PROMPT = "Based on the given Request, describe the image. Request: {query}."
+#: The ShiftDC reference code's captioning prompt (``shiftdc/utils/prompt.py: CAPTION_BASED_ON_Q``,
+#: used by ``run_caption.py`` with 128 new tokens): the same words without the trailing ``"."``.
+AUTHORS_CAPTION_PROMPT = "Based on the given Request, describe the image. Request: {query}"
 #: ``"self"``: the model captions its own image; ``"sample"``: ``Sample.caption`` as given.
 CAPTION_SOURCES = ("self", "sample")
 #: An external captioner: the sample (with its image) in, the caption out.
