@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from vlminterp.interventions import CMRM, DirectionAddition, SteeringVectors
+from vlminterp.interventions import CMRM, DirectionAddition, ShiftDC, SteeringVectors
 
 BAD = [math.nan, math.inf, -math.inf]
 
@@ -25,6 +25,7 @@ BUILDERS = {
     "CMRM": lambda value: CMRM(_vectors(), alpha=value),
     "CMRM.sample_level": lambda value: CMRM.sample_level(alpha=value),
     "DirectionAddition": lambda value: DirectionAddition(torch.ones(8), alpha=value),
+    "ShiftDC": lambda value: ShiftDC(_vectors(), alpha=value, caption_source="sample"),
     "SteeringVectors": lambda value: _vectors(alpha=value),
 }
 
