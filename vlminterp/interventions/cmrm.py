@@ -51,16 +51,19 @@ from vlminterp.interventions.base import (
     PreparedRun,
     add_at,
     finite,
+    is_generation_step,
     model_dtype,
     twin_blocks,
     twin_follow,
 )
 from vlminterp.interventions.site import POSITION_WORDS, LayerSpec, Site, check_choice
 from vlminterp.interventions.steering import SteeringVectors
+from vlminterp.models.stepping import CachedRun
 from vlminterp.prompts import Condition, PromptBatch, Sample
 
 if TYPE_CHECKING:
-    from vlminterp.models.hooked_vlm import HookedVLM
+    from vlminterp.interventions.base import Inputs
+    from vlminterp.models.hooked_vlm import Generation, HookedVLM
 
 __all__ = ["CMRM", "SampleCMRM", "BLANKS", "ESTIMATORS"]
 
@@ -87,11 +90,54 @@ def _shift_hook(
     return add_at(activation, delta.to(activation.device, activation.dtype), positions)
 
 
+def _twin_shift(
+    twins: Float[Tensor, "twin_rows pos d_model"], n: int, alpha: float
+) -> Float[Tensor, "n d_model"]:
+    """``alpha * (h(TEXT_ONLY) - h(BLANK))`` at the last position, from ``[TEXT_ONLY x n, BLANK x n]`` rows."""
+    return alpha * (twins[:n, -1] - twins[n:, -1])
+
+
 def _sample_shift_hook(
     activation: Float[Tensor, "batch pos d_model"], hook: Any, *, n: int, alpha: float
 ) -> Float[Tensor, "batch pos d_model"]:
-    shift = activation[n : 2 * n, -1] - activation[2 * n :, -1]
-    return add_at(activation, alpha * shift, "last", rows=slice(0, n))
+    return add_at(activation, _twin_shift(activation[n:], n, alpha), "last", rows=slice(0, n))
+
+
+class _TwinPass:
+    """Sample-level CMRM's twin rows run as their own pass, stopped after the last steered layer.
+
+    ``hook`` is installed at every steered hook point of the generation of the steered rows. While
+    :meth:`before_step` runs the twins' step (a truncated :class:`CachedRun` fed the steered rows'
+    tokens), it records each layer's shift; in the steered rows' forward that follows, it adds it.
+    With ``steps="prefill"`` the twins run at the prompt pass only.
+    """
+
+    def __init__(self, model: HookedVLM, twins: PromptBatch, alpha: float, last_layer: int, every_step: bool):
+        self.run = CachedRun(model, twins, stop_after_layer=last_layer)
+        self.n = len(twins) // 2
+        self.alpha = alpha
+        self.every_step = every_step
+        self.reading = False
+        self.shifts: dict[str, Tensor] = {}
+
+    def before_step(self, tokens: Tensor | None) -> None:
+        if tokens is not None and not self.every_step:
+            return
+        self.reading = True
+        try:
+            self.run.step(None if tokens is None else tokens.repeat(2))
+        finally:
+            self.reading = False
+
+    def hook(
+        self, activation: Float[Tensor, "batch pos d_model"], hook: Any
+    ) -> Float[Tensor, "batch pos d_model"] | None:
+        if self.reading:
+            self.shifts[hook.name] = _twin_shift(activation, self.n, self.alpha)
+            return None
+        if not self.every_step and is_generation_step(activation):
+            return activation
+        return add_at(activation, self.shifts[hook.name], "last")
 
 
 def _describe(samples: Sequence[Sample]) -> str:
@@ -359,6 +405,33 @@ class SampleCMRM(Intervention):
         fn = partial(_sample_shift_hook, n=n, alpha=self.alpha)
         hooks = [(name, fn) for name in self.site.hook_names(model)]
         return PreparedRun(batch, hooks, follow=twin_follow(batch, 3), steered=tuple(range(n)))
+
+    def generate(
+        self, model: HookedVLM, inputs: Inputs, max_new_tokens: int = 32, **generate_kwargs: Any
+    ) -> Generation:
+        """Steered generation of the output rows, the twins paying only for what is read of them.
+
+        The result equals generating the 3x batch of :meth:`applied` with ``follow=`` (tokens
+        identical, logits to float rounding), but the TEXT_ONLY and BLANK twins run as a separate
+        pass that stops after the last steered layer (no later layers, final norm or unembedding),
+        fed the steered rows' tokens; with ``steps="prefill"`` they run at the prompt pass only.
+        With ``cache_names=`` (which caches every row) the 3x batch runs as one.
+        """
+        if inputs is None or generate_kwargs.get("cache_names") is not None:
+            return super().generate(model, inputs, max_new_tokens, **generate_kwargs)
+        batch = self._batch(model, inputs)
+        n = twin_blocks(batch, self._twins, "SampleCMRM")
+        layers = self.site.layer_indices(model.cfg.n_layers)
+        twins = _TwinPass(
+            model, batch.select(range(n, 3 * n)), self.alpha, max(layers), every_step=self.steps == "all"
+        )
+        return model.generate(
+            batch.select(range(n)),
+            max_new_tokens=max_new_tokens,
+            fwd_hooks=[(name, twins.hook) for name in self.site.hook_names(model)],
+            before_step=twins.before_step,
+            **generate_kwargs,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -29,7 +29,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,10 +40,11 @@ from torch import Tensor
 
 from vlminterp.cache.activation_cache import ActivationCache
 from vlminterp.hook_names import NamesFilter, layer_hook_name, resolve_names
-from vlminterp.models.compat import check_prefill_cache, fix_kv_cache_keyword
+from vlminterp.models.compat import fix_kv_cache_keyword
 from vlminterp.models.families import Family
 from vlminterp.models.hooking import FwdHooks, HookFn, HookingMixin, Metric, require_batch
 from vlminterp.models.loading import ProcessorLoadError, choose_family, load_processor
+from vlminterp.models.stepping import CachedRun
 from vlminterp.models.tl_helpers import TransformerLensHelpers
 from vlminterp.positions import Positions
 from vlminterp.prompts import PromptBatch
@@ -296,6 +297,7 @@ class HookedVLM(HookingMixin, TransformerLensHelpers):
         top_k: int | None = None,
         generator: torch.Generator | None = None,
         cache_names: NamesFilter | None = None,
+        before_step: Callable[[Tensor | None], None] | None = None,
     ) -> Generation:
         """Continue every prompt of ``batch`` with the KV cache, hooks firing at every step.
 
@@ -317,6 +319,9 @@ class HookedVLM(HookingMixin, TransformerLensHelpers):
             cache_names: Hooks to cache at every step (name, names or predicate; activations with a
                 ``[batch, pos, ...]`` layout, not attention patterns), returned as
                 :attr:`Generation.cache`, on CPU, after ``fwd_hooks`` acted. None caches nothing.
+            before_step: Called before each step's forward, inside the hooks, with the tokens this
+                step feeds (``[batch]``; None at the prompt pass): per-input interventions run their
+                twin rows there (a :class:`~vlminterp.models.stepping.CachedRun` fed the same tokens).
 
         Returns:
             A :class:`Generation` with the new tokens and texts per row.
@@ -337,43 +342,24 @@ class HookedVLM(HookingMixin, TransformerLensHelpers):
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
         n = len(batch)
-        device = self.device
-        leaders = _leaders(follow, n).to(device)
+        leaders = _leaders(follow, n).to(self.device)
         eos = self.tokenizer.eos_token_id
-        step_input = batch.input_ids.to(device)
-        mask = batch.attention_mask.to(device)
-        # Image tensors and per-token kwargs (token_type_ids, ...) describe the prompt: first step only.
-        first: dict[str, Tensor] = {
-            k: v.to(device) for k, v in {**batch.image_inputs, **batch.token_inputs}.items()
-        }
-        positions = batch.position_ids.to(device) if batch.explicit_position_ids else None
-        done = torch.zeros(n, dtype=torch.bool, device=device)
+        run = CachedRun(self, batch)
+        done = torch.zeros(n, dtype=torch.bool, device=self.device)
         chosen: list[Tensor] = []
-        past = None
+        token = None
         steps, caching = self._step_cache(cache_names)
         with torch.no_grad(), self.hooks([*fwd_hooks, *caching]):
             for _ in range(max_new_tokens):
-                kwargs: dict[str, Any] = {"attention_mask": mask, "use_cache": True}
-                if positions is not None:
-                    kwargs["position_ids"] = positions
-                if past is None:
-                    kwargs.update(first)
-                else:
-                    kwargs["past_key_values"] = past
-                prefill = past is None
-                logits, past = self.bridge(step_input, return_type="logits_and_cache", **kwargs)
-                if prefill:
-                    check_prefill_cache(past, step_input.shape[1])
+                if before_step is not None:
+                    before_step(token)
+                logits = run.step(token)
                 token = _next_token(logits[:, -1].float(), do_sample, temperature, top_k, generator)[leaders]
                 token = torch.where(done, torch.full_like(token, eos), token)
                 chosen.append(token)
                 done = done | (token == eos)
                 if bool(done.all()):
                     break
-                step_input = token[:, None]
-                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-                if positions is not None:
-                    positions = positions[:, -1:] + 1
         tokens = []
         for row in torch.stack(chosen, dim=1).tolist():
             tokens.append(row[: row.index(eos)] if eos in row else row)
