@@ -11,8 +11,8 @@ Every benchmark takes the same options (:func:`parse_args`):
 
 The last line printed is one JSON object ``{"benchmark", "ratios", "ms", "targets", "config"}``;
 ``ms`` holds absolute median milliseconds per variant, and ``config`` the shapes, the device, the
-versions (torch, transformers, transformer_lens, vlminterp), the thread count and the malloc
-settings (:func:`vlminterp.malloc.malloc_settings`).
+versions (torch, transformers, transformer_lens, vlminterp), the thread count, the run's wall time,
+the load average and the malloc settings (:func:`vlminterp.malloc.malloc_settings`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+
+_START = time.monotonic()  # import time of this module: the benchmark's start, for ``wall_s``
 
 #: Sizes of the benchmark llava: about 100M parameters (mid) and a quick variant (4.5M).
 LLAVA_100M = dict(
@@ -143,6 +145,7 @@ def run_info(args: argparse.Namespace) -> dict:
         "shapes": args.shapes,
         "quick": args.quick,
         "utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "wall_s": round(time.monotonic() - _START),  # the whole run: model build, warm-up, repeats
         "load_avg_1m": round(os.getloadavg()[0], 2),  # at the end of the run: how shared the machine was
         "device": str(args.device),
         "threads": torch.get_num_threads(),

@@ -53,7 +53,7 @@ def test_emit_prints_and_records_ratios_ms_versions_threads_malloc(tmp_path, cap
     }  # fmt: skip
     assert config["threads"] == torch.get_num_threads() and config["device"] == "cpu"
     assert set(config["malloc"]) == {"env", "mallopt"} and config["shapes"] == "quick"
-    assert config["d_model"] == 256 and "load_avg_1m" in config
+    assert config["d_model"] == 256 and "load_avg_1m" in config and config["wall_s"] >= 0
 
 
 def test_interleaved_medians_times_round_robin():

@@ -1,0 +1,189 @@
+"""README's benchmark table, written from the recorded benchmark JSON lines, and a check that they agree.
+
+The benchmarks append their last line to ``benchmarks/results/<benchmark>.jsonl`` when run with
+``--record`` (``python benchmarks/bench_collect.py --quick --record benchmarks/results/bench_collect.jsonl``).
+The table between ``<!-- bench-table:start -->`` and ``<!-- bench-table:end -->`` in README.md has one
+row per (benchmark, size): the median of every recorded run's ratios (with their range when there
+were several: the shared machine is noisy), the absolute median milliseconds, the setting, and the
+targets each median meets or misses.
+
+Usage: ``python figures/bench_tables.py [--results benchmarks/results] [--readme README.md] [--check]``.
+Without ``--check`` the block is rewritten in place; with it nothing is written, and the exit status
+is 1 when README and the recorded lines disagree, each differing row named on stderr.
+
+Example:
+    >>> line = {"benchmark": "bench_x", "ratios": {"a_vs_hf": 1.04}, "ms": {"raw_hf": 100.0, "a": 104.0},
+    ...         "targets": {"a_vs_hf": 1.05}, "config": {"shapes": "quick", "params_m": 4.5, "threads": 2,
+    ...         "device": "cpu", "repeats": 3, "malloc": {"env": {}, "mallopt": {"M_TOP_PAD": 1}}}}
+    >>> print(bench_table([line]).splitlines()[-1])
+    | `bench_x` | quick | 4.5M params, cpu, 2 threads, mallopt, 3 repeats × 1 run | a_vs_hf **1.040×** ✓ | raw_hf 100; a 104 | a_vs_hf ≤ 1.05 |
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from figures.readme_tables import differences, rewrite  # noqa: E402
+from vlminterp.io import write_text_atomic  # noqa: E402
+
+BLOCK = "bench-table"
+SIZE_ORDER = ("quick", "mid", "llava-7b")
+#: Ratio keys whose target is an upper bound on a fraction, not a time ratio (printed as %).
+FRACTIONS = ("rss_growth_8x",)
+
+
+def read_lines(results: Path) -> list[dict[str, Any]]:
+    """Every JSON line of ``results/*.jsonl`` (file order, files sorted by name).
+
+    Raises:
+        FileNotFoundError: no ``*.jsonl`` file in ``results``.
+        ValueError: a line is not a benchmark JSON object (the file and line are named).
+    """
+    files = sorted(Path(results).glob("*.jsonl"))
+    if not files:
+        raise FileNotFoundError(
+            f"No *.jsonl in {str(results)!r}: run the benchmarks with --record {results}/<name>.jsonl first."
+        )
+    lines = []
+    for path in files:
+        for n, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not text.strip():
+                continue
+            try:
+                line = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{n} is not JSON ({err}); remove or fix that line.") from None
+            if not {"benchmark", "ratios", "config"} <= set(line):
+                raise ValueError(f"{path}:{n} is not a benchmark line (needs benchmark, ratios, config).")
+            lines.append(line)
+    return lines
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Nested ratio dicts (bench_malloc: policy -> ratio) as ``policy/ratio`` keys."""
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = float(v)
+    return out
+
+
+def _malloc(config: dict[str, Any]) -> str:
+    m = config.get("malloc") or {}
+    if "env" not in m:  # bench_malloc: one setting per policy
+        return "3 malloc policies"
+    if any(v is not None for v in m["env"].values()):
+        return "MALLOC_ env"
+    return "mallopt" if m.get("mallopt") else "glibc default malloc"
+
+
+def _setting(runs: list[dict[str, Any]]) -> str:
+    c = runs[-1]["config"]
+    parts = [f"{c['params_m']}M params" if "params_m" in c else str(c.get("bench", ""))]
+    parts += [str(c.get("device", "cpu")), f"{c.get('threads', '?')} threads", _malloc(c)]
+    loads = [r["config"]["load_avg_1m"] for r in runs if "load_avg_1m" in r["config"]]
+    if loads:
+        parts.append(f"load {statistics.median(loads):.1f}")
+    walls = [r["config"]["wall_s"] for r in runs if "wall_s" in r["config"]]
+    if walls:
+        parts.append(f"run {max(walls) / 60:.1f} min")
+    repeats = c.get("repeats")
+    count = f"{len(runs)} run" + ("s" if len(runs) > 1 else "")
+    parts.append(f"{repeats} repeats × {count}" if repeats else count)
+    return ", ".join(parts)
+
+
+def _value(key: str, v: float) -> str:
+    return f"{v * 100:+.1f}%" if key.split("/")[-1] in FRACTIONS else f"{v:.3f}×"
+
+
+def _row(runs: list[dict[str, Any]]) -> str:
+    first = runs[-1]
+    ratios = [_flat(r["ratios"]) for r in runs]
+    targets = first.get("targets") or {}
+    measured = []
+    for key in ratios[-1]:
+        values = [r[key] for r in ratios if key in r]
+        med = statistics.median(values)
+        cell = f"{key} **{_value(key, med)}**"
+        if len(values) > 1:
+            cell += f" ({_value(key, min(values))}–{_value(key, max(values))})"
+        if key in targets:
+            cell += " ✓" if med <= targets[key] else " ✗"
+        measured.append(cell)
+    ms = _flat(first.get("ms") or {})
+    ms_med = {k: statistics.median(_flat(r.get("ms") or {}).get(k, v) for r in runs) for k, v in ms.items()}
+    ms_cell = "; ".join(f"{k} {v:.0f}" for k, v in ms_med.items()) or "–"
+    target_cell = "; ".join(
+        f"{k} < {v * 100:.0f}%" if k in FRACTIONS else f"{k} ≤ {v}" for k, v in targets.items()
+    )
+    size = first["config"].get("shapes", "?")
+    cells = [
+        f"`{first['benchmark']}`",
+        size,
+        _setting(runs),
+        "; ".join(measured),
+        ms_cell,
+        target_cell or "–",
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def bench_table(lines: Sequence[dict[str, Any]]) -> str:
+    """The Markdown table: one row per (benchmark, size), benchmarks by name, sizes quick → mid → 7b."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for line in lines:
+        groups.setdefault((line["benchmark"], line["config"].get("shapes", "?")), []).append(line)
+
+    def order(key: tuple[str, str]) -> tuple[str, int]:
+        return key[0], SIZE_ORDER.index(key[1]) if key[1] in SIZE_ORDER else len(SIZE_ORDER)
+
+    rows = [
+        "| benchmark | size | setting | measured (median of runs; range) | median ms | target |",
+        "|---|---|---|---|---|---|",
+    ]
+    rows += [_row(groups[key]) for key in sorted(groups, key=order)]
+    return "\n".join(rows)
+
+
+def render(results: Path) -> dict[str, str]:
+    """``{"bench-table": table}`` from the recorded lines in ``results``."""
+    return {BLOCK: bench_table(read_lines(results))}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="figures/bench_tables.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--readme", type=Path, default=Path("README.md"))
+    parser.add_argument(
+        "--check", action="store_true", help="only compare; exit 1 naming the rows that differ"
+    )
+    args = parser.parse_args(argv)
+    readme = args.readme.read_text(encoding="utf-8")
+    tables = render(args.results)
+    if args.check:
+        messages = differences(readme, tables)
+        for m in messages:
+            print(m, file=sys.stderr)
+        if messages:
+            print(f"Regenerate: python figures/bench_tables.py --results {args.results}", file=sys.stderr)
+        return 1 if messages else 0
+    updated = rewrite(readme, tables)
+    if updated != readme:
+        write_text_atomic(args.readme, updated)
+    state = "rewritten" if updated != readme else "already up to date"
+    print(f"{args.readme}: {BLOCK} {state} from {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""figures/bench_tables.py: README's benchmark table comes from the recorded JSON lines, and --check
+names every row where README and the lines disagree."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from figures import bench_tables
+
+README = (
+    "# x\n\n## Speed\n\nprose before\n\n<!-- bench-table:start -->\nold\n<!-- bench-table:end -->\n\n"
+    "prose after\n"
+)
+
+
+def line(bench, shapes, ratios, ms, targets=None, load=1.0):
+    config = {
+        "shapes": shapes,
+        "params_m": 4.5 if shapes == "quick" else 115.6,
+        "device": "cpu",
+        "threads": 2,
+        "repeats": 3,
+        "load_avg_1m": load,
+        "wall_s": 90 if shapes == "quick" else 250,
+        "malloc": {"env": {"MALLOC_TOP_PAD_": None}, "mallopt": {"M_TOP_PAD": 1 << 30}},
+    }
+    return {"benchmark": bench, "ratios": ratios, "ms": ms, "targets": targets or {}, "config": config}
+
+
+@pytest.fixture
+def results(tmp_path):
+    d = tmp_path / "results"
+    d.mkdir()
+    collect = [
+        line("bench_collect", "mid", {"collect_vs_hf": 1.08, "rss_growth_8x": 0.01}, {"raw_hf": 9000.0}, {
+            "collect_vs_hf": 1.05, "rss_growth_8x": 0.05}),
+        line("bench_collect", "quick", {"collect_vs_hf": 1.02, "rss_growth_8x": 0.004}, {"raw_hf": 800.0}, {
+            "collect_vs_hf": 1.05, "rss_growth_8x": 0.05}),
+        line("bench_collect", "quick", {"collect_vs_hf": 1.04, "rss_growth_8x": 0.005}, {"raw_hf": 850.0}, {
+            "collect_vs_hf": 1.05, "rss_growth_8x": 0.05}),
+        line("bench_collect", "quick", {"collect_vs_hf": 1.10, "rss_growth_8x": 0.006}, {"raw_hf": 900.0}, {
+            "collect_vs_hf": 1.05, "rss_growth_8x": 0.05}, load=3.0),
+    ]  # fmt: skip
+    (d / "bench_collect.jsonl").write_text("".join(json.dumps(x) + "\n" for x in collect))
+    sweep = line(
+        "bench_sweep",
+        "quick",
+        {"sweep_point_vs_forward": 1.3},
+        {"forward": 50.0},
+        {"sweep_point_vs_forward": 1.2},
+    )
+    (d / "bench_sweep.jsonl").write_text(json.dumps(sweep) + "\n\n")
+    return d
+
+
+def test_table_rows_are_medians_of_the_recorded_runs_with_their_range(results):
+    rows = bench_tables.render(results)["bench-table"].splitlines()
+    assert [r.split(" | ")[:2] for r in rows[2:]] == [
+        ["| `bench_collect`", "quick"],
+        ["| `bench_collect`", "mid"],
+        ["| `bench_sweep`", "quick"],
+    ]
+    quick = rows[2]
+    # independent: the median of 1.02, 1.10, 1.04 and of 800, 900, 850 ms, computed here
+    assert f"collect_vs_hf **{statistics.median([1.02, 1.04, 1.10]):.3f}×** (1.020×–1.100×) ✓" in quick
+    assert "rss_growth_8x **+0.5%** (+0.4%–+0.6%) ✓" in quick
+    assert (
+        "raw_hf 850" in quick
+        and "3 repeats × 3 runs" in quick
+        and "load 1.0, run 1.5 min" in quick
+        and "mallopt" in quick
+    )
+    assert "sweep_point_vs_forward **1.300×** ✗" in rows[4]
+    assert "collect_vs_hf ≤ 1.05; rss_growth_8x < 5%" in quick
+
+
+def test_rewrite_then_check_agree_and_a_changed_number_is_named(results, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    assert bench_tables.main(["--results", str(results), "--readme", str(readme), "--check"]) == 1
+    assert bench_tables.main(["--results", str(results), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# x\n\n## Speed\n\nprose before\n") and text.endswith("\n\nprose after\n")
+    assert bench_tables.main(["--results", str(results), "--readme", str(readme), "--check"]) == 0
+    readme.write_text(text.replace("**1.300×**", "**1.100×**"))
+    messages = bench_tables.differences(readme.read_text(), bench_tables.render(results))
+    assert len(messages) == 1 and "row '`bench_sweep` | quick'" in messages[0] and "1.300×" in messages[0]
+
+
+def test_bad_result_files_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--record"):
+        bench_tables.read_lines(tmp_path)
+    (tmp_path / "bench_x.jsonl").write_text('{"benchmark": "bench_x"}\n')
+    with pytest.raises(ValueError, match=r"bench_x.jsonl:1 is not a benchmark line"):
+        bench_tables.read_lines(tmp_path)
+    (tmp_path / "bench_x.jsonl").write_text("not json\n")
+    with pytest.raises(ValueError, match=r"bench_x.jsonl:1 is not JSON"):
+        bench_tables.read_lines(tmp_path)
+
+
+def test_readme_benchmark_table_matches_the_committed_results():
+    root = Path(__file__).resolve().parents[2]
+    tables = bench_tables.render(root / "benchmarks" / "results")
+    messages = bench_tables.differences((root / "README.md").read_text(encoding="utf-8"), tables)
+    assert not messages, "Regenerate with python figures/bench_tables.py:\n" + "\n".join(messages)
