@@ -100,7 +100,7 @@ def test_directional_ablation_at_one_layer_is_the_projection(tiny_model, image_b
     r = torch.randn(tiny_model.cfg.d_model)
     name = tiny_model.layer_hook("resid_post", 0)
     _, clean = _cache(tiny_model, image_batch, [name])
-    _, steered = _cache(tiny_model, image_batch, [name], DirectionalAblation(r, layers=0))
+    _, steered = _cache(tiny_model, image_batch, [name], DirectionalAblation(r, layers=0, hook="resid_post"))
     unit = r / r.norm()
     x = clean[name]
     torch.testing.assert_close(steered[name], x - (x @ unit)[..., None] * unit, rtol=1e-5, atol=1e-5)
@@ -111,15 +111,19 @@ def test_direction_addition_adds_alpha_r_at_every_position(tiny_model, image_bat
     r = torch.randn(tiny_model.cfg.d_model)
     name = tiny_model.layer_hook("resid_post", 1)
     _, clean = _cache(tiny_model, image_batch, [name])
-    _, steered = _cache(tiny_model, image_batch, [name], DirectionAddition(r, alpha=-0.7, layers=1))
+    _, steered = _cache(
+        tiny_model, image_batch, [name], DirectionAddition(r, alpha=-0.7, layers=1, hook="resid_post")
+    )
     torch.testing.assert_close(
         steered[name] - clean[name], (-0.7 * r).expand_as(clean[name]), rtol=1e-5, atol=1e-5
     )
-    _, last = _cache(tiny_model, image_batch, [name], DirectionAddition(r, 2.0, [1], positions="last"))
+    _, last = _cache(tiny_model, image_batch, [name], DirectionAddition(r, 2.0, [1], "resid_post", "last"))
     torch.testing.assert_close(last[name][:, :-1], clean[name][:, :-1], rtol=0, atol=0)
     first = tiny_model.layer_hook("resid_post", 0)  # layers="all" acts at layer 0 too (its input is clean)
     _, clean = _cache(tiny_model, image_batch, [first])
-    _, every = _cache(tiny_model, image_batch, [first], DirectionAddition(r, alpha=-0.7, layers="all"))
+    _, every = _cache(
+        tiny_model, image_batch, [first], DirectionAddition(r, alpha=-0.7, layers="all", hook="resid_post")
+    )
     torch.testing.assert_close(
         every[first] - clean[first], (-0.7 * r).expand_as(clean[first]), rtol=1e-5, atol=1e-5
     )

@@ -80,7 +80,7 @@ def _make(kind: str, s: dict) -> Intervention:
         "cmrm_sample": lambda: CMRM.sample_level(alpha=ALPHA),
         "shiftdc": lambda: ShiftDC(s["direction"], layers="all", steps="all", caption_source="sample"),
         "head_ablation": lambda: HeadAblation([(0, 1), (-1, 2)]),
-        "directional_ablation": lambda: DirectionalAblation(s["r"]),
+        "directional_ablation": lambda: DirectionalAblation(s["r"], hook="resid_post"),
         "activation_patch": lambda: ActivationPatch(s["text_cache"], layers=-1, positions="last"),
         "user_subclass": lambda: ZeroImageTokens(layers=0),
     }[kind]()

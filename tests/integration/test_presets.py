@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from vlminterp import Condition, HookedVLM, PromptBatch, Sample
-from vlminterp.interventions import SafetyDirection, ShiftDC
+from vlminterp.interventions import DirectionAddition, DirectionalAblation, SafetyDirection, ShiftDC
 from vlminterp.references import hf_decoder_layers, load_reference_model
 
 NORMAL_SAFE_REF = (
@@ -137,3 +137,98 @@ def test_presets_spell_out_their_rules(tiny_model):
         ShiftDC.preset("paper", direction)
     with pytest.raises(ValueError, match="estimate='prefill'"):
         ShiftDC.preset("authors", direction, estimate="per_step")
+
+
+def _refusal_direction_run(hf, model, batch, pre_hooks, hooks):
+    """Last-position logits of ``batch`` and each row's greedy tokens (one row at a time, KV cache) with
+    andyrdt/refusal_direction's hooks on the plain HF model."""
+    device = next(hf.parameters()).device
+    handles = [m.register_forward_pre_hook(f) for m, f in pre_hooks] + [
+        m.register_forward_hook(f) for m, f in hooks
+    ]
+    eos, tokens = model.tokenizer.eos_token_id, []
+    try:
+        with torch.no_grad():
+            kwargs = {k: v.to(device) for k, v in batch.model_kwargs().items()}
+            logits = hf(input_ids=batch.input_ids.to(device), **kwargs).logits[:, -1].float().cpu()
+            for i in range(len(batch)):
+                row = batch.select([i])
+                inputs = {"input_ids": row.input_ids, **row.model_kwargs()}
+                inputs = {k: v.to(device) for k, v in inputs.items() if k != "position_ids"}
+                out = hf.generate(
+                    **inputs, do_sample=False, max_new_tokens=MAX_NEW, eos_token_id=eos, pad_token_id=eos
+                )
+                new = out[0, row.input_ids.shape[1] :].tolist()
+                tokens.append(new[: new.index(eos)] if eos in new else new)
+    finally:
+        for h in handles:
+            h.remove()
+    return logits, tokens
+
+
+def _ours(model, batch, intervention):
+    with intervention.applied(model):
+        logits = model.forward(batch)[:, -1].float().cpu()
+        tokens = model.generate(batch, max_new_tokens=MAX_NEW).tokens
+    return logits, tokens
+
+
+def _ablate(direction):
+    def edit(activation):
+        unit = (direction / (direction.norm(dim=-1, keepdim=True) + 1e-8)).to(activation)
+        activation -= (activation @ unit).unsqueeze(-1) * unit
+
+    def pre(module, args):
+        edit(args[0])
+        return (args[0], *args[1:])
+
+    def post(module, args, output):
+        edit(output[0] if isinstance(output, tuple) else output)
+        return output
+
+    return pre, post
+
+
+def test_directional_ablation_default_is_refusal_directions_sites(pair, samples):
+    model, hf = pair
+    torch.manual_seed(3)
+    r = torch.randn(model.cfg.d_model)
+    batch = PromptBatch.paired(model, samples[:2], [Condition.IMAGE])
+    pre, post = _ablate(r)
+    layers = hf_decoder_layers(hf)
+    hooks = [(m, post) for layer in layers for m in (layer.self_attn, layer.mlp)]
+    ref = _refusal_direction_run(hf, model, batch, [(layer, pre) for layer in layers], hooks)
+    ours = _ours(model, batch, DirectionalAblation(r))
+    torch.testing.assert_close(ours[0], ref[0], atol=1e-5, rtol=0)
+    assert ours[1] == ref[1]
+
+
+def test_direction_addition_default_is_refusal_directions_resid_pre(pair, samples):
+    model, hf = pair
+    torch.manual_seed(4)
+    r, layer = torch.randn(model.cfg.d_model), model.cfg.n_layers - 1
+    batch = PromptBatch.paired(model, samples[:2], [Condition.IMAGE])
+
+    def pre(module, args):  # get_activation_addition_input_pre_hook(vector=r, coeff=-0.8)
+        args[0].add_(-0.8 * r.to(args[0]))
+        return (args[0], *args[1:])
+
+    ref = _refusal_direction_run(hf, model, batch, [(hf_decoder_layers(hf)[layer], pre)], [])
+    ours = _ours(model, batch, DirectionAddition(r, alpha=-0.8, layers=layer))
+    torch.testing.assert_close(ours[0], ref[0], atol=1e-5, rtol=0)
+    assert ours[1] == ref[1]
+
+
+def test_steer_cli_variant_authors_fits_and_steers_with_the_authors_rules(tmp_path):
+    from vlminterp.cli.steer import main
+    from vlminterp.io import read_json
+
+    out = tmp_path / "authors"
+    argv = ["shiftdc", "--model", "organism", "--eval", "organism:test", "--judge", "organism", "--limit", "2",
+            "--direction", "fit:organism:train", "--caption-source", "sample", "--variant", "authors",
+            "--alpha", "0.5", "--max-new-tokens", "4", "--no-progress", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    meta = read_json(out / "safety_direction.json")
+    assert meta["meta"]["prompt_format"] == "bare" and meta["meta"]["final_norm"] is True
+    methods = {r["method"] for r in read_json(out / "table.json")}
+    assert any(m.startswith("shiftdc(variant=authors,alpha=0.5,") for m in methods), methods

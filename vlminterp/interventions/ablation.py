@@ -7,7 +7,18 @@ last token), ``head`` attention heads, ``d_head`` head width, ``d_model`` residu
   head, d_head]``) to zero or to a mean. The attention output is linear in ``z``
   (``attn_out = sum_h z_h W_O^h + b_O``), so this removes exactly what flows from those heads.
 - :class:`DirectionalAblation`: ``x <- x - r̂ r̂ᵀ x`` (Arditi et al. 2024), so ``x · r̂ = 0`` afterwards.
+  Default sites: :data:`REFUSAL_DIRECTION_HOOKS`, ``resid_pre``, ``attn_out`` and ``mlp_out`` of
+  every layer, as andyrdt/refusal_direction (``pipeline/utils/hook_utils.py:
+  get_all_direction_ablation_hooks``): a pre-hook on each block's input and hooks on each
+  attention and MLP output. Every write into the stream is then free of ``r̂``, so
+  ``resid_post`` is too; ablating ``resid_post`` alone (``hook="resid_post"``) differs: the
+  attention and MLP of each layer still read the (unablated) direction in their input.
 - :class:`DirectionAddition`: ``x <- x + α r`` (``r`` as given; pass a unit vector for unit steps).
+  Default site for a plain tensor: ``resid_pre`` of the chosen layers, as refusal_direction's
+  activation addition (``get_activation_addition_input_pre_hook`` on block ``l``). Fitted
+  :class:`SteeringVectors` are added where they were read (their ``hook``, e.g. ``resid_post``
+  of layer ``l``, which is ``resid_pre`` of layer ``l + 1``: one layer later than the authors'
+  placement for the same ``l``).
 
 All three are input-free: ``with X.applied(model): model.generate(batch)`` works, as do
 ``X.generate(model, samples)`` and the other calls of :class:`~vlminterp.interventions.Intervention`.
@@ -43,9 +54,11 @@ if TYPE_CHECKING:
     from vlminterp.cache import ActivationStore
     from vlminterp.models.hooked_vlm import HookedVLM
 
-__all__ = ["HeadAblation", "DirectionalAblation", "DirectionAddition", "mean_z"]
+__all__ = ["HeadAblation", "DirectionalAblation", "DirectionAddition", "mean_z", "REFUSAL_DIRECTION_HOOKS"]
 
 ABLATION_MODES = ("zero", "mean")
+#: refusal_direction's directional-ablation sites: every layer's input, attention and MLP outputs.
+REFUSAL_DIRECTION_HOOKS = ("resid_pre", "attn_out", "mlp_out")
 
 
 # ---------------------------------------------------------------------- heads
@@ -215,9 +228,10 @@ class _DirectionIntervention(Intervention):
         self,
         direction: Tensor | SteeringVectors,
         layers: LayerSpec,
-        hook: str | None,
+        hook: str | Sequence[str] | None,
         positions: str,
         steps: str,
+        default_hook: str | Sequence[str] = "resid_pre",
     ):
         who = type(self).__name__
         fitted: SteeringVectors | None = direction if isinstance(direction, SteeringVectors) else None
@@ -229,9 +243,12 @@ class _DirectionIntervention(Intervention):
             )
         n_layers = table.shape[0] if table.dim() == 2 else None
         check_choice("positions", positions, POSITION_WORDS)
-        default_hook = fitted.hook if fitted is not None else "resid_post"
+        chosen = hook or default_hook
+        self.hooks: tuple[str, ...] = (chosen,) if isinstance(chosen, str) else tuple(chosen)
+        if not self.hooks or len(set(self.hooks)) != len(self.hooks):
+            raise ValueError(f"{who}: hook must name one hook kind or distinct kinds; got {hook!r}.")
         super().__init__(
-            layers=layers, hook=hook or default_hook, positions=positions, steps=steps, n_layers=n_layers
+            layers=layers, hook=self.hooks[0], positions=positions, steps=steps, n_layers=n_layers
         )
         self.direction = table.detach().float().cpu()
         self.fitted = fitted
@@ -263,8 +280,16 @@ class _DirectionIntervention(Intervention):
             layer: self.direction if self.direction.dim() == 1 else self.direction[layer] for layer in layers
         }
 
+    def _hooks(self, model: HookedVLM, make: Any) -> list[tuple[str, Any]]:
+        """``(name, make(vector))`` at every chosen hook kind of every chosen layer."""
+        vectors = self._vectors(model)
+        return [
+            (model.layer_hook(kind, layer), make(v)) for kind in self.hooks for layer, v in vectors.items()
+        ]
+
     def to_dict(self) -> dict[str, Any]:
-        return super().to_dict() | ({"direction": self.fitted.metadata()} if self.fitted is not None else {})
+        fitted = {"direction": self.fitted.metadata()} if self.fitted is not None else {}
+        return super().to_dict() | {"hooks": list(self.hooks)} | fitted
 
 
 def _ablate_hook(
@@ -282,10 +307,12 @@ class DirectionalAblation(_DirectionIntervention):
 
     Args:
         direction: ``[d_model]`` (the same at every layer), ``[n_layers, d_model]`` or
-            :class:`SteeringVectors` (its hook by default). Each layer's vector is normalised once,
-            when the intervention is prepared for a model.
+            :class:`SteeringVectors`. Each layer's vector is normalised once, when the
+            intervention is prepared for a model.
         layers: None/``"all"`` (every layer), ``"second_half"``, an int or a list (negative: from the end).
-        hook: Hook kind (default the vectors' hook, else ``"resid_post"``).
+        hook: Hook kind or kinds; default :data:`REFUSAL_DIRECTION_HOOKS` (``resid_pre``,
+            ``attn_out``, ``mlp_out``: refusal_direction's sites). ``"resid_post"`` ablates the
+            layer outputs alone.
         positions: ``"all"`` (default, as Arditi et al.) or ``"last"``.
         steps: ``"all"`` (prompt and every generated token) or ``"prefill"``.
 
@@ -293,19 +320,19 @@ class DirectionalAblation(_DirectionIntervention):
         >>> import torch
         >>> from vlminterp import HookedVLM
         >>> model = HookedVLM.tiny("llava")
-        >>> [name for name, _ in DirectionalAblation(torch.ones(64)).prepared(model).fwd_hooks]
-        ['blocks.0.hook_resid_post', 'blocks.1.hook_resid_post']
+        >>> [name for name, _ in DirectionalAblation(torch.ones(64), layers=0).prepared(model).fwd_hooks]
+        ['blocks.0.hook_resid_pre', 'blocks.0.hook_attn_out', 'blocks.0.hook_mlp_out']
     """
 
     def __init__(
         self,
         direction: Tensor | SteeringVectors,
         layers: LayerSpec = None,
-        hook: str | None = None,
+        hook: str | Sequence[str] | None = None,
         positions: str = "all",
         steps: str = "all",
     ):
-        super().__init__(direction, layers, hook, positions, steps)
+        super().__init__(direction, layers, hook, positions, steps, default_hook=REFUSAL_DIRECTION_HOOKS)
         if self.direction.dim() == 1:
             if not bool(self.direction.norm() > 0):
                 raise ValueError("DirectionalAblation: the direction is zero, so it has no unit vector.")
@@ -318,14 +345,17 @@ class DirectionalAblation(_DirectionIntervention):
                 )
 
     def prepare(self, model: HookedVLM, batch: PromptBatch | None) -> PreparedRun:
-        """One ``x - r̂ r̂ᵀ x`` hook per chosen layer, ``r̂`` normalised in float32 and cast to the model."""
+        """One ``x - r̂ r̂ᵀ x`` hook per chosen site and layer, ``r̂`` normalised in float32 and cast to the model."""
         dtype = model_dtype(model)
-        hooks = [
-            (model.layer_hook(self.hook, layer),
-             partial(_ablate_hook, unit=(v / v.norm()).to(model.device, dtype), positions=self.positions))
-            for layer, v in self._vectors(model).items()
-        ]  # fmt: skip
-        return PreparedRun(batch, hooks)
+        return PreparedRun(
+            batch,
+            self._hooks(
+                model,
+                lambda v: partial(
+                    _ablate_hook, unit=(v / v.norm()).to(model.device, dtype), positions=self.positions
+                ),
+            ),
+        )
 
 
 def _add_hook(
@@ -343,7 +373,8 @@ class DirectionAddition(_DirectionIntervention):
         direction: ``[d_model]`` (the same at every layer), ``[n_layers, d_model]`` or SteeringVectors.
         alpha: Strength ``α`` (finite).
         layers: None/``"all"`` (every layer), ``"second_half"``, an int or a list (negative: from the end).
-        hook: Hook kind (default the vectors' hook, else ``"resid_post"``).
+        hook: Hook kind (or kinds): default the vectors' hook for :class:`SteeringVectors`, else
+            ``"resid_pre"`` (refusal_direction's activation addition at block ``l``'s input).
         positions: ``"all"`` (default) or ``"last"``.
         steps: ``"all"`` or ``"prefill"``.
 
@@ -359,22 +390,26 @@ class DirectionAddition(_DirectionIntervention):
         direction: Tensor | SteeringVectors,
         alpha: float = 1.0,
         layers: LayerSpec = None,
-        hook: str | None = None,
+        hook: str | Sequence[str] | None = None,
         positions: str = "all",
         steps: str = "all",
     ):
-        super().__init__(direction, layers, hook, positions, steps)
+        fitted = direction.hook if isinstance(direction, SteeringVectors) else "resid_pre"
+        super().__init__(direction, layers, hook, positions, steps, default_hook=fitted)
         self.alpha = finite("alpha", alpha)
 
     def prepare(self, model: HookedVLM, batch: PromptBatch | None) -> PreparedRun:
-        """One ``x + α r`` hook per chosen layer, ``r`` cast to the model."""
+        """One ``x + α r`` hook per chosen site and layer, ``r`` cast to the model."""
         dtype = model_dtype(model)
-        hooks = [
-            (model.layer_hook(self.hook, layer),
-             partial(_add_hook, delta=self.alpha * v.to(model.device, dtype), positions=self.positions))
-            for layer, v in self._vectors(model).items()
-        ]  # fmt: skip
-        return PreparedRun(batch, hooks)
+        return PreparedRun(
+            batch,
+            self._hooks(
+                model,
+                lambda v: partial(
+                    _add_hook, delta=self.alpha * v.to(model.device, dtype), positions=self.positions
+                ),
+            ),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "alpha": self.alpha}
