@@ -29,6 +29,10 @@ request under other conditions (TEXT_ONLY, BLANK, CAPTION) in the *same* forward
 layer ``l`` reads the twins' states at ``l`` and edits only the steered rows. Their batches are
 condition-major blocks of ``n`` rows, ``[steered x n, twin_1 x n, ...]``; during generation the twin
 rows are fed the steered row's tokens (``PreparedRun.follow``), so every block carries the same suffix.
+A method's own :meth:`~Intervention.generate` may instead run the twins as separate KV-cached passes
+that stop after the last layer read (:class:`~vlminterp.models.stepping.CachedRun`, stepped from
+``HookedVLM.generate(before_step=...)``), when that is tested equal to the one-batch run
+(``SampleCMRM`` does).
 
 Example:
     >>> from vlminterp import HookedVLM, Sample, Condition, PromptBatch

@@ -91,53 +91,64 @@ def _shift_hook(
 
 
 def _twin_shift(
-    twins: Float[Tensor, "twin_rows pos d_model"], n: int, alpha: float
+    text: Float[Tensor, "n d_model"], blank: Float[Tensor, "n d_model"], alpha: float
 ) -> Float[Tensor, "n d_model"]:
-    """``alpha * (h(TEXT_ONLY) - h(BLANK))`` at the last position, from ``[TEXT_ONLY x n, BLANK x n]`` rows."""
-    return alpha * (twins[:n, -1] - twins[n:, -1])
+    """``alpha * (h(TEXT_ONLY) - h(BLANK))``: each input's sample-level CMRM shift at one layer."""
+    return alpha * (text - blank)
 
 
 def _sample_shift_hook(
     activation: Float[Tensor, "batch pos d_model"], hook: Any, *, n: int, alpha: float
 ) -> Float[Tensor, "batch pos d_model"]:
-    return add_at(activation, _twin_shift(activation[n:], n, alpha), "last", rows=slice(0, n))
+    shift = _twin_shift(activation[n : 2 * n, -1], activation[2 * n :, -1], alpha)
+    return add_at(activation, shift, "last", rows=slice(0, n))
 
 
 class _TwinPass:
-    """Sample-level CMRM's twin rows run as their own pass, stopped after the last steered layer.
+    """Sample-level CMRM's twins run as their own passes, stopped after the last steered layer.
 
-    ``hook`` is installed at every steered hook point of the generation of the steered rows. While
-    :meth:`before_step` runs the twins' step (a truncated :class:`CachedRun` fed the steered rows'
-    tokens), it records each layer's shift; in the steered rows' forward that follows, it adds it.
-    With ``steps="prefill"`` the twins run at the prompt pass only.
+    The TEXT_ONLY and the BLANK rows are two truncated :class:`CachedRun` (each padded to its own
+    length: the short text-only prompts do not carry the image prompts' padding), fed the steered
+    rows' tokens. ``hook`` is installed at every steered hook point: while :meth:`before_step` runs
+    the twins' step it records their last-position states; in the steered rows' forward that
+    follows, it adds each layer's shift. With ``steps="prefill"`` the twins run at the prompt only.
     """
 
-    def __init__(self, model: HookedVLM, twins: PromptBatch, alpha: float, last_layer: int, every_step: bool):
-        self.run = CachedRun(model, twins, stop_after_layer=last_layer)
-        self.n = len(twins) // 2
+    def __init__(
+        self,
+        model: HookedVLM,
+        text: PromptBatch,
+        blank: PromptBatch,
+        alpha: float,
+        last: int,
+        every_step: bool,
+    ):
+        self.runs = {"text": CachedRun(model, text, last), "blank": CachedRun(model, blank, last)}
         self.alpha = alpha
         self.every_step = every_step
-        self.reading = False
-        self.shifts: dict[str, Tensor] = {}
+        self.reading: str | None = None
+        self.states: dict[tuple[str, str], Tensor] = {}
 
     def before_step(self, tokens: Tensor | None) -> None:
         if tokens is not None and not self.every_step:
             return
-        self.reading = True
         try:
-            self.run.step(None if tokens is None else tokens.repeat(2))
+            for which, run in self.runs.items():
+                self.reading = which
+                run.step(tokens)
         finally:
-            self.reading = False
+            self.reading = None
 
     def hook(
         self, activation: Float[Tensor, "batch pos d_model"], hook: Any
     ) -> Float[Tensor, "batch pos d_model"] | None:
-        if self.reading:
-            self.shifts[hook.name] = _twin_shift(activation, self.n, self.alpha)
+        if self.reading is not None:
+            self.states[self.reading, hook.name] = activation[:, -1]
             return None
         if not self.every_step and is_generation_step(activation):
             return activation
-        return add_at(activation, self.shifts[hook.name], "last")
+        shift = _twin_shift(self.states["text", hook.name], self.states["blank", hook.name], self.alpha)
+        return add_at(activation, shift, "last")
 
 
 def _describe(samples: Sequence[Sample]) -> str:
@@ -412,9 +423,9 @@ class SampleCMRM(Intervention):
         """Steered generation of the output rows, the twins paying only for what is read of them.
 
         The result equals generating the 3x batch of :meth:`applied` with ``follow=`` (tokens
-        identical, logits to float rounding), but the TEXT_ONLY and BLANK twins run as a separate
-        pass that stops after the last steered layer (no later layers, final norm or unembedding),
-        fed the steered rows' tokens; with ``steps="prefill"`` they run at the prompt pass only.
+        identical, logits to float rounding), but the TEXT_ONLY and the BLANK twins run as separate
+        passes that stop after the last steered layer (no later layers, final norm or unembedding),
+        each padded to its own length and fed the steered rows' tokens; with ``steps="prefill"`` they run at the prompt pass only.
         With ``cache_names=`` (which caches every row) the 3x batch runs as one.
         """
         if inputs is None or generate_kwargs.get("cache_names") is not None:
@@ -422,9 +433,8 @@ class SampleCMRM(Intervention):
         batch = self._batch(model, inputs)
         n = twin_blocks(batch, self._twins, "SampleCMRM")
         layers = self.site.layer_indices(model.cfg.n_layers)
-        twins = _TwinPass(
-            model, batch.select(range(n, 3 * n)), self.alpha, max(layers), every_step=self.steps == "all"
-        )
+        text, blank = batch.select(range(n, 2 * n)), batch.select(range(2 * n, 3 * n))
+        twins = _TwinPass(model, text, blank, self.alpha, max(layers), every_step=self.steps == "all")
         return model.generate(
             batch.select(range(n)),
             max_new_tokens=max_new_tokens,

@@ -303,7 +303,8 @@ class HookedVLM(HookingMixin, TransformerLensHelpers):
 
         Hooks see the whole prompt at the first step (``pos`` = prompt length) and one new token
         per later step (``pos`` = 1); "last position" is ``x[:, -1]`` in both. Images are encoded
-        once, at the first step.
+        once, at the first step. As in HF ``generate``, the prompt pass unembeds only the last
+        position (hooks on ``unembed`` see ``pos`` = 1), unless ``cache_names`` asks for ``unembed``.
 
         Args:
             batch: The prompts (left-padded).
@@ -344,11 +345,12 @@ class HookedVLM(HookingMixin, TransformerLensHelpers):
         n = len(batch)
         leaders = _leaders(follow, n).to(self.device)
         eos = self.tokenizer.eos_token_id
-        run = CachedRun(self, batch)
+        steps, caching = self._step_cache(cache_names)
+        unembed = any(name.startswith(("unembed.", "hook_unembed")) for name in steps)
+        run = CachedRun(self, batch, all_logits=unembed)
         done = torch.zeros(n, dtype=torch.bool, device=self.device)
         chosen: list[Tensor] = []
         token = None
-        steps, caching = self._step_cache(cache_names)
         with torch.no_grad(), self.hooks([*fwd_hooks, *caching]):
             for _ in range(max_new_tokens):
                 if before_step is not None:

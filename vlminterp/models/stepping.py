@@ -6,7 +6,8 @@ same rules: per-input interventions run their twin rows (TEXT_ONLY, BLANK, CAPTI
 fed the steered rows' tokens through ``generate(before_step=...)``. With ``stop_after_layer`` the
 forward stops once that layer's ``resid_post`` has fired: later layers, the final norm and the
 unembedding of rows that are only read at earlier layers are never computed, and their KV cache
-holds the layers that ran (all the next step needs).
+holds the layers that ran (all the next step needs). Like HF ``generate``, the prompt pass
+unembeds only the last position (``logits_to_keep=1``) unless ``all_logits=True``.
 
 Example:
     >>> from vlminterp import HookedVLM, Sample, Condition, PromptBatch
@@ -54,13 +55,21 @@ class CachedRun:
         batch: The prompts (left-padded).
         stop_after_layer: Stop each forward after this layer's ``resid_post`` (no logits then);
             None runs the whole model.
+        all_logits: Unembed every prompt position at the prompt pass (for hooks on ``unembed``);
+            default only the last, which is all the next token needs.
 
     Attributes:
         past: The KV cache after the last step (None before the first).
         length: Positions held so far (prompt plus fed tokens).
     """
 
-    def __init__(self, model: HookedVLM, batch: PromptBatch, stop_after_layer: int | None = None):
+    def __init__(
+        self,
+        model: HookedVLM,
+        batch: PromptBatch,
+        stop_after_layer: int | None = None,
+        all_logits: bool = False,
+    ):
         device = model.device
         self.model = model
         self.past: Any = None
@@ -70,6 +79,7 @@ class CachedRun:
         self._first = {k: v.to(device) for k, v in {**batch.image_inputs, **batch.token_inputs}.items()}
         self._positions = batch.position_ids.to(device) if batch.explicit_position_ids else None
         self._stop = None if stop_after_layer is None else model.layer_hook("resid_post", stop_after_layer)
+        self._last_logits = not all_logits and _keeps_logits(model)
 
     @property
     def length(self) -> int:
@@ -79,7 +89,8 @@ class CachedRun:
         """The prompt pass (``tokens=None``, first call) or one fed token per row; the step's logits.
 
         Returns:
-            Logits ``[batch, pos, d_vocab]`` (``pos`` = prompt length, then 1); None when the run stops early.
+            Logits ``[batch, pos, d_vocab]`` (``pos`` = 1, or the prompt length at the prompt pass with
+            ``all_logits``); None when the run stops early.
 
         Raises:
             ValueError: the prompt pass is asked twice, or tokens are fed before it.
@@ -93,6 +104,8 @@ class CachedRun:
             kwargs.update(self._first)
             if self._stop is not None:  # a cache object of ours, filled in place by the layers that run
                 kwargs["past_key_values"] = _fresh_cache(self.model)
+            elif self._last_logits:
+                kwargs["logits_to_keep"] = 1
         else:
             if self.past is None:
                 raise ValueError("CachedRun.step(tokens): run the prompt first, step() with no tokens.")
@@ -126,3 +139,10 @@ def _fresh_cache(model: HookedVLM) -> Any:
     from transformers import DynamicCache
 
     return DynamicCache(config=model.hf_model.config.get_text_config(decoder=True))
+
+
+def _keeps_logits(model: HookedVLM) -> bool:
+    """Whether the HF model takes ``logits_to_keep`` (remote-code checkpoints may not)."""
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(model.hf_model.forward).parameters
