@@ -117,6 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     shift.add_argument("--direction-condition", choices=("auto", "caption", "text_only"), default="auto")
     shift.add_argument(
+        "--variant",
+        choices=("vlminterp", "authors"),
+        default="vlminterp",
+        help="rule set: vlminterp (self-consistent defaults) or authors (Renovamen/ShiftDC's code: bare twins, "
+        "post-norm last layer, NORMAL_SAFE steered prompt, 128-token captions); see ShiftDC.preset",
+    )
+    shift.add_argument(
+        "--alpha", type=_finite, default=None, help="correction strength (default the variant's, 1)"
+    )
+    shift.add_argument(
         "--layers", type=_layers, default="second_half", help="'all', 'second_half' (L//2 .. L-1) or layers"
     )
     shift.add_argument("--steps", choices=("prefill", "all"), default="prefill")

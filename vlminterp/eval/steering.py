@@ -223,7 +223,6 @@ def run_shiftdc(args: argparse.Namespace, run: Run, judge: Judge, sets: dict[str
     from vlminterp.analysis.directions import cosine, scalar_projection
     from vlminterp.demo import ORGANISM_CAPTION_PROMPT
     from vlminterp.interventions import CMRM, SafetyDirection, ShiftDC
-    from vlminterp.interventions.captioning import QUERY_CONDITIONED_PROMPT
     from vlminterp.interventions.steering import SteeringVectors
 
     model, (eval_name, samples) = run.model, sets["eval"]
@@ -232,20 +231,27 @@ def run_shiftdc(args: argparse.Namespace, run: Run, judge: Judge, sets: dict[str
         safe = [s for s in fit if s.label == "benign"]
         unsafe = [s for s in fit if s.label == "harmful"]
         direction = SafetyDirection.fit(
-            model, safe, unsafe, condition=args.direction_condition, progress=run.progress
-        )
+            model, safe, unsafe, condition=args.direction_condition, progress=run.progress,
+            **ShiftDC.direction_options(args.variant),
+        )  # fmt: skip
         direction.save(run.out / "safety_direction")
     else:
         direction = SteeringVectors.load(args.direction, model)
-    organism = args.model == "organism"
-    shiftdc = ShiftDC(
-        direction, layers=args.layers, steps=args.steps, caption_source=args.caption_source,
-        caption_prompt=args.caption_prompt or (ORGANISM_CAPTION_PROMPT if organism else QUERY_CONDITIONED_PROMPT),
-        caption_max_new_tokens=args.caption_max_new_tokens or (8 if organism else 64),
-        caption_cache=run.out / "captions.json",
+    # the organism captions with its own short prompt under the default rules; --variant authors keeps theirs
+    organism = args.model == "organism" and args.variant == "vlminterp"
+    given = {
+        "caption_prompt": args.caption_prompt or (ORGANISM_CAPTION_PROMPT if organism else None),
+        "caption_max_new_tokens": args.caption_max_new_tokens or (8 if organism else None),
+        "alpha": args.alpha,
+    }
+    shiftdc = ShiftDC.preset(
+        args.variant, direction, layers=args.layers, steps=args.steps, caption_source=args.caption_source,
+        caption_cache=run.out / "captions.json", **{k: v for k, v in given.items() if v is not None},
     )  # fmt: skip
     layers = "default" if args.layers == "second_half" else _layer_text(args.layers)
-    method = f"shiftdc(steps={args.steps},layers={layers},captions={args.caption_source})"
+    variant = "" if args.variant == "vlminterp" else f"variant={args.variant},"
+    alpha = "" if args.alpha is None else f"alpha={args.alpha:g},"
+    method = f"shiftdc({variant}{alpha}steps={args.steps},layers={layers},captions={args.caption_source})"
     unit = direction.vectors[list(shiftdc.layers)].double().numpy()
 
     shift_rows: list[dict[str, Any]] = []

@@ -567,11 +567,17 @@ class ShiftDC(Intervention):
             main.append(PromptRow.from_sample(model, steered, Condition.IMAGE, **options))
             twin.append(PromptRow.from_sample(model, s, Condition.CAPTION, **options))
             plain.append(PromptRow.from_sample(model, s, Condition.IMAGE, **options))
-        with _format_context(model, self.prompt_format):
-            twins = PromptBatch.from_rows(model, twin)
-        third = main if self.steer_template is None else plain
-        blocks = [PromptBatch.from_rows(model, main), twins, PromptBatch.from_rows(model, third)]
-        return PromptBatch.concat(blocks[: self.n_blocks])
+        blocks = [main, twin, main if self.steer_template is None else plain][: self.n_blocks]
+        if self.prompt_format == "chat":
+            return PromptBatch.from_rows(model, [row for block in blocks for row in block])
+        with bare_prompts(model):  # the twins alone are tokenised bare
+            twins = PromptBatch.from_rows(model, blocks[1])
+        batches = [
+            PromptBatch.from_rows(model, blocks[0]),
+            twins,
+            *(PromptBatch.from_rows(model, b) for b in blocks[2:]),
+        ]
+        return PromptBatch.concat(batches)
 
     # ------------------------------------------------------------------ the method
     @staticmethod
