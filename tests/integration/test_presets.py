@@ -5,7 +5,7 @@ the HF model alone: ``tokenizer(text)`` twins (no chat template), ``hidden_state
 the last token (the last layer after the final norm), ``m`` on the plain query, the steered
 prompt in NORMAL_SAFE, ``alpha * proj_s(m)`` subtracted from decoder layer ``l``'s output at the
 last prompt position of the first forward only. The image rows are tokenised by vlminterp's
-PromptBatch (the chat encoding is shared with the defaults and checked in test_reference_math).
+PromptBatch (the chat encoding is shared with the defaults and checked against HF in the family tests).
 """
 
 from __future__ import annotations
