@@ -59,7 +59,7 @@ class Sample:
 
     id: str
     query: str
-    image: Image.Image | str | Path | None = None
+    image: Image.Image | str | Path | np.ndarray | None = None
     caption: str | None = None
     label: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
