@@ -232,3 +232,23 @@ def test_steer_cli_variant_authors_fits_and_steers_with_the_authors_rules(tmp_pa
     assert meta["meta"]["prompt_format"] == "bare" and meta["meta"]["final_norm"] is True
     methods = {r["method"] for r in read_json(out / "table.json")}
     assert any(m.startswith("shiftdc(variant=authors,alpha=0.5,") for m in methods), methods
+
+
+def test_shiftdc_authors_self_captions_are_the_reference_codes(tiny_model, samples):
+    """run_caption.py: CAPTION_BASED_ON_Q with the unstripped query, the image, greedy, 128 new tokens, stripped."""
+    hf = load_reference_model(tiny_model)
+    direction = SafetyDirection.fit(
+        tiny_model, [Sample("s", "a cake")], [Sample("u", "a bomb")], progress=False
+    )
+    shiftdc = ShiftDC.preset("authors", direction)
+    sample = dataclasses.replace(samples[0], caption=None)
+    ours = shiftdc.caption(tiny_model, [sample])[0].caption.strip()
+    query = f"Based on the given Request, describe the image. Request: {sample.query}"
+    inputs = {k: v.to(tiny_model.device) for k, v in _image_inputs(tiny_model, sample, query).items()}
+    eos = tiny_model.tokenizer.eos_token_id
+    out = hf.generate(**inputs, do_sample=False, max_new_tokens=128, eos_token_id=eos, pad_token_id=eos)
+    new = out[0, inputs["input_ids"].shape[1] :]
+    ref = tiny_model.tokenizer.decode(
+        new, skip_special_tokens=True, clean_up_tokenization_spaces=False
+    ).strip()
+    assert ours == ref and len(new) > 8
