@@ -115,3 +115,6 @@ def test_bad_study_options_raise(tiny_model, tmp_path):
         head_ablation.run(_args("head", tmp_path, "--modes", "median"), model=tiny_model)
     with pytest.raises(ValueError, match="comma-separated numbers"):
         alpha_layer_grid.run(_args("alpha-layer", tmp_path, "--alphas", "one"), model=tiny_model)
+    for bad in ("0,nan", "inf", "1,-inf"):
+        with pytest.raises(ValueError, match="not finite"):
+            alpha_layer_grid.run(_args("alpha-layer", tmp_path, "--alphas", bad), model=tiny_model)

@@ -87,4 +87,8 @@ def test_figure_is_drawn_from_the_file(out):
         if r["hook"] == "resid_pre" and r["method"] == "exact"
     }
     assert list(heatmaps[0].z[2]) == [exact[2, g] for g in heatmaps[0].x]
-    assert [t.name for t in fig.data if t.type == "scatter"] == ["resid_pre", "z"]
+    scatter = [t for t in fig.data if t.type == "scatter" and t.mode == "markers"]
+    assert [t.name.split(" ")[0] for t in scatter] == ["resid_pre", "z"]
+    assert len(scatter[0].x) == sum(
+        1 for r in rows if r["hook"] == "resid_pre" and r["method"] == "exact" and r["value"] is not None
+    )

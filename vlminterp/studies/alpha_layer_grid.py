@@ -16,6 +16,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +43,11 @@ def parse_alphas(text: str) -> list[float]:
         raise ValueError(f"--alphas {text!r} must be comma-separated numbers, e.g. 0,0.5,1.") from None
     if not alphas:
         raise ValueError("--alphas is empty; give at least one strength.")
+    bad = [a for a in alphas if not math.isfinite(a)]
+    if bad:
+        raise ValueError(
+            f"--alphas {text!r}: {bad} are not finite numbers; give finite strengths, e.g. 0,0.5,1."
+        )
     return alphas
 
 
