@@ -10,10 +10,12 @@ Ratios (median time / median time of raw HF ``generate``, unsteered):
 - ``hooked_generate_vs_hf``: ``HookedVLM.generate``, unsteered (no target; reported).
 - ``cmrm_dataset_generate_vs_hf``: ``with CMRM(vectors, alpha=1.0).applied(model): model.generate``
   (vectors fitted on the 4 samples; every layer, every step). Target <= 1.10.
-- ``cmrm_sample_vs_hf``: ``CMRM.sample_level(alpha=1.0).generate`` end to end (the TEXT_ONLY and BLANK
-  twins run as their own pass, stopped after the last steered layer, at every step). Target <= 1.5.
-- ``cmrm_sample_one_batch_vs_hf``: the same steering as one 3x batch (``applied`` + ``follow=``: every
-  twin row through every layer and the unembedding), the path the fast one is tested equal to.
+- ``cmrm_sample_vs_hf``: ``CMRM.sample_level(alpha=1.0).generate`` end to end (3x batch: the TEXT_ONLY
+  and BLANK twins run alongside at every step). Target <= 1.5.
+- ``cmrm_sample_prefill_vs_hf``: ``CMRM.sample_level(alpha=1.0, steps="prefill").generate`` (the twins
+  run once, as their own prompt passes stopped after the last steered layer; steps: steered rows only).
+- ``cmrm_sample_prefill_one_batch_vs_hf``: the same steering as one 3x batch (``applied`` + ``follow=``),
+  the path the twin passes are tested equal to.
 - ``shiftdc_excl_caption_vs_hf``: ``ShiftDC(..., caption_source="sample").generate`` with the
   captions given (one unsteered pass of inputs + caption twins, then steered generation). Target <= 1.25.
 - ``shiftdc_incl_caption_vs_hf``: ``ShiftDC(..., caption_source="self").generate``: the model first
@@ -21,7 +23,7 @@ Ratios (median time / median time of raw HF ``generate``, unsteered):
   the response). Target <= 1.71 (the paper's 4.66 s / 2.73 s on LLaVA-1.5-7B).
 
 Timings are medians of interleaved repeats (3 in quick mode, 1 in mid mode) after one warm-up run
-of each variant with 2 new tokens. The mid mode is one round of seven 64-token generations (the
+of each variant with 2 new tokens. The mid mode is one round of eight 64-token generations (the
 steered ones up to 4x a plain one); with 3 rounds and a separate check pass it had not finished
 after 15 minutes on 2 shared CPU cores. The last timed outputs are checked: every row has
 ``max_new_tokens`` tokens, no hook is left, and the unsteered HookedVLM tokens are compared with
@@ -88,10 +90,11 @@ def main(argv: list[str] | None = None) -> dict:
     direction = SafetyDirection.fit(model, samples[::2], samples[1::2], progress=False)
     cmrm = CMRM(vectors, alpha=1.0)
     sample_cmrm = CMRM.sample_level(alpha=1.0)
+    sample_prefill = CMRM.sample_level(alpha=1.0, steps="prefill")
     shiftdc_given = ShiftDC(direction, caption_source="sample")
 
     def variants(n: int) -> dict:
-        """The seven variants, each generating ``n`` tokens per row (captions of ``n`` tokens too)."""
+        """The eight variants, each generating ``n`` tokens per row (captions of ``n`` tokens too)."""
         shiftdc_self = ShiftDC(direction, caption_source="self", caption_max_new_tokens=n)
 
         def raw_hf():
@@ -110,8 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
             with cmrm.applied(model):
                 return model.generate(batch, max_new_tokens=n)
 
-        def cmrm_sample_one_batch():
-            with sample_cmrm.applied(model, samples) as run:
+        def cmrm_sample_prefill_one_batch():
+            with sample_prefill.applied(model, samples) as run:
                 return run.output(model.generate(run.batch, max_new_tokens=n, follow=run.follow))
 
         return {
@@ -119,7 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
             "hooked_generate": lambda: model.generate(batch, max_new_tokens=n),
             "cmrm_dataset_generate": cmrm_dataset,
             "cmrm_sample": lambda: sample_cmrm.generate(model, samples, n),
-            "cmrm_sample_one_batch": cmrm_sample_one_batch,
+            "cmrm_sample_prefill": lambda: sample_prefill.generate(model, samples, n),
+            "cmrm_sample_prefill_one_batch": cmrm_sample_prefill_one_batch,
             "shiftdc_excl_caption": lambda: shiftdc_given.generate(model, samples, n),
             "shiftdc_incl_caption": lambda: shiftdc_self.generate(model, samples, n),
         }

@@ -1,7 +1,7 @@
-"""Twin rows that pay only for what is read: sample-level CMRM's separate, truncated twin pass.
+"""Twin rows that pay only for what is read: sample-level CMRM's separate, truncated twin passes.
 
-``SampleCMRM.generate`` runs the TEXT_ONLY and BLANK twins as their own KV-cached pass stopped after
-the last steered layer; it must equal the one-batch path (the 3x batch of ``applied`` generated with
+With ``steps="prefill"``, ``SampleCMRM.generate`` runs the TEXT_ONLY and BLANK twins as their own
+prompt passes stopped after the last steered layer; it must equal the one-batch path (the 3x batch of ``applied`` generated with
 ``follow=``): tokens identical, the steered rows' logits at every step within 1e-5.
 """
 
@@ -29,12 +29,12 @@ def _logits_per_step(model, run_generation, rows):
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"layers": [0]}, {"steps": "prefill"}, {"layers": [1], "blank": "noise"}],
-    ids=["all-layers", "layer0", "prefill", "noise-blank"],
+    [{}, {"layers": [0]}, {"layers": [1], "blank": "noise"}],
+    ids=["all-layers", "layer0", "noise-blank"],
 )
 def test_twin_pass_equals_one_batch(tiny_model, samples, options):
     model, n = tiny_model, len(samples)
-    sl = CMRM.sample_level(alpha=3.0, **options)
+    sl = CMRM.sample_level(alpha=3.0, steps="prefill", **options)
 
     def one_batch():
         with sl.applied(model, samples) as run:
@@ -58,9 +58,11 @@ def test_twins_run_only_up_to_the_last_steered_layer(tiny_model, samples):
     fired = []
     names = tiny_model.hook_names("resid_post")
     with tiny_model.hooks([(name, lambda x, hook: fired.append(hook.name)) for name in names]):
-        CMRM.sample_level(alpha=1.0, layers=[0]).generate(tiny_model, samples, max_new_tokens=2)
-    # Per step: layer 0 in the TEXT_ONLY, BLANK and steered passes; layer 1 in the steered pass only.
-    assert fired.count(names[0]) == 3 * 2 and fired.count(names[1]) == 2
+        CMRM.sample_level(alpha=1.0, layers=[0], steps="prefill").generate(
+            tiny_model, samples, max_new_tokens=3
+        )
+    # Layer 0: the TEXT_ONLY and BLANK prompt passes, then the steered rows' 3 steps; layer 1: steered only.
+    assert fired.count(names[0]) == 2 + 3 and fired.count(names[1]) == 3
 
 
 def test_truncated_cached_run_equals_the_full_forward(tiny_model, samples):
@@ -82,3 +84,13 @@ def test_truncated_cached_run_equals_the_full_forward(tiny_model, samples):
         run.step()
     with pytest.raises(ValueError, match="run the prompt first"):
         CachedRun(tiny_model, batch).step(fed[:, 0])
+
+
+def test_prompt_pass_unembeds_the_last_position_unless_unembed_is_cached(tiny_model, samples):
+    batch = PromptBatch.paired(tiny_model, samples[:2], [Condition.TEXT_ONLY])
+    seen = []
+    with tiny_model.hooks([("unembed.hook_out", lambda x, hook: seen.append(x.shape[1]))]):
+        tiny_model.generate(batch, max_new_tokens=2)
+    assert seen == [1, 1]
+    out = tiny_model.generate(batch, max_new_tokens=2, cache_names="unembed.hook_out")
+    assert out.cache["unembed.hook_out"].shape[1] == batch.input_ids.shape[1] + 1

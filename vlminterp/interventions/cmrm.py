@@ -105,37 +105,28 @@ def _sample_shift_hook(
 
 
 class _TwinPass:
-    """Sample-level CMRM's twins run as their own passes, stopped after the last steered layer.
+    """Sample-level CMRM's twins for ``steps="prefill"``: their own prompt passes, stopped early.
 
     The TEXT_ONLY and the BLANK rows are two truncated :class:`CachedRun` (each padded to its own
-    length: the short text-only prompts do not carry the image prompts' padding), fed the steered
-    rows' tokens. ``hook`` is installed at every steered hook point: while :meth:`before_step` runs
-    the twins' step it records their last-position states; in the steered rows' forward that
-    follows, it adds each layer's shift. With ``steps="prefill"`` the twins run at the prompt only.
+    length: the short text-only prompts do not carry the image prompts' padding), stopped after the
+    last steered layer. ``hook`` is installed at every steered hook point: while :meth:`before_step`
+    runs the twins' prompt pass it records their last-position states; in the steered rows' prompt
+    pass that follows, it adds each layer's shift. Generation steps run the steered rows alone.
     """
 
-    def __init__(
-        self,
-        model: HookedVLM,
-        text: PromptBatch,
-        blank: PromptBatch,
-        alpha: float,
-        last: int,
-        every_step: bool,
-    ):
+    def __init__(self, model: HookedVLM, text: PromptBatch, blank: PromptBatch, alpha: float, last: int):
         self.runs = {"text": CachedRun(model, text, last), "blank": CachedRun(model, blank, last)}
         self.alpha = alpha
-        self.every_step = every_step
         self.reading: str | None = None
         self.states: dict[tuple[str, str], Tensor] = {}
 
     def before_step(self, tokens: Tensor | None) -> None:
-        if tokens is not None and not self.every_step:
+        if tokens is not None:
             return
         try:
             for which, run in self.runs.items():
                 self.reading = which
-                run.step(tokens)
+                run.step()
         finally:
             self.reading = None
 
@@ -145,7 +136,7 @@ class _TwinPass:
         if self.reading is not None:
             self.states[self.reading, hook.name] = activation[:, -1]
             return None
-        if not self.every_step and is_generation_step(activation):
+        if is_generation_step(activation):
             return activation
         shift = _twin_shift(self.states["text", hook.name], self.states["blank", hook.name], self.alpha)
         return add_at(activation, shift, "last")
@@ -420,21 +411,23 @@ class SampleCMRM(Intervention):
     def generate(
         self, model: HookedVLM, inputs: Inputs, max_new_tokens: int = 32, **generate_kwargs: Any
     ) -> Generation:
-        """Steered generation of the output rows, the twins paying only for what is read of them.
+        """Steered generation of the output rows; with ``steps="prefill"`` the twins run once, truncated.
 
         The result equals generating the 3x batch of :meth:`applied` with ``follow=`` (tokens
-        identical, logits to float rounding), but the TEXT_ONLY and the BLANK twins run as separate
-        passes that stop after the last steered layer (no later layers, final norm or unembedding),
-        each padded to its own length and fed the steered rows' tokens; with ``steps="prefill"`` they run at the prompt pass only.
-        With ``cache_names=`` (which caches every row) the 3x batch runs as one.
+        identical, logits to float rounding). With ``steps="prefill"`` the TEXT_ONLY and the BLANK
+        twins run as separate prompt passes that stop after the last steered layer (no later
+        layers, final norm or unembedding), each padded to its own length, and generation steps
+        run the steered rows alone. With ``steps="all"`` (the twins are read at every step) or
+        ``cache_names=`` the 3x batch runs as one: on CPU at 4.5M parameters, three forwards per
+        step measured slower than one of three times the rows.
         """
-        if inputs is None or generate_kwargs.get("cache_names") is not None:
+        if inputs is None or self.steps == "all" or generate_kwargs.get("cache_names") is not None:
             return super().generate(model, inputs, max_new_tokens, **generate_kwargs)
         batch = self._batch(model, inputs)
         n = twin_blocks(batch, self._twins, "SampleCMRM")
         layers = self.site.layer_indices(model.cfg.n_layers)
         text, blank = batch.select(range(n, 2 * n)), batch.select(range(2 * n, 3 * n))
-        twins = _TwinPass(model, text, blank, self.alpha, max(layers), every_step=self.steps == "all")
+        twins = _TwinPass(model, text, blank, self.alpha, max(layers))
         return model.generate(
             batch.select(range(n)),
             max_new_tokens=max_new_tokens,
