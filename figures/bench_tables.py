@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -30,8 +29,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from figures.readme_tables import differences, rewrite  # noqa: E402
-from vlminterp.io import write_text_atomic  # noqa: E402
+from figures.readme_tables import block_main  # noqa: E402
 
 BLOCK = "bench-table"
 SIZE_ORDER = ("quick", "mid", "llava-7b")
@@ -161,28 +159,15 @@ def render(results: Path) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="figures/bench_tables.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--readme", type=Path, default=Path("README.md"))
-    parser.add_argument(
-        "--check", action="store_true", help="only compare; exit 1 naming the rows that differ"
+    """``python figures/bench_tables.py [--results benchmarks/results] [--readme README.md] [--check]``."""
+    return block_main(
+        "figures/bench_tables.py",
+        __doc__,
+        render,
+        Path("benchmarks/results"),
+        "recorded benchmark lines (*.jsonl)",
+        argv,
     )
-    args = parser.parse_args(argv)
-    readme = args.readme.read_text(encoding="utf-8")
-    tables = render(args.results)
-    if args.check:
-        messages = differences(readme, tables)
-        for m in messages:
-            print(m, file=sys.stderr)
-        if messages:
-            print(f"Regenerate: python figures/bench_tables.py --results {args.results}", file=sys.stderr)
-        return 1 if messages else 0
-    updated = rewrite(readme, tables)
-    if updated != readme:
-        write_text_atomic(args.readme, updated)
-    state = "rewritten" if updated != readme else "already up to date"
-    print(f"{args.readme}: {BLOCK} {state} from {args.results}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -162,24 +162,39 @@ def check(readme: Path, results: Path) -> list[str]:
     return differences(Path(readme).read_text(encoding="utf-8"), render(results))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="figures/readme_tables.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--results", type=Path, default=Path("results/demo"), help="the demo's results directory"
-    )
+def block_main(
+    prog: str,
+    description: str,
+    render_tables: Callable[[Path], dict[str, str]],
+    default_results: Path,
+    results_help: str,
+    argv: Sequence[str] | None = None,
+) -> int:
+    """The command line of a README-block generator: rewrite the blocks from the results, or ``--check``.
+
+    Args:
+        prog: The script as it is run (shown in usage and in the "Regenerate:" hint).
+        description: The script's docstring (its first paragraph is the help text).
+        render_tables: results folder -> {block name: Markdown table}.
+        default_results: ``--results`` default.
+        results_help: ``--results`` help text.
+        argv: Arguments (default ``sys.argv[1:]``).
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description.split("\n\n")[0])
+    parser.add_argument("--results", type=Path, default=default_results, help=results_help)
     parser.add_argument("--readme", type=Path, default=Path("README.md"))
     parser.add_argument(
         "--check", action="store_true", help="only compare; exit 1 naming the rows that differ"
     )
     args = parser.parse_args(argv)
     readme = args.readme.read_text(encoding="utf-8")
-    tables = render(args.results)
+    tables = render_tables(args.results)
     if args.check:
         messages = differences(readme, tables)
         for m in messages:
             print(m, file=sys.stderr)
         if messages:
-            print(f"Regenerate: python figures/readme_tables.py --results {args.results}", file=sys.stderr)
+            print(f"Regenerate: python {prog} --results {args.results}", file=sys.stderr)
         return 1 if messages else 0
     updated = rewrite(readme, tables)
     if updated != readme:
@@ -187,6 +202,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     state = "rewritten" if updated != readme else "already up to date"
     print(f"{args.readme}: {', '.join(tables)} {state} from {args.results}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python figures/readme_tables.py [--results results/demo] [--readme README.md] [--check]``."""
+    return block_main(
+        "figures/readme_tables.py",
+        __doc__,
+        render,
+        Path("results/demo"),
+        "the demo's results directory",
+        argv,
+    )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 
@@ -136,3 +137,12 @@ def no_shape_checks():
     """:func:`shape_checks_off` for a whole test (one that checks the library's bad-input errors)."""
     with shape_checks_off():
         yield
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matmuls: one torch thread is fastest and immune to a busy machine (restored after the module)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

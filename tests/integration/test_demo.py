@@ -61,7 +61,9 @@ def test_demo_writes_tidy_results_and_figures(demo):
     for fig in ("pca_scatter", "probe_accuracy", "gap_metrics", "distortion", "layer_ablation"):
         assert (cfg.out / "figures" / f"{fig}.html").is_file(), fig
     selection = json.loads((cfg.out / "alpha_selection.json").read_text())
-    assert sum(r["chosen"] for r in selection) == 2 * 3 and all(r["split"] == "val" for r in selection)  # 3 metrics each
+    assert sum(r["chosen"] for r in selection) == 2 * 3 and all(
+        r["split"] == "val" for r in selection
+    )  # 3 metrics each
 
 
 def test_summary_rows_come_from_the_judge(demo, organism):

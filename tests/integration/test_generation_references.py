@@ -14,7 +14,6 @@ under ``.venv-latest`` the vlminterp-vs-reference tests fail.
 from __future__ import annotations
 
 import pytest
-import torch
 
 from vlminterp import Condition, HookedVLM, PromptBatch
 from vlminterp.references import (
@@ -27,7 +26,7 @@ from vlminterp.references import (
 )
 from vlminterp.testing import tiny_families
 
-pytestmark = pytest.mark.reference
+pytestmark = [pytest.mark.reference, pytest.mark.usefixtures("one_thread")]
 
 NAMES = [
     "generate == HF generate",
@@ -37,15 +36,6 @@ NAMES = [
     "shiftdc",
     "head ablation (all steps)",
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny matmuls: one thread is fastest and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module", params=[*tiny_families(), "organism"])

@@ -17,7 +17,10 @@ from vlminterp import Condition, PromptBatch
 from vlminterp.analysis import attribution, patching
 from vlminterp.references import hf_decoder_layers, load_reference_model
 
-pytestmark = pytest.mark.reference  # also run by `make test-latest` (the drift guard)
+pytestmark = [
+    pytest.mark.reference,
+    pytest.mark.usefixtures("one_thread"),
+]  # reference: also run by `make test-latest`
 
 TOL = 1e-4
 #: (clean, corrupt, with a teacher-forced response of different lengths per row appended to both)
@@ -37,15 +40,6 @@ def pairing_id(pairing):
 def metric(logits):
     """One value per row: a logit difference at the last position (differentiable)."""
     return logits[:, -1, 3] - logits[:, -1, 5]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny matmuls: one thread is fastest and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from figures import bench_tables
+from figures import bench_tables, readme_tables
 
 README = (
     "# x\n\n## Speed\n\nprose before\n\n<!-- bench-table:start -->\nold\n<!-- bench-table:end -->\n\n"
@@ -87,7 +87,7 @@ def test_rewrite_then_check_agree_and_a_changed_number_is_named(results, tmp_pat
     assert text.startswith("# x\n\n## Speed\n\nprose before\n") and text.endswith("\n\nprose after\n")
     assert bench_tables.main(["--results", str(results), "--readme", str(readme), "--check"]) == 0
     readme.write_text(text.replace("**1.300×**", "**1.100×**"))
-    messages = bench_tables.differences(readme.read_text(), bench_tables.render(results))
+    messages = readme_tables.differences(readme.read_text(), bench_tables.render(results))
     assert len(messages) == 1 and "row '`bench_sweep` | quick'" in messages[0] and "1.300×" in messages[0]
 
 
@@ -105,5 +105,5 @@ def test_bad_result_files_are_named(tmp_path):
 def test_readme_benchmark_table_matches_the_committed_results():
     root = Path(__file__).resolve().parents[2]
     tables = bench_tables.render(root / "benchmarks" / "results")
-    messages = bench_tables.differences((root / "README.md").read_text(encoding="utf-8"), tables)
+    messages = readme_tables.differences((root / "README.md").read_text(encoding="utf-8"), tables)
     assert not messages, "Regenerate with python figures/bench_tables.py:\n" + "\n".join(messages)
