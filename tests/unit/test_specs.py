@@ -63,10 +63,11 @@ def test_judge_specs(tmp_path):
     assert [v.refused for v in organism.judge(None, texts)] == [is_refusal(t) for t in texts] == [True, False]
     keyword = JudgeSpec.parse("keyword:gcg", judges_dir=tmp_path)
     assert (keyword.name, keyword.judges_dir) == ("keyword:gcg", str(tmp_path))
-    assert (
-        JudgeSpec.parse("keyword:gcg").judges_dir == str(DEFAULT_JUDGES_DIR)
-        or not DEFAULT_JUDGES_DIR.is_dir()
-    )
+    if DEFAULT_JUDGES_DIR.is_dir():  # a source checkout beside ../shared: the published keyword lists
+        assert JudgeSpec.parse("keyword:gcg").judges_dir == str(DEFAULT_JUDGES_DIR)
+    else:
+        with pytest.raises(ValueError, match="is not a folder"):
+            JudgeSpec.parse("keyword:gcg")
     with pytest.raises(ValueError, match="is not a folder"):
         JudgeSpec.parse("keyword:gcg", judges_dir=tmp_path / "missing")
     with pytest.raises(ValueError, match="--judge 'keyword:nope'"):
