@@ -25,7 +25,6 @@ Example:
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 
@@ -59,10 +58,11 @@ def tune_malloc(environ: dict[str, str] | None = None) -> dict[str, int]:
         return {}
     if not sys.platform.startswith("linux"):
         return {}
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    try:  # the process's own symbols: no library search (find_library would spawn ldconfig at import)
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018  (glibc only: musl's mallopt is a no-op)
         mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and other C libraries have no mallopt
+    except (OSError, AttributeError):
         return {}
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     for name, (param, value) in MALLOPT_SETTINGS.items():
