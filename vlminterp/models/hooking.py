@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -38,9 +38,7 @@ from torch import Tensor
 from vlminterp.cache.activation_cache import ActivationCache
 from vlminterp.hook_names import NamesFilter
 from vlminterp.positions import Positions, describe_positions, position_selector
-
-if TYPE_CHECKING:
-    from vlminterp.prompts import PromptBatch
+from vlminterp.prompts import PromptBatch
 
 __all__ = ["HookingMixin", "HookFn", "FwdHooks", "Metric", "require_batch"]
 
@@ -280,8 +278,6 @@ class HookingMixin:
 
 def require_batch(batch: Any, who: str) -> None:
     """Raise a TypeError saying how to build a PromptBatch when ``batch`` is anything else (e.g. a str)."""
-    from vlminterp.prompts import PromptBatch
-
     if not isinstance(batch, PromptBatch):
         raise TypeError(
             f"{who} takes a PromptBatch, got {type(batch).__name__}. Build one from requests: "
