@@ -47,8 +47,6 @@ __all__ = [
     "StatsKey",
     "CollectPlan",
     "label_key",
-    "dist_rank_world",
-    "barrier",
     "plan_collection",
     "prompt_batches",
     "run_shard",
@@ -74,23 +72,6 @@ def label_key(label: str | None) -> str:
         ('unlabeled', 'harmful')
     """
     return UNLABELED if label is None else label
-
-
-def dist_rank_world() -> tuple[int, int]:
-    """``(rank, world size)`` under an initialised ``torch.distributed`` group, else ``(0, 1)``."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def barrier(world: int) -> None:
-    """Wait for every process when there are several (``world > 1``)."""
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 @dataclass(frozen=True)

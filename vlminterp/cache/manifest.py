@@ -35,7 +35,7 @@ from typing import Any
 
 from torch import Tensor
 
-from vlminterp.cache.collection import CollectPlan, StatsKey, barrier, stats_from_tensors, stats_tensors
+from vlminterp.cache.collection import CollectPlan, StatsKey, stats_from_tensors, stats_tensors
 from vlminterp.cache.identity import model_fingerprint
 from vlminterp.cache.running_stats import RunningStats
 from vlminterp.cache.shards import (
@@ -48,6 +48,7 @@ from vlminterp.cache.shards import (
     write_json_atomic,
     write_shard,
 )
+from vlminterp.parallel import barrier
 from vlminterp.prompts import Sample
 
 __all__ = [
@@ -187,12 +188,12 @@ def open_out_dir(
         raise FileExistsError(
             f"{str(out)!r} is not empty and holds no {MANIFEST_NAME}; collect writes into an empty or new directory."
         )
-    barrier(world)
+    barrier()
     if rank == 0 and not path.is_file():
         write_json_atomic(
             path, {"format": FORMAT, "config": config, "batch_size": batch_size, "complete": False}
         )
-    barrier(world)
+    barrier()
 
 
 def finished_shard_stats(

@@ -44,8 +44,6 @@ from vlminterp.cache.collection import (
     UNLABELED,
     StatsKey,
     all_reduce,
-    barrier,
-    dist_rank_world,
     label_key,
     merge_into,
     plan_collection,
@@ -65,6 +63,7 @@ from vlminterp.cache.shards import (
     verify_shard,
     write_json_atomic,
 )
+from vlminterp.parallel import barrier, rank_world
 from vlminterp.prompts import Condition, Sample
 
 __all__ = ["ActivationStore", "UNLABELED", "KEEP_CHOICES"]
@@ -158,7 +157,7 @@ class ActivationStore:
             out_dir, keep, covariance, storage_dtype, prompt_options, prefetch=prefetch,
         )  # fmt: skip
         config = collection_config(model, plan, samples)
-        rank, world = dist_rank_world()
+        rank, world = rank_world()
         out = None if out_dir is None else Path(out_dir)
         if out is not None:
             open_out_dir(out, config, resume, rank, world, batch_size)
@@ -188,7 +187,7 @@ class ActivationStore:
             all_reduce(stats, plan.covariance)
         manifest: dict[str, Any] = {"format": FORMAT, "config": config, "batch_size": batch_size}
         if out is not None:
-            barrier(world)
+            barrier()
             records = [read_record(out, k) for k in range(len(shards))]
             missing = [k for k, r in enumerate(records) if r is None]
             if missing:
@@ -198,7 +197,7 @@ class ActivationStore:
             manifest.update(complete=True, shards=[r.to_dict() for r in records if r is not None])
             if rank == 0:
                 write_json_atomic(out / MANIFEST_NAME, manifest)
-            barrier(world)
+            barrier()
         return cls(manifest, stats if plan.keeps_stats else None, out)
 
     @classmethod

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from typing import Any
 from vlminterp.cache.manifest import MANIFEST_NAME
 from vlminterp.cache.store import KEEP_CHOICES, ActivationStore
 from vlminterp.interventions.site import resolve_layers
+from vlminterp.parallel import init_from_env
 from vlminterp.positions import POSITION_NAMES, check_positions, positions_from_text
 from vlminterp.prompts import Condition
 from vlminterp.specs import DATASET_SPEC_HELP, MODEL_SPEC_HELP, ModelSpec
@@ -194,22 +194,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
-def _init_distributed(device: str) -> str:
-    """Join the process group of torchrun / accelerate (env ``WORLD_SIZE`` > 1); returns this rank's device."""
-    import torch
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return device
-    cuda = device.startswith("cuda")
-    dist.init_process_group("nccl" if cuda else "gloo")
-    if cuda:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return f"cuda:{local}"
-    return device
-
-
 def collect(cfg: CollectConfig) -> ActivationStore:
     """Run the collection described by ``cfg`` (samples and layers checked before anything is written)."""
     out = Path(cfg.out)
@@ -222,7 +206,7 @@ def collect(cfg: CollectConfig) -> ActivationStore:
     samples = cfg.sources().load()
     counts = class_counts(samples)
     print(f"classes: {counts['harmful']} harmful, {counts['benign']} benign, {len(samples)} samples")
-    device = _init_distributed(cfg.device)
+    device = init_from_env(cfg.device)
     model = ModelSpec.parse(cfg.model).load(device=device, device_map=cfg.device_map)
     if cfg.layers is not None:
         resolve_layers(cfg.layers, model.cfg.n_layers, "--layers")

@@ -1,0 +1,101 @@
+"""Data-parallel runs: the process group of ``torchrun`` / ``accelerate launch``, shards and gathers.
+
+Every long command (collect, eval, steer, sweep, reproduce, the studies) runs unchanged under
+``torchrun --nproc-per-node N``: :func:`init_from_env` joins the group the launcher describes
+(env ``WORLD_SIZE`` > 1; gloo on CPU, nccl on CUDA, one GPU per local rank), each process works on
+:func:`shard` of the items, and :func:`gather` hands every process the list of all ranks' parts,
+so rank 0 writes one merged result equal to a one-process run. Without a launcher every function
+is a no-op: rank 0 of 1.
+
+Example:
+    >>> rank_world()
+    (0, 1)
+    >>> shard(list("abcde"))  # one process: everything
+    ['a', 'b', 'c', 'd', 'e']
+    >>> shard(list("abcde"), rank=1, world=2)  # every 2nd item from the second
+    ['b', 'd']
+    >>> gather({"rows": 3})
+    [{'rows': 3}]
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+__all__ = ["rank_world", "is_main", "init_from_env", "barrier", "shard", "gather"]
+
+T = TypeVar("T")
+
+
+def rank_world() -> tuple[int, int]:
+    """``(rank, world size)`` under an initialised ``torch.distributed`` group, else ``(0, 1)``."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main() -> bool:
+    """True on rank 0 (and in a plain one-process run): the process that writes merged results."""
+    return rank_world()[0] == 0
+
+
+def init_from_env(device: str = "cpu") -> str:
+    """Join the process group a launcher describes (env ``WORLD_SIZE`` > 1); returns this rank's device.
+
+    A one-process run, or a group already initialised, is left as it is and ``device`` returned.
+    On CUDA each process takes the GPU of its ``LOCAL_RANK`` (nccl); otherwise gloo.
+
+    Args:
+        device: The device the command was given (``"cpu"``, ``"cuda"``, ``"cuda:0"``).
+    """
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return device
+    cuda = device.startswith("cuda")
+    dist.init_process_group("nccl" if cuda else "gloo")
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return f"cuda:{local}"
+    return device
+
+
+def barrier() -> None:
+    """Wait for every process (no-op in a one-process run)."""
+    if rank_world()[1] > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def shard(items: Sequence[T], rank: int | None = None, world: int | None = None) -> list[T]:
+    """This process's part of ``items``: every ``world``-th item from index ``rank`` (strided, so the
+    parts are balanced when cost varies along the list).
+
+    Args:
+        items: Everything to be done, in the same order on every process.
+        rank, world: Default :func:`rank_world`.
+    """
+    r, w = rank_world()
+    rank, world = r if rank is None else rank, w if world is None else world
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is not in 0..{world - 1}.")
+    return list(items[rank::world])
+
+
+def gather(obj: Any) -> list[Any]:
+    """Every process's ``obj`` (picklable), in rank order, on every process; ``[obj]`` in one process."""
+    rank, world = rank_world()
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    parts: list[Any] = [None] * world
+    dist.all_gather_object(parts, obj)
+    return parts
