@@ -4,8 +4,11 @@ Every long command (collect, eval, steer, sweep, reproduce, the studies) runs un
 ``torchrun --nproc-per-node N``: :func:`init_from_env` joins the group the launcher describes
 (env ``WORLD_SIZE`` > 1; gloo on CPU, nccl on CUDA, one GPU per local rank), each process works on
 :func:`shard` of the items, and :func:`gather` hands every process the list of all ranks' parts,
-so rank 0 writes one merged result equal to a one-process run. Without a launcher every function
-is a no-op: rank 0 of 1.
+so rank 0 writes one merged result equal to a one-process run. :func:`on_main` runs a step that
+must happen once (a config check that writes a file, a judge, a report) on rank 0 and hands every
+process its result, or its error, so all ranks go on or stop together; :func:`broadcast` hands
+every process rank 0's object (fitted vectors, so every rank steers with the same bits). Without a
+launcher every function is a no-op: rank 0 of 1.
 
 Example:
     >>> rank_world()
@@ -16,15 +19,17 @@ Example:
     ['b', 'd']
     >>> gather({"rows": 3})
     [{'rows': 3}]
+    >>> on_main(lambda: "checked"), broadcast([1, 2])
+    ('checked', [1, 2])
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-__all__ = ["rank_world", "is_main", "init_from_env", "barrier", "shard", "gather"]
+__all__ = ["rank_world", "is_main", "init_from_env", "barrier", "shard", "gather", "broadcast", "on_main"]
 
 T = TypeVar("T")
 
@@ -99,3 +104,43 @@ def gather(obj: Any) -> list[Any]:
     parts: list[Any] = [None] * world
     dist.all_gather_object(parts, obj)
     return parts
+
+
+def broadcast(obj: T) -> T:
+    """Rank 0's ``obj`` (picklable) on every process; ``obj`` itself in one process.
+
+    Every rank passes its own ``obj`` (ignored except on rank 0), e.g. vectors every rank fitted, so
+    that all ranks continue with rank 0's bits.
+    """
+    if rank_world()[1] == 1:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def on_main(fn: Callable[[], T]) -> T:
+    """Call ``fn`` on rank 0 only; every rank returns its result, or raises the exception it raised.
+
+    The other ranks wait meanwhile. Use it for a step that must happen once (checking and writing
+    a config file, judging, writing a table): when rank 0 refuses, every rank raises the same error
+    (same type and message) instead of hanging at the next collective.
+
+    Args:
+        fn: A function of no arguments; its result (or exception) must be picklable.
+    """
+    if rank_world()[1] == 1:
+        return fn()
+    result: Any = None
+    error: Exception | None = None
+    if is_main():
+        try:
+            result = fn()
+        except Exception as e:  # handed to every rank and raised there
+            error = e
+    result, error = broadcast((result, error))
+    if error is not None:
+        raise error
+    return result

@@ -7,6 +7,14 @@ several. Lines are appended per batch by rewriting the file to a temporary file 
 an interrupted run leaves only whole lines), and a rerun skips the ids already there, so a long run
 never loses finished work.
 
+Under ``torchrun`` / ``accelerate launch`` (:mod:`vlminterp.parallel`) each process generates
+:func:`~vlminterp.parallel.shard` of the samples still to do and appends its rows, per batch, to its
+own part file next to ``out_path`` (``responses.rank1.jsonl`` for ``responses.jsonl``); after a
+barrier rank 0 moves them into ``out_path`` in sample order (one atomic rewrite) and deletes the
+parts. The file is then the one a one-process run writes. A run killed midway leaves its finished
+rows in the part files: :func:`read_responses` counts them, and the next run (any number of
+processes) merges them first and skips them.
+
 Any :class:`~vlminterp.interventions.Intervention` is run the same way: per batch of samples,
 ``intervention.generate(model, intervention.prompts(model, chunk, condition))`` (per-input methods
 build their twin rows there; the responses are the output rows).
@@ -24,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,33 +41,113 @@ from tqdm.auto import tqdm
 
 from vlminterp.interventions.base import Intervention
 from vlminterp.io import write_text_atomic
+from vlminterp.parallel import barrier, is_main, rank_world, shard
 from vlminterp.prompts import Condition, PromptBatch, Sample
 from vlminterp.specs import model_name
 
 if TYPE_CHECKING:
     from vlminterp.models.hooked_vlm import HookedVLM
 
-__all__ = ["generate_responses", "read_responses"]
+__all__ = ["generate_responses", "read_responses", "part_paths", "merge_parts"]
 
 
-def read_responses(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a responses file (empty if it does not exist); a malformed line raises naming it."""
+def part_paths(path: str | Path) -> list[Path]:
+    """The per-rank part files of ``path`` (``responses.rank0.jsonl``, ...) that a data-parallel run left.
+
+    Example:
+        >>> part_paths("no/such/responses.jsonl")
+        []
+    """
     path = Path(path)
+    pattern = re.compile(re.escape(path.stem) + r"\.rank\d+" + re.escape(path.suffix))
+    if not path.parent.is_dir():
+        return []
+    return sorted(p for p in path.parent.iterdir() if pattern.fullmatch(p.name))
+
+
+def _part_path(path: Path, rank: int) -> Path:
+    return path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
+
+
+def _row_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return row.get("id"), row.get("dataset"), row.get("condition"), row.get("method")
+
+
+def _read_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """``(line, row)`` per non-empty line of ``path`` (none when it does not exist); bad JSON raises naming it."""
     if not path.is_file():
         return []
-    rows = []
+    out = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                out.append((line if line.endswith("\n") else line + "\n", json.loads(line)))
             except json.JSONDecodeError as e:
                 raise ValueError(
                     f"{path}, line {n}: not valid JSON ({e.msg}). The file was not written by generate_responses; "
                     "move it away to start over."
                 ) from None
-    return rows
+    return out
+
+
+def _unmerged(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """Lines of the part files of ``path`` whose row is in neither ``path`` nor an earlier part."""
+    seen = {_row_key(row) for _, row in _read_lines(path)}
+    extra = []
+    for part in part_paths(path):
+        for line, row in _read_lines(part):
+            if _row_key(row) not in seen:
+                seen.add(_row_key(row))
+                extra.append((line, row))
+    return extra
+
+
+def read_responses(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a responses file and of any part files an interrupted data-parallel run left beside it.
+
+    Empty if none exists; a malformed line raises naming its file and line.
+    """
+    path = Path(path)
+    return [row for _, row in _read_lines(path)] + [row for _, row in _unmerged(path)]
+
+
+def merge_parts(path: str | Path, order: Sequence[str] = ()) -> int:
+    """Move the rows of ``path``'s part files into ``path`` (one atomic rewrite), then delete the parts.
+
+    Rows already in ``path`` are not repeated. Call it on one process (rank 0) while the others wait.
+
+    Args:
+        path: The responses file.
+        order: Sample ids: the moved rows are appended in this order (ids not in it last, as found),
+            so a merged data-parallel run writes the file a one-process run writes.
+
+    Returns:
+        The number of rows moved.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "responses.jsonl"
+        >>> _ = path.with_name("responses.rank1.jsonl").write_text('{"id": "b"}\\n')
+        >>> _ = path.with_name("responses.rank0.jsonl").write_text('{"id": "a"}\\n{"id": "c"}\\n')
+        >>> [r["id"] for r in read_responses(path)]
+        ['a', 'c', 'b']
+        >>> merge_parts(path, order=["a", "b", "c"]), path.read_text(), part_paths(path)
+        (3, '{"id": "a"}\\n{"id": "b"}\\n{"id": "c"}\\n', [])
+    """
+    path = Path(path)
+    parts = part_paths(path)
+    if not parts:
+        return 0
+    extra = _unmerged(path)
+    rank = {sample_id: i for i, sample_id in enumerate(order)}
+    extra.sort(key=lambda line_row: rank.get(line_row[1].get("id"), len(rank)))  # stable: as found otherwise
+    if extra:
+        _append_atomic(path, [line for line, _ in extra])
+    for part in parts:
+        part.unlink()
+    return len(extra)
 
 
 def _append_atomic(path: Path, lines: list[str]) -> None:
@@ -99,7 +188,8 @@ def generate_responses(
             ``caption_template=``, ...).
 
     Returns:
-        Every row of ``out_path`` for these samples (earlier runs' and new ones), in sample order.
+        Every row of ``out_path`` for these samples (earlier runs' and new ones), in sample order, on
+        every process of a data-parallel run.
     """
     cond = Condition.parse(condition)
     if batch_size < 1:
@@ -124,16 +214,22 @@ def generate_responses(
     }
     path = Path(out_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    done = {
-        r["id"]: r
-        for r in read_responses(path)
-        if (r.get("condition"), r.get("method"), r.get("dataset")) == (cond.value, method, dataset)
-    }
-    todo = [s for s in samples if s.id not in done]
+    rank, world = rank_world()
+    if is_main():
+        merge_parts(path)  # rows an interrupted data-parallel run left in part files
+    barrier()
+
+    def finished() -> dict[str, dict[str, Any]]:
+        return {r["id"]: r for r in read_responses(path) if _row_key(r)[1:] == (dataset, cond.value, method)}
+
+    done = finished()
+    remaining = [s for s in samples if s.id not in done]
+    todo = shard(remaining)  # this process's part (all of it in a one-process run)
+    target = path if world == 1 else _part_path(path, rank)
     bar = tqdm(
         total=len(samples),
-        initial=len(samples) - len(todo),
-        disable=not progress,
+        initial=len(samples) - len(remaining),
+        disable=not progress or not is_main(),
         desc=f"generate {cond.value}",
     )
     for start in range(0, len(todo), batch_size):
@@ -159,8 +255,14 @@ def generate_responses(
             }
             for s, text, response in zip(chunk, gen.batch.texts, gen.texts, strict=True)
         ]
-        _append_atomic(path, [json.dumps(r, default=str) + "\n" for r in rows])
+        _append_atomic(target, [json.dumps(r, default=str) + "\n" for r in rows])
         done.update((r["id"], r) for r in rows)
-        bar.update(len(chunk))
+        bar.update(len(chunk) * world)
     bar.close()
+    if world > 1:
+        barrier()  # every part written
+        if is_main():
+            merge_parts(path, ids)
+        barrier()
+        done = finished()
     return [done[i] for i in ids]
