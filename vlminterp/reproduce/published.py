@@ -203,9 +203,9 @@ PROTOCOL: dict[str, dict[str, str]] = {
             "3.15%' with inference-time intervention; the judge was not read (a third-party summary says "
             "Llama-3.1-8B-Instruct, unverified)."
         ),
-        "jailbreakllms": "The paper reports unsafe rates here (DESIGN.md, shared/data/README.md); none were read.",
-        "scienceqa": "A utility benchmark of the paper (DESIGN.md); its accuracies were not read.",
-        "llava-bench-coco": "A utility benchmark of the paper (DESIGN.md); its scores were not read.",
+        "jailbreakllms": "The paper reports unsafe rates here (shared/data/README.md); none were read.",
+        "scienceqa": "A utility benchmark of the paper (shared/seeds); its accuracies were not read.",
+        "llava-bench-coco": "A utility benchmark of the paper (shared/seeds); its scores were not read.",
         "method": (
             "DESIGN.md: v = h_text_only - h_blank_image per layer, h <- h_image + alpha*v at the last token "
             "every step, dataset- or sample-level, alpha swept in 0.1 steps with the best near 1.0."
@@ -222,7 +222,7 @@ PROTOCOL: dict[str, dict[str, str]] = {
             "Sub-task score = accuracy + accuracy+ (yes/no pairs); perception sums 10 sub-tasks (0-2000), "
             "cognition 4 (0-800); Table 3 reports their sum (App. B.2)."
         ),
-        "mm-vet": "GPT-4 with few-shot prompts grades each answer 0-1; the score is the mean x 100 (App. B.2).",
+        "mm-vet": "GPT-4 with few-shot prompts grades each answer 0-1; score = mean x 100 (App. B.2).",
         "timing": (
             "Average seconds per response on MM-SafetyBench and on the second benchmark (headed MM-Vet in "
             "Table 13, MME in §E.6); ShiftDC adds one caption generation and one activation pass."
