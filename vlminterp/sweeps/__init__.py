@@ -10,7 +10,8 @@ Any intervention works the same way: each point's intervention is prepared for t
 rows). The modules:
 
 - :mod:`.engine`: :func:`sweep` itself. Up to ``max_rows`` rows go in one forward; the unsteered
-  run is done once per sweep.
+  run is done once per sweep, and a point's forward starts at the first layer it hooks, from that
+  run's activations (:mod:`vlminterp.models.partial`; exact, tested against the full forward).
 - :mod:`.metrics`: :class:`RefusalScore`, :class:`JudgedRefusalRate`, :class:`KLToUnsteered`,
   :class:`GapClosed` (and the :class:`Metric` base for your own).
 - :mod:`.grid`: :func:`grid_points` (every combination, the last key varying fastest).

@@ -4,6 +4,13 @@ Grid points share a forward: their prepared batches are stacked along the batch 
 ``i`` carries point ``i``'s hooks (every hook acts on its own rows only, so a block is exactly the
 run of that point alone; batched == one-at-a-time is tested in ``tests/integration/test_sweeps.py``).
 
+Forwards start at the first layer their hooks act on: :func:`clean` records the clean run's layer
+inputs (:class:`~vlminterp.models.partial.LayerStarts`), and :func:`observe` runs a stack of points on
+the clean batch from the lowest layer any of them hooks, skipping the vision tower, the embeddings and
+the layers below (exact: tested against the full forward). Points with their own rows (twins of
+per-input methods), generating metrics and models that :func:`~vlminterp.models.partial.unsupported`
+names run the full forward.
+
 Example:
     >>> from vlminterp import HookedVLM, PromptBatch, Sample
     >>> model = HookedVLM.tiny("llava")
@@ -14,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -22,13 +30,16 @@ import torch
 from torch import Tensor
 
 from vlminterp.interventions.base import HookFn, Intervention, PreparedRun
+from vlminterp.models.partial import LayerStarts, start_layer
 from vlminterp.prompts import Condition, PromptBatch, Sample
 from vlminterp.sweeps.metrics import Observation
 
 if TYPE_CHECKING:
     from vlminterp.models.hooked_vlm import HookedVLM
 
-__all__ = ["Part", "observe", "packs", "prepared", "stacked_hooks"]
+__all__ = ["Part", "clean", "observe", "packs", "prepared", "stacked_hooks"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -71,13 +82,42 @@ def stacked_hooks(
     return [(name, make(entries)) for name, entries in by_name.items()]
 
 
+def clean(
+    model: HookedVLM, batch: PromptBatch, capture: list[str], max_new_tokens: int | None
+) -> tuple[Observation, LayerStarts | None]:
+    """The unsteered observation of ``batch``, and its layer inputs when points may start at a layer.
+
+    Returns ``(observation, None)`` when every point runs the full forward: a generating metric, or a
+    model whose runs cannot start at a layer (logged once per call, naming the reason).
+    """
+    if max_new_tokens is not None:
+        return observe(model, [Part.of(None, batch)], capture, max_new_tokens)[0], None
+    logits, cache, starts = LayerStarts.record(model, batch, capture)
+    observed = Observation(
+        logits=logits[:, -1].float().cpu(), captured={name: cache[name].float() for name in capture}
+    )
+    if starts.problem is not None:
+        logger.info(
+            "sweep: every point of %s runs the full forward (runs from a layer are not exact here: %s).",
+            model.cfg.model_id,
+            starts.problem,
+        )
+        return observed, None
+    return observed, starts
+
+
 def observe(
     model: HookedVLM,
     parts: list[Part],
     capture: list[str],
     max_new_tokens: int | None,
+    starts: LayerStarts | None = None,
 ) -> list[Observation]:
-    """One observation per part (its output rows), all in one forward of the parts' rows stacked."""
+    """One observation per part (its output rows), all in one forward of the parts' rows stacked.
+
+    With ``starts`` (from :func:`clean`) and parts that all run its clean batch, the forward starts at
+    the lowest layer the parts hook (the full forward when a hook acts before the blocks).
+    """
     sizes = [len(p.batch) for p in parts]
     first = parts[0].batch
     if all(p.batch is first for p in parts):
@@ -93,8 +133,18 @@ def observe(
             for f in (p.follow or [None] * len(p.batch))
         ]
     fwd_hooks = stacked_hooks(model, [p.hooks for p in parts], sizes)
-    logits, cache = model.run_with_cache(stacked, names_filter=capture, positions="last", fwd_hooks=fwd_hooks)
-    last = logits[:, -1].float().cpu()
+    start = None
+    on_clean = starts is not None and all(p.batch is starts.batch for p in parts)
+    if on_clean and max_new_tokens is None and follow is None:
+        start = start_layer(model, [name for name, _ in fwd_hooks])
+    if start is not None:
+        last, cache = starts.run(start, len(parts), fwd_hooks, capture)
+        last = last.float().cpu()
+    else:
+        logits, cache = model.run_with_cache(
+            stacked, names_filter=capture, positions="last", fwd_hooks=fwd_hooks
+        )
+        last = logits[:, -1].float().cpu()
     texts = None
     if max_new_tokens is not None:
         texts = model.generate(
@@ -106,7 +156,7 @@ def observe(
         out.append(
             Observation(
                 logits=last[rows],
-                captured={name: cache[name][rows].float() for name in capture},
+                captured={name: cache[name][rows].float().cpu() for name in capture},
                 texts=None if texts is None else [texts[r] for r in rows],
             )
         )

@@ -23,7 +23,7 @@ import torch
 from vlminterp.interventions.base import Intervention
 from vlminterp.prompts import Condition, PromptBatch, Sample
 from vlminterp.specs import model_name
-from vlminterp.sweeps.batching import Part, observe, packs, prepared
+from vlminterp.sweeps.batching import Part, clean, observe, packs, prepared
 from vlminterp.sweeps.grid import grid_points, point_key
 from vlminterp.sweeps.metrics import Metric, resolve_metrics
 from vlminterp.sweeps.rows_file import RowsFile, samples_digest
@@ -114,10 +114,11 @@ def sweep(
     batches = [
         (chunk, c, PromptBatch.paired(model, chunk, [c], **options)) for chunk in chunks for c in conds
     ]
-    references = []
+    references, starts = [], []
     for _, _, b in batches:
-        unsteered = observe(model, [Part.of(None, b)], capture, generation)[0]
+        unsteered, start = clean(model, b, capture, generation)
         references.append([m.reference(model, b, by_id, unsteered) for m in metrics])
+        starts.append(start)
     per_pass = max(1, max_rows // max(len(b) for _, _, b in batches))
     groups = [points[i : i + per_pass] for i in range(0, len(points), per_pass)]
     bar = tqdm(
@@ -134,14 +135,16 @@ def sweep(
             interventions = [make_intervention(**p) for p in todo]
             sums = torch.zeros(len(todo), len(metrics), dtype=torch.float64)
             counts = torch.zeros(len(todo), len(metrics), dtype=torch.long)
-            for (chunk, cond, b), refs in zip(batches, references, strict=True):
+            for (chunk, cond, b), refs, start in zip(batches, references, starts, strict=True):
                 runs = [
                     None if iv is None else prepared(iv, model, chunk, cond, b, options)
                     for iv in interventions
                 ]
                 parts = [Part.of(run, b) for run in runs]
                 observed = [
-                    o for pack in packs(parts, max_rows) for o in observe(model, pack, capture, generation)
+                    o
+                    for pack in packs(parts, max_rows)
+                    for o in observe(model, pack, capture, generation, start)
                 ]
                 for j, m in enumerate(metrics):
                     rows = [i for i, lab in enumerate(b.labels) if m.label is None or lab == m.label]
