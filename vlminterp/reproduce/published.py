@@ -31,8 +31,9 @@ text):
   unsafe rate on multi-modal input falls "from 61.53% to as low as 3.15%".
 - The VLSafe rows for dataset-level (5.41%), text-only (1.91%) and caption (5.52%) are copied from
   vlminterp's ``shared/DESIGN.md``, and their ``source`` says so. So is the split of 3.15% as
-  sample-level. A third-party summary agrees with "61.53% to 5.41% / 3.15% on VLSafe". These four
-  rows have not been checked against the paper's table.
+  sample-level. Two third-party notes on the paper agree: one quotes "61.53% to 5.41% / 3.15% on
+  VLSafe", the other 5.52% with the caption and 1.91% without. These four rows have not been
+  checked against the paper's table.
 - Not found, so left out: every JailbreakLLMs unsafe rate, every ScienceQA accuracy, every
   LLaVA-Bench-COCO score, and the α sweep curve. ``published("cmrm", "jailbreakllms")`` returns
   ``[]``.
@@ -200,15 +201,20 @@ PROTOCOL: dict[str, dict[str, str]] = {
     "cmrm": {
         "vlsafe": (
             "Abstract (v1): LLaVA-7B's unsafe rate on multi-modal input falls from 61.53% 'to as low as "
-            "3.15%' with inference-time intervention; the judge was not read (a third-party summary says "
-            "Llama-3.1-8B-Instruct, unverified)."
+            "3.15%'; the judge is an LLM (LLaMA-3-8B-Instruct per the ICLR 2025 reviews, "
+            "Llama-3.1-8B-Instruct per a third-party summary), not read in the paper."
         ),
-        "jailbreakllms": "The paper reports unsafe rates here (shared/data/README.md); none were read.",
+        "jailbreakllms": (
+            "Unsafe rates are reported on 330 of the 390 questions, each paired with a related COCO image "
+            "(third-party note, not read in the paper); no number was read."
+        ),
         "scienceqa": "A utility benchmark of the paper (shared/seeds); its accuracies were not read.",
-        "llava-bench-coco": "A utility benchmark of the paper (shared/seeds); its scores were not read.",
+        "llava-bench-coco": "A utility benchmark (about 90 images, per an ICLR review); no score was read.",
         "method": (
             "DESIGN.md: v = h_text_only - h_blank_image per layer, h <- h_image + alpha*v at the last token "
-            "every step, dataset- or sample-level, alpha swept in 0.1 steps with the best near 1.0."
+            "every step, dataset- or sample-level, alpha swept in 0.1 steps (§4.3 per a review), best "
+            "near 1.0; a third-party note: the anchor set is 20% of VLSafe and of JailbreakLLMs plus "
+            "LLaVA-Bench-COCO samples."
         ),
     },
     "shiftdc": {
