@@ -1,9 +1,10 @@
 """The two papers' published LLaVA-1.5-7B numbers, as tidy rows that name their source.
 
-``vlminterp reproduce cmrm|shiftdc`` prints these beside the measured numbers. Every value was
-copied from the paper's text; ``source`` names the table or section it came from. Rates are
-fractions (45.4% is 0.454). MME and MM-Vet scores are as published, and times are seconds.
-Nothing is filled in by hand: a number we could not read in the paper is left out and listed below.
+``vlminterp reproduce cmrm|shiftdc`` prints these beside the measured numbers. Every ShiftDC value,
+and CMRM's 61.53% and 3.15%, was copied from the paper's text; ``source`` names the table or
+section. The other CMRM rows are second-hand (see below), and their ``source`` says so. Rates are
+fractions (45.4% is 0.454). MME and MM-Vet scores are as published, and times are seconds. A number
+found nowhere is left out and listed below.
 
 **ShiftDC** (Zou et al., arXiv 2502.13095; the numbers come from the NeurIPS 2025 camera-ready
 text):
