@@ -7,8 +7,9 @@ Every long command (collect, eval, steer, sweep, reproduce, the studies) runs un
 so rank 0 writes one merged result equal to a one-process run. :func:`on_main` runs a step that
 must happen once (a config check that writes a file, a judge, a report) on rank 0 and hands every
 process its result, or its error, so all ranks go on or stop together; :func:`broadcast` hands
-every process rank 0's object (fitted vectors, so every rank steers with the same bits). Without a
-launcher every function is a no-op: rank 0 of 1.
+every process rank 0's object (fitted vectors, so every rank steers with the same bits);
+:func:`json_cache` lets every process fill a shared JSON cache (self-captions) for its own shard.
+Without a launcher every function is a no-op: rank 0 of 1.
 
 Example:
     >>> rank_world()
@@ -25,11 +26,26 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Sequence
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["rank_world", "is_main", "init_from_env", "barrier", "shard", "gather", "broadcast", "on_main"]
+from vlminterp.io import read_json, write_json_atomic
+
+__all__ = [
+    "rank_world",
+    "is_main",
+    "init_from_env",
+    "barrier",
+    "shard",
+    "gather",
+    "broadcast",
+    "on_main",
+    "json_cache",
+]
 
 T = TypeVar("T")
 
@@ -144,3 +160,42 @@ def on_main(fn: Callable[[], T]) -> T:
     if error is not None:
         raise error
     return result
+
+
+@contextlib.contextmanager
+def json_cache(path: str | Path | None) -> Iterator[Path | None]:
+    """A JSON-object cache file (self-captions by key, ...) that every process fills for its own shard.
+
+    Yields the file this process reads and updates: ``path`` itself in a one-process run (None when
+    ``path`` is None); under a launcher ``NAME.rankR.json`` beside it, a copy of ``path`` so that
+    entries made earlier are not made again. On leaving the block, rank 0 writes the union of every
+    process's entries into ``path`` (atomically) and the copies are removed, so every process then
+    finds all entries in ``path``. A block that raises merges nothing.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "captions.json"
+        >>> with json_cache(path) as mine:
+        ...     _ = mine.write_text('{"a": "a red square"}')
+        >>> path.read_text()
+        '{"a": "a red square"}'
+    """
+    rank, world = rank_world()
+    if world == 1 or path is None:
+        yield None if path is None else Path(path)
+        return
+    path = Path(path)
+    mine = path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
+    if path.is_file():
+        shutil.copyfile(path, mine)
+    else:
+        mine.unlink(missing_ok=True)
+    yield mine
+    parts = gather(read_json(mine) if mine.is_file() else {})
+    if rank == 0:
+        merged = read_json(path) if path.is_file() else {}
+        for part in parts:
+            merged.update(part)
+        write_json_atomic(path, merged)
+    barrier()
+    mine.unlink(missing_ok=True)

@@ -8,6 +8,12 @@ checks the arguments. Datasets are ``DATASET[:split]`` (:class:`vlminterp.specs.
 written; a bad argument exits with status 2 and a message and leaves ``--out`` as it was. A rerun
 with the same settings resumes; one with other settings into the same ``--out`` is refused.
 
+Under ``torchrun --nproc-per-node N`` (or ``accelerate launch``) each process loads the model on
+its own device (``--device cuda``: the GPU of its local rank) and works on its shard of the samples;
+rank 0 checks ``--out`` while the others wait, and a refusal stops every rank with the same message
+(see :mod:`vlminterp.eval.steering` for what is merged). ``--device-map auto`` places one large
+checkpoint over the visible GPUs, for a one-process run.
+
 Example:
     >>> build_parser().parse_args(["cmrm", "--model", "tiny", "--eval", "organism", "--judge", "organism",
     ...                            "--out", "o", "--layers", "0,1"]).layers
@@ -29,6 +35,7 @@ from typing import Any
 from vlminterp.cli import SUBCOMMANDS
 from vlminterp.interventions.site import LAYER_WORDS, resolve_layers
 from vlminterp.io import read_json, write_json_atomic
+from vlminterp.parallel import init_from_env, is_main, on_main
 from vlminterp.specs import (
     DATASET_SPEC_HELP,
     DEFAULT_JUDGES_DIR,
@@ -91,6 +98,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=_positive, default=64, help="greedy tokens per response")
     p.add_argument("--batch-size", type=_positive, default=16, help="samples per generate call")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--device", default="cpu", help="cpu, cuda (under torchrun: each rank's own GPU), cuda:1")
+    p.add_argument(
+        "--device-map", default=None, help="accelerate placement of one large checkpoint, e.g. auto"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,17 +223,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(
                 f"--direction {args.direction!r}: fitting a safety direction needs harmful and benign samples."
             )
-        model = model_spec.load()
+        model = model_spec.load(device=init_from_env(args.device), device_map=args.device_map)
         if isinstance(args.layers, list):
             resolve_layers(args.layers, model.cfg.n_layers, "--layers")
         config = {
-            k: v for k, v in vars(args).items() if k not in ("no_progress", "batch_size", "parser", "out")
+            k: v
+            for k, v in vars(args).items()
+            if k not in ("no_progress", "batch_size", "parser", "out", "device", "device_map")
         }
         config["model"] = model_spec.name
-        _check_config(out, config)
+        on_main(lambda: _check_config(out, config))  # every rank raises rank 0's refusal
     except (ValueError, FileNotFoundError) as e:
         sub.error(str(e))
     run = Run(model, out, args.max_new_tokens, args.batch_size, not args.no_progress, config)
     (run_cmrm if args.method == "cmrm" else run_shiftdc)(args, run, judge, sets)
-    print(f"\nwrote {out}/table.json, table.csv, responses.jsonl, verdicts.jsonl")
+    if is_main():
+        print(f"\nwrote {out}/table.json, table.csv, responses.jsonl, verdicts.jsonl")
     return 0

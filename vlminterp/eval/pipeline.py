@@ -7,6 +7,11 @@ anything is written. A run writes into ``out``: ``config.json``, ``responses.jso
 :mod:`.runner`; the model named by its spec), ``verdicts.jsonl`` and ``metrics.json`` /
 ``metrics.csv`` + ``manifest.json`` (tidy rows, :func:`vlminterp.results.write_results`).
 
+Under ``torchrun --nproc-per-node N`` (or ``accelerate launch``) every process loads the model on
+its own device and generates its shard of the samples (:func:`generate_responses` merges them into
+one ``responses.jsonl``); rank 0 alone writes ``config.json``, judges (a judge calling an HTTP
+endpoint is called once per response, not N times) and writes the metrics, which every rank returns.
+
 Example:
     >>> cfg = EvalConfig(model="tiny:llava", dataset="organism", out="results/eval", condition="text_only",
     ...                  limit=8, judge="organism")
@@ -27,6 +32,7 @@ from vlminterp import data
 from vlminterp.eval.metrics import rate_table
 from vlminterp.eval.runner import generate_responses
 from vlminterp.io import write_text_atomic
+from vlminterp.parallel import barrier, init_from_env, is_main, on_main
 from vlminterp.prompts import Condition
 from vlminterp.results import write_results
 from vlminterp.specs import (
@@ -61,6 +67,8 @@ class EvalConfig:
         split, limit, on_missing: The dataset's split, first ``limit`` samples per label, missing images.
         max_new_tokens, batch_size: Generation settings.
         options: Dataset options (``{"scenarios": ["01"]}``).
+        device: Where the model runs (``cpu``, ``cuda``: under a launcher each rank's own GPU).
+        device_map: Accelerate placement of one large checkpoint (``auto``), for a one-process run.
     """
 
     model: str
@@ -77,6 +85,8 @@ class EvalConfig:
     max_new_tokens: int = 256
     batch_size: int = 8
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    device: str = "cpu"
+    device_map: str | None = None
 
     def __post_init__(self) -> None:
         ModelSpec.parse(self.model)
@@ -115,7 +125,8 @@ def run_eval(
 
     Args:
         config: The run.
-        model: A loaded ``HookedVLM`` (default: load ``config.model``).
+        model: A loaded ``HookedVLM`` (default: load ``config.model`` on ``config.device``; under a
+            launcher the process group is joined first and each rank loads its own copy).
         intervention: The :class:`~vlminterp.interventions.Intervention` of ``config.method`` (CMRM,
             ShiftDC, an ablation, ...); None for ``method="none"``.
     """
@@ -124,10 +135,14 @@ def run_eval(
     dataset = config.dataset_spec()
     judge = config.judge_spec().build()
     samples = dataset.load()
-    model = model if model is not None else ModelSpec.parse(config.model).load()
+    device = init_from_env(config.device)
+    if model is None:
+        model = ModelSpec.parse(config.model).load(device=device, device_map=config.device_map)
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "config.json", json.dumps(config.to_dict(), indent=2, default=str))
+    if is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / "config.json", json.dumps(config.to_dict(), indent=2, default=str))
+    barrier()
     rows = generate_responses(
         model,
         samples,
@@ -141,6 +156,12 @@ def run_eval(
     )
     if judge is None:
         return []
+    return on_main(lambda: _judge_and_write(config, judge, samples, rows))
+
+
+def _judge_and_write(config: EvalConfig, judge, samples, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Verdicts and metric rows of ``rows``, written into ``config.out`` (rank 0 only)."""
+    out = Path(config.out)
     verdicts = judge.judge(samples, [r["response"] for r in rows])
     judged = [
         {k: r[k] for k in ("id", "dataset", "condition", "method")} | v.to_dict()
@@ -171,6 +192,10 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--on-missing", default="raise", choices=list(data.ON_MISSING))
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu", help="cpu, cuda (under torchrun: each rank's own GPU), cuda:1")
+    p.add_argument(
+        "--device-map", default=None, help="accelerate placement of one large checkpoint, e.g. auto"
+    )
     p.add_argument(
         "--option", action="append", default=[], metavar="KEY=JSON", help="dataset option, e.g. tiny=true"
     )
@@ -199,10 +224,15 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
             max_new_tokens=args.max_new_tokens,
             batch_size=args.batch_size,
             options=options,
+            device=args.device,
+            device_map=args.device_map,
         )
     except ValueError as e:
         p.error(str(e))
-    for row in run_eval(config):
+    rows = run_eval(config)  # on every rank
+    if not is_main():
+        return 0
+    for row in rows:
         print(
             f"{row['dataset']:<18} {row['condition']:<10} {row['method']:<8} {row['metric']:<13} "
             f"{row['value']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}] n={row['n']}"

@@ -16,6 +16,15 @@ vectors (``cmrm_vectors`` / ``safety_direction``, ``.safetensors`` + ``.json``);
 ``shift.json`` / ``shift.csv`` (per sample and layer), ``captions.json`` and, when asked,
 ``comparison.json`` / ``.csv``. The command line is :mod:`vlminterp.cli.steer`.
 
+Under ``torchrun`` / ``accelerate launch`` every process runs the same pipeline on its shard of the
+samples (:mod:`vlminterp.parallel`): responses as in :func:`generate_responses`, self-captions into
+per-rank copies of ``captions.json`` merged by rank 0, the distortion rows gathered in sample order.
+The steering vectors are fitted by all ranks together (the activation store shards and all-reduces)
+and rank 0's are broadcast, so every rank steers with the same bits; judging, tables and printing
+happen on rank 0 only (a judge such as the HTTP one runs once). ``seconds_per_response`` is the
+stage's wall time x processes / responses generated: device-seconds per response, the same quantity
+as in a one-process run (the wall time per response is that divided by the number of processes).
+
 Example:
     >>> GROUP  # one rate row per group of judged responses and metric
     ['dataset', 'label', 'condition', 'method', 'judge']
@@ -34,6 +43,7 @@ from vlminterp.eval.judges import Judge
 from vlminterp.eval.metrics import rate_table
 from vlminterp.eval.runner import generate_responses, read_responses
 from vlminterp.io import write_text_atomic
+from vlminterp.parallel import barrier, broadcast, gather, is_main, json_cache, on_main, rank_world, shard
 from vlminterp.prompts import Condition, Sample
 from vlminterp.results import write_results
 from vlminterp.specs import model_name
@@ -74,6 +84,7 @@ class Run:
     ) -> list[dict[str, Any]]:
         """Responses under ``condition``, unsteered or with any ``intervention``, resumably (:func:`generate_responses`)."""
         before = self._done(dataset, condition.value, method)
+        barrier()  # ranks start together (and generate_responses ends with them together)
         start = time.perf_counter()
         rows = generate_responses(
             self.model, samples, condition, self.responses, intervention, max_new_tokens=self.max_new_tokens,
@@ -94,8 +105,11 @@ class Run:
         }
 
     def _time(self, dataset: str, condition: str, method: str, start: float, n_new: int) -> None:
-        if n_new > 0:
-            self.seconds[(dataset, condition, method)] = (time.perf_counter() - start, n_new)
+        if n_new > 0:  # device-seconds: wall time x processes (see the module docstring)
+            self.seconds[(dataset, condition, method)] = (
+                (time.perf_counter() - start) * rank_world()[1],
+                n_new,
+            )
 
 
 def judge_rows(judge: Judge, rows: list[dict[str, Any]], samples: list[Sample]) -> list[dict[str, Any]]:
@@ -160,17 +174,19 @@ def _cmrm_vectors(
 ):
     from vlminterp.interventions import CMRM
 
-    vectors = CMRM.fit(
+    vectors = broadcast(CMRM.fit(
         model, samples, level="dataset", estimator=estimator, blank=blank, layers=layers, progress=run.progress,
         out_dir=run.out / "anchor_activations",
-    )  # fmt: skip
-    vectors.save(run.out / "cmrm_vectors")
+    ))  # fmt: skip
+    if is_main():
+        vectors.save(run.out / "cmrm_vectors")
     return vectors
 
 
 def _finish(
     run: Run, judge: Judge, responses: list[dict[str, Any]], samples: list[Sample]
 ) -> list[dict[str, Any]]:
+    """Judge, write and print the table (call on rank 0 only, :func:`~vlminterp.parallel.on_main`)."""
     judged = judge_rows(judge, responses, samples)
     write_text_atomic(run.out / "verdicts.jsonl", "".join(json.dumps(j) + "\n" for j in judged))
     rows = [{"model": model_name(run.model), **r} for r in table(judged, responses, run)]
@@ -213,7 +229,7 @@ def run_cmrm(args: argparse.Namespace, run: Run, judge: Judge, sets: dict[str, t
         name, utility = sets["utility"]
         responses += run.plain(utility, name, Condition.IMAGE) + steered(name, utility)
         everything += utility
-    return _finish(run, judge, responses, everything)
+    return on_main(lambda: _finish(run, judge, responses, everything))
 
 
 def run_shiftdc(args: argparse.Namespace, run: Run, judge: Judge, sets: dict[str, tuple[str, list[Sample]]]):
@@ -230,11 +246,12 @@ def run_shiftdc(args: argparse.Namespace, run: Run, judge: Judge, sets: dict[str
         fit = sets["direction"][1]
         safe = [s for s in fit if s.label == "benign"]
         unsafe = [s for s in fit if s.label == "harmful"]
-        direction = SafetyDirection.fit(
+        direction = broadcast(SafetyDirection.fit(
             model, safe, unsafe, condition=args.direction_condition, progress=run.progress,
             **ShiftDC.direction_options(args.variant),
-        )  # fmt: skip
-        direction.save(run.out / "safety_direction")
+        ))  # fmt: skip
+        if is_main():
+            direction.save(run.out / "safety_direction")
     else:
         direction = SteeringVectors.load(args.direction, model)
     # the organism captions with its own short prompt under the default rules; --variant authors keeps theirs
@@ -257,17 +274,27 @@ def run_shiftdc(args: argparse.Namespace, run: Run, judge: Judge, sets: dict[str
     shift_rows: list[dict[str, Any]] = []
 
     def steered(name: str, chunk: list[Sample]) -> list[dict[str, Any]]:
-        shiftdc.caption(model, chunk)  # self-captions are made once, into captions.json; later calls read it
-        for i in range(0, len(chunk), run.batch_size):
-            part = chunk[i : i + run.batch_size]
+        # self-captions are made once (each rank its shard), into captions.json; later calls read it
+        cache = shiftdc.caption_cache
+        with json_cache(cache) as mine:
+            try:
+                shiftdc.caption_cache = mine
+                shiftdc.caption(model, shard(chunk))
+            finally:
+                shiftdc.caption_cache = cache
+        mine, rows = shard(chunk), []
+        for i in range(0, len(mine), run.batch_size):
+            part = mine[i : i + run.batch_size]
             m = shiftdc.shifts(model, shiftdc.prompts(model, part)).double().numpy()
             cos, proj = cosine(m, unit), scalar_projection(m, unit)
             for j, s in enumerate(part):
                 for k, layer in enumerate(shiftdc.layers):
                     for metric, value in (("shift_cosine", cos[j, k]), ("shift_projection", proj[j, k])):
-                        shift_rows.append({"model": model_name(model), "dataset": name, "id": s.id, "label": s.label,
+                        rows.append({"model": model_name(model), "dataset": name, "id": s.id, "label": s.label,
                                            "image": s.image is not None, "layer": layer, "metric": metric,
                                            "value": float(value)})  # fmt: skip
+        order = {s.id: i for i, s in enumerate(chunk)}  # the ranks' rows in sample order, as in one process
+        shift_rows.extend(sorted((r for part in gather(rows) for r in part), key=lambda r: order[r["id"]]))
         return run.plain(chunk, name, Condition.IMAGE, method, shiftdc)
 
     responses = _baselines(run, samples, eval_name) + steered(eval_name, samples)
@@ -283,22 +310,26 @@ def run_shiftdc(args: argparse.Namespace, run: Run, judge: Judge, sets: dict[str
         name, utility = sets["utility"]
         responses += run.plain(utility, name, Condition.IMAGE) + steered(name, utility)
         everything += utility
-    write_results(run.out, shift_rows, run.config, "shift")
-    means = {}
-    for r in shift_rows:
-        means.setdefault((r["label"], r["metric"]), []).append(r["value"])
-    for (label, metric), values in sorted(means.items()):
-        print(f"{metric} ({label}, mean over samples and steered layers): {np.mean(values):+.4f}")
-    rows = _finish(run, judge, responses, everything)
-    comparison = [
-        r for r in rows
-        if r["dataset"] == eval_name and r["condition"] == Condition.IMAGE.value and r["method"] in compared
-    ]  # fmt: skip
-    write_results(run.out, comparison, run.config, "comparison")
-    if args.compare_cmrm_alpha is not None:
-        print("\nShiftDC vs CMRM vs no defence (IMAGE inputs):")
-        print(markdown(comparison))
-    return rows
+
+    def report() -> list[dict[str, Any]]:
+        write_results(run.out, shift_rows, run.config, "shift")
+        means = {}
+        for r in shift_rows:
+            means.setdefault((r["label"], r["metric"]), []).append(r["value"])
+        for (label, metric), values in sorted(means.items()):
+            print(f"{metric} ({label}, mean over samples and steered layers): {np.mean(values):+.4f}")
+        rows = _finish(run, judge, responses, everything)
+        comparison = [
+            r for r in rows
+            if r["dataset"] == eval_name and r["condition"] == Condition.IMAGE.value and r["method"] in compared
+        ]  # fmt: skip
+        write_results(run.out, comparison, run.config, "comparison")
+        if args.compare_cmrm_alpha is not None:
+            print("\nShiftDC vs CMRM vs no defence (IMAGE inputs):")
+            print(markdown(comparison))
+        return rows
+
+    return on_main(report)
 
 
 def _layer_text(layers: str | list[int]) -> str:

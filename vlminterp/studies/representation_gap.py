@@ -25,6 +25,12 @@ Stages (each result is a file in ``--out``; figures are drawn from those files, 
    anything is written.
 3. figures: every :data:`vlminterp.viz.FIGURES` figure whose rows exist, as HTML (+ PNG with kaleido).
 
+Under ``torchrun --nproc-per-node N`` (or ``accelerate launch``) stages 0 and 1 are shared out: each
+process captions and collects its shard of the samples (self-captions go through per-rank copies of
+``captions.json``, :func:`vlminterp.parallel.json_cache`), rank 0 gathers the activations in sample
+order, and stages 2 and 3 (analysis, ``results.json``, figures) run on rank 0 alone, so the files
+equal a one-process run's.
+
 Usage::
 
     vlminterp gap --model tiny:llava --out results/representation_gap
@@ -33,6 +39,8 @@ Usage::
         --benign llava-bench-coco --benign-root ../shared/data/llava_bench_coco --on-missing generate --limit 8
     vlminterp gap --model llava-hf/llava-1.5-7b-hf --dataset mm-safetybench \\
         --data-root /work/shared/data --limit 200 --layers 8,16,24,31
+    torchrun --nproc-per-node 8 -m vlminterp gap --model llava-hf/llava-1.5-7b-hf --device cuda \\
+        --dataset mm-safetybench --data-root /work/shared/data --limit 200
 """
 
 from __future__ import annotations
@@ -44,6 +52,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from vlminterp import Condition, HookedVLM, PromptBatch, Sample, viz
 from vlminterp.analysis import (
@@ -62,6 +72,7 @@ from vlminterp.analysis import (
 from vlminterp.interventions.captioning import QUERY_CONDITIONED_PROMPT
 from vlminterp.interventions.site import resolve_layers
 from vlminterp.io import read_json
+from vlminterp.parallel import gather, init_from_env, is_main, json_cache, on_main, shard
 from vlminterp.results import MANIFEST, config_hash, write_results
 from vlminterp.specs import DATASET_SPEC_HELP, MODEL_SPEC_HELP, ModelSpec, load_model, model_name
 from vlminterp.studies.sources import (
@@ -207,6 +218,26 @@ def collect(
     )
 
 
+def merged(parts: Sequence[ConditionActivations], order: Sequence[str]) -> ConditionActivations:
+    """The processes' activations as one, every condition's rows in the sample ``order`` of one process.
+
+    Example:
+        >>> one = lambda ids: ConditionActivations({"text_only": np.ones((len(ids), 1, 2))}, {"text_only": ids})
+        >>> merged([one(["a", "c"]), one(["b"])], ["a", "b", "c"]).sample_ids["text_only"]
+        ('a', 'b', 'c')
+    """
+    first, rank = parts[0], {sample_id: i for i, sample_id in enumerate(order)}
+    x, ids, labels = {}, {}, {}
+    for cond in first.conditions:
+        got = [i for p in parts for i in p.sample_ids[cond]]
+        rows = sorted(range(len(got)), key=lambda r: rank[got[r]])
+        x[cond] = np.concatenate([p.x[cond] for p in parts])[rows]
+        ids[cond] = [got[r] for r in rows]
+        every = [lab for p in parts for lab in p.labels[cond]]
+        labels[cond] = [every[r] for r in rows]
+    return ConditionActivations(x, ids, labels, first.layers, first.model, first.dataset)
+
+
 def analyse(
     acts: ConditionActivations,
     cfg: RepresentationGapConfig,
@@ -244,13 +275,22 @@ def analyse(
     return rows
 
 
-def run(cfg: RepresentationGapConfig, *, force: bool = False, model: HookedVLM | None = None) -> Path:
+def run(
+    cfg: RepresentationGapConfig,
+    *,
+    force: bool = False,
+    model: HookedVLM | None = None,
+    device: str = "cpu",
+    device_map: str | None = None,
+) -> Path:
     """Run (or resume) the study; returns the output directory.
 
     Args:
         cfg: The configuration.
         force: Recompute even when ``manifest.json`` matches ``cfg``.
         model: An already loaded model to use instead of loading ``cfg.model`` (tests, notebooks).
+        device: Where ``cfg.model`` is loaded (``cuda`` under a launcher: each rank's own GPU).
+        device_map: Accelerate placement of one large checkpoint (``auto``), for a one-process run.
     """
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
@@ -258,9 +298,10 @@ def run(cfg: RepresentationGapConfig, *, force: bool = False, model: HookedVLM |
     results, manifest_path = out / "results.json", out / MANIFEST
     manifest = read_json(manifest_path) if manifest_path.is_file() else {}
     if not force and results.is_file() and manifest.get("config_hash") == cfg.hash():
-        print(
-            f"{results} is up to date (config {cfg.hash()}); drawing figures only. Use --force to recompute."
-        )
+        if is_main():
+            print(
+                f"{results} is up to date (config {cfg.hash()}); drawing figures only. Use --force to recompute."
+            )
     else:
         t0 = time.perf_counter()
         samples = cfg.sources().load()
@@ -271,44 +312,66 @@ def run(cfg: RepresentationGapConfig, *, force: bool = False, model: HookedVLM |
                 f"The samples have {counts} per class ({len(samples)} in all): fewer than "
                 f"n_splits={cfg.n_splits} in a group. Raise --limit, lower --n-splits, or use a larger source."
             )
-        if skipped:
+        if skipped and is_main():
             print(skipped)
-        model = model if model is not None else load_model(cfg.model)
+        device = init_from_env(device)
+        model = model if model is not None else load_model(cfg.model, device=device, device_map=device_map)
         chosen_layers(cfg, model.cfg.n_layers)  # checked before captions are written
         if "caption" in cfg.conditions:
+            with json_cache(out / "captions.json") as mine:  # each process captions its shard
+                fill_captions(model, shard(samples), mine, cfg.caption_tokens)
             samples = fill_captions(model, samples, out / "captions.json", cfg.caption_tokens)
-        acts = collect(model, samples, cfg)
-        rows = analyse(acts, cfg, {s.id: str(s.meta.get("variant", "all")) for s in samples}, not skipped)
-        info = {
-            "study": "representation_gap",
-            "model": model_name(model),
-            "hook": "resid_post",
-            "positions": "last",
-            "layers": list(acts.layers),
-            "n_samples": len(samples),
-            "classes": counts,
-            "skipped": skipped,
-            "placeholder_images": sum(bool(s.meta.get("placeholder_image")) for s in samples),
-            "n_rows": len(rows),
-            "seconds": round(time.perf_counter() - t0, 2),
-        }
-        if "caption" in cfg.conditions:
-            source = caption_source(samples)
-            rows = [{**r, "caption_source": source} for r in rows]
-            info["captions"] = {
-                "source": source,
-                "self_prompt": QUERY_CONDITIONED_PROMPT,
-                "max_new_tokens": cfg.caption_tokens,
-                "cache": "captions.json",
-            }
-        write_results(out, rows, cfg.to_dict(), info=info)
-        print(f"wrote {len(rows)} rows to {results} in {time.perf_counter() - t0:.1f} s")
-    for path in viz.draw(results, out):
-        print(path)
+        mine = shard(samples)
+        parts = [p for p in gather(collect(model, mine, cfg) if mine else None) if p is not None]
+        acts = merged(parts, [s.id for s in samples])
+        on_main(lambda: _analyse_and_write(out, acts, cfg, samples, counts, skipped, model_name(model), t0))
+    if is_main():
+        for path in viz.draw(results, out):
+            print(path)
     return out
 
 
-def _parse(argv: Sequence[str] | None) -> tuple[RepresentationGapConfig, bool, argparse.ArgumentParser]:
+def _analyse_and_write(
+    out: Path,
+    acts: ConditionActivations,
+    cfg: RepresentationGapConfig,
+    samples: Sequence[Sample],
+    counts: dict[str, int],
+    skipped: str | None,
+    model: str,
+    t0: float,
+) -> None:
+    """Stage 2 on rank 0: the analysis rows, ``results.json`` / ``.csv`` and the manifest."""
+    rows = analyse(acts, cfg, {s.id: str(s.meta.get("variant", "all")) for s in samples}, not skipped)
+    info = {
+        "study": "representation_gap",
+        "model": model,
+        "hook": "resid_post",
+        "positions": "last",
+        "layers": list(acts.layers),
+        "n_samples": len(samples),
+        "classes": counts,
+        "skipped": skipped,
+        "placeholder_images": sum(bool(s.meta.get("placeholder_image")) for s in samples),
+        "n_rows": len(rows),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    if "caption" in cfg.conditions:
+        source = caption_source(samples)
+        rows = [{**r, "caption_source": source} for r in rows]
+        info["captions"] = {
+            "source": source,
+            "self_prompt": QUERY_CONDITIONED_PROMPT,
+            "max_new_tokens": cfg.caption_tokens,
+            "cache": "captions.json",
+        }
+    write_results(out, rows, cfg.to_dict(), info=info)
+    print(f"wrote {len(rows)} rows to {out / 'results.json'} in {time.perf_counter() - t0:.1f} s")
+
+
+def _parse(
+    argv: Sequence[str] | None,
+) -> tuple[RepresentationGapConfig, argparse.Namespace, argparse.ArgumentParser]:
     p = argparse.ArgumentParser(prog="vlminterp gap", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="tiny:llava", help=MODEL_SPEC_HELP)
     p.add_argument("--dataset", default=None, help=f"{DATASET_SPEC_HELP} (default demo)")
@@ -324,6 +387,10 @@ def _parse(argv: Sequence[str] | None) -> tuple[RepresentationGapConfig, bool, a
     p.add_argument("--n-splits", type=int, default=5, help="cross-validation folds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="recompute even if the manifest matches")
+    p.add_argument("--device", default="cpu", help="cpu, cuda (under torchrun: each rank's own GPU), cuda:1")
+    p.add_argument(
+        "--device-map", default=None, help="accelerate placement of one large checkpoint, e.g. auto"
+    )
     a = p.parse_args(argv)
     try:
         layers = None if a.layers is None else tuple(int(v) for v in a.layers.split(",") if v)
@@ -350,14 +417,14 @@ def _parse(argv: Sequence[str] | None) -> tuple[RepresentationGapConfig, bool, a
         )
     except ValueError as e:
         p.error(str(e))
-    return cfg, a.force, p
+    return cfg, a, p
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
     """Command-line entry point (importable for tests)."""
-    cfg, force, parser = _parse(argv)
+    cfg, args, parser = _parse(argv)
     try:
-        return run(cfg, force=force)
+        return run(cfg, force=args.force, device=args.device, device_map=args.device_map)
     except (ValueError, FileNotFoundError) as e:  # a bad dataset file, a missing image (--on-missing raise)
         parser.error(str(e))
 
