@@ -15,7 +15,9 @@ BLANK state equals the TEXT_ONLY state); the paper's Eq. 6 leaves the sign in do
   convention; a unit vector, so ``alpha`` is then in absolute units).
 - Sample level: each input's own difference, from its TEXT_ONLY and BLANK twins run in the same
   forward (one 3x batch) and fed the same generated tokens at every step
-  (:meth:`CMRM.sample_level`, :class:`SampleCMRM`).
+  (:meth:`CMRM.sample_level`, :class:`SampleCMRM`). Its :meth:`SampleCMRM.generate` reuses KV
+  caches (``reuse_kv=True``): the BLANK twins' shared template-and-blank-image prefix runs once,
+  and every row's prompt but its last token runs unsteered before the rows are joined.
 
 Edits are added at every chosen layer, so they compound in the residual stream: on a small model the
 useful ``alpha`` window can be far below 1 (../shared/notes/model-organism.md §6); sweep it.
@@ -58,7 +60,12 @@ from vlminterp.interventions.base import (
 )
 from vlminterp.interventions.site import POSITION_WORDS, LayerSpec, Site, check_choice
 from vlminterp.interventions.steering import SteeringVectors
-from vlminterp.models.stepping import CachedRun
+from vlminterp.models.stepping import (
+    CachedRun,
+    KVPrefix,
+    kv_reuse_supported,
+    shared_prefix_run,
+)
 from vlminterp.prompts import Condition, PromptBatch, Sample
 
 if TYPE_CHECKING:
@@ -109,13 +116,14 @@ class _TwinPass:
 
     The TEXT_ONLY and the BLANK rows are two truncated :class:`CachedRun` (each padded to its own
     length: the short text-only prompts do not carry the image prompts' padding), stopped after the
-    last steered layer. ``hook`` is installed at every steered hook point: while :meth:`before_step`
+    last steered layer; the BLANK rows' shared prefix (template and blank image, when every row has
+    the same) runs once (:func:`~vlminterp.models.stepping.shared_prefix_run`). ``hook`` is installed at every steered hook point: while :meth:`before_step`
     runs the twins' prompt pass it records their last-position states; in the steered rows' prompt
     pass that follows, it adds each layer's shift. Generation steps run the steered rows alone.
     """
 
     def __init__(self, model: HookedVLM, text: PromptBatch, blank: PromptBatch, alpha: float, last: int):
-        self.runs = {"text": CachedRun(model, text, last), "blank": CachedRun(model, blank, last)}
+        self.runs = {"text": CachedRun(model, text, last), "blank": shared_prefix_run(model, blank, last)}
         self.alpha = alpha
         self.reading: str | None = None
         self.states: dict[tuple[str, str], Tensor] = {}
@@ -323,9 +331,10 @@ class CMRM(Intervention):
         hook: str = "resid_post",
         steps: str = "all",
         blank: str = "white",
+        reuse_kv: bool = True,
     ) -> SampleCMRM:
         """Sample-level CMRM: each input steered by its own ``h_text_only - h_blank`` (see :class:`SampleCMRM`)."""
-        return SampleCMRM(alpha=alpha, layers=layers, hook=hook, steps=steps, blank=blank)
+        return SampleCMRM(alpha=alpha, layers=layers, hook=hook, steps=steps, blank=blank, reuse_kv=reuse_kv)
 
 
 class SampleCMRM(Intervention):
@@ -343,6 +352,9 @@ class SampleCMRM(Intervention):
         hook: Hook kind to read and steer (``"resid_post"``).
         steps: ``"all"`` (every decoding step) or ``"prefill"`` (the prompt pass only).
         blank: The no-content image: ``"white"``, ``"noise"`` or ``"mean_pixel"``.
+        reuse_kv: :meth:`generate` reuses KV caches (shared BLANK prefix, unsteered prompt
+            prefixes); False generates the 3x batch of :meth:`applied` (the reference it is tested
+            equal to). Results agree to float rounding.
 
     Example:
         >>> from vlminterp import HookedVLM, Sample
@@ -364,9 +376,11 @@ class SampleCMRM(Intervention):
         hook: str = "resid_post",
         steps: str = "all",
         blank: str = "white",
+        reuse_kv: bool = True,
     ):
         super().__init__(layers=layers, hook=hook, positions="last", steps=steps)
         self.alpha = finite("alpha", alpha)
+        self.reuse_kv = bool(reuse_kv)
         self.blank = blank
         self.blank_condition, self._blank_options = _blank_condition(blank)
         self._twins = ({Condition.TEXT_ONLY}, {self.blank_condition})
@@ -411,30 +425,63 @@ class SampleCMRM(Intervention):
     def generate(
         self, model: HookedVLM, inputs: Inputs, max_new_tokens: int = 32, **generate_kwargs: Any
     ) -> Generation:
-        """Steered generation of the output rows; with ``steps="prefill"`` the twins run once, truncated.
+        """Steered generation of the output rows, paying only for what the twins add (``reuse_kv``).
 
         The result equals generating the 3x batch of :meth:`applied` with ``follow=`` (tokens
-        identical, logits to float rounding). With ``steps="prefill"`` the TEXT_ONLY and the BLANK
-        twins run as separate prompt passes that stop after the last steered layer (no later
-        layers, final norm or unembedding), each padded to its own length, and generation steps
-        run the steered rows alone. With ``steps="all"`` (the twins are read at every step) or
-        ``cache_names=`` the 3x batch runs as one: on CPU at 4.5M parameters, three forwards per
-        step measured slower than one of three times the rows.
+        identical, logits to float rounding; tested), which is what runs with ``reuse_kv=False``,
+        ``cache_names=`` or ``before_step=``. Otherwise:
+
+        - ``steps="prefill"``: the TEXT_ONLY and the BLANK twins run as separate prompt passes
+          that stop after the last steered layer (no later layers, final norm or unembedding),
+          each padded to its own length, the BLANK rows' shared prefix once; generation steps run
+          the steered rows alone.
+        - ``steps="all"`` (the twins are read at every step): every row's prompt but its last token
+          runs unsteered (the edit touches the last position only), the BLANK rows' shared prefix
+          once, and the three blocks' caches are joined (:meth:`KVPrefix.concat`); the 3x batch
+          then starts from them with its last tokens and generates as one (one forward of three
+          times the rows per step measured faster than three forwards).
         """
-        if inputs is None or self.steps == "all" or generate_kwargs.get("cache_names") is not None:
+        if (
+            inputs is None
+            or not self.reuse_kv
+            or generate_kwargs.get("cache_names") is not None
+            or "before_step" in generate_kwargs
+            or not kv_reuse_supported(model)
+        ):
             return super().generate(model, inputs, max_new_tokens, **generate_kwargs)
         batch = self._batch(model, inputs)
         n = twin_blocks(batch, self._twins, "SampleCMRM")
+        steered, text, blank = (batch.select(range(b * n, (b + 1) * n)) for b in range(3))
+        if self.steps == "all":
+            prefix = self._prompt_prefixes(model, steered, text, blank)
+            with self.applied(model, batch) as run:
+                out = model.generate(
+                    run.batch, max_new_tokens, follow=run.follow, prefix=prefix, **generate_kwargs
+                )
+            return run.output(out)
         layers = self.site.layer_indices(model.cfg.n_layers)
-        text, blank = batch.select(range(n, 2 * n)), batch.select(range(2 * n, 3 * n))
         twins = _TwinPass(model, text, blank, self.alpha, max(layers))
+        hooks = [
+            *generate_kwargs.pop("fwd_hooks", ()),
+            *((name, twins.hook) for name in self.site.hook_names(model)),
+        ]
         return model.generate(
-            batch.select(range(n)),
-            max_new_tokens=max_new_tokens,
-            fwd_hooks=[(name, twins.hook) for name in self.site.hook_names(model)],
-            before_step=twins.before_step,
-            **generate_kwargs,
+            steered, max_new_tokens, fwd_hooks=hooks, before_step=twins.before_step, **generate_kwargs
         )
+
+    @staticmethod
+    def _prompt_prefixes(
+        model: HookedVLM, steered: PromptBatch, text: PromptBatch, blank: PromptBatch
+    ) -> KVPrefix:
+        """The unsteered KV cache of every row's prompt but its last token, the three blocks joined."""
+        top = model.cfg.n_layers - 1  # every layer's cache; no final norm or unembedding
+        parts = []
+        with torch.no_grad():
+            for rows, share in ((steered, False), (text, False), (blank, True)):
+                run = shared_prefix_run(model, rows, top) if share else CachedRun(model, rows, top)
+                run.step()
+                parts.append(run.take_prefix(1))
+        return KVPrefix.concat(parts)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -27,6 +27,16 @@ How ``m`` is estimated (``estimate=``):
 
 Inputs without an image are passed through unchanged (their twin is themselves), with a logged note.
 
+KV reuse (``reuse_kv=True``, the default, with ``estimate="prefill"``): :meth:`ShiftDC.generate`
+pays only for the work that differs from plain generation. The edit touches only the last prompt
+position, so the unsteered pass over the inputs (which measures ``m``) is also the steered
+generation's prompt pass: its KV cache is kept for positions ``[:-1]`` and only the last token is
+recomputed, corrected (:class:`~vlminterp.models.stepping.KVPrefix`). The caption twins run as
+their own short prompt pass, stopped after the last steered layer. Results equal the one-batch
+path (``reuse_kv=False``: one unsteered pass over inputs and twins padded together, then steered
+generation from scratch) to float rounding; with ``steer_template`` the steered prompts differ from
+the measured ones, so only the truncated twin passes are saved.
+
 Presets (:meth:`ShiftDC.preset`): ``"vlminterp"`` (the defaults) and ``"authors"`` (the reference
 code's rules); each rule, its source and why the defaults differ are in
 :mod:`vlminterp.interventions.shiftdc_rules`.
@@ -76,16 +86,19 @@ from vlminterp.interventions.shiftdc_rules import (
     PRESETS,
     PROMPT_FORMATS,
     bare_prompts,
+    final_normed,
     format_context,
     last_states,
     stripped,
 )
 from vlminterp.interventions.site import LayerSpec, Site, check_choice
 from vlminterp.interventions.steering import SteeringVectors
+from vlminterp.models.stepping import CachedRun, KVPrefix, kv_reuse_supported
 from vlminterp.prompts import Condition, PromptBatch, PromptRow, Sample
 
 if TYPE_CHECKING:
-    from vlminterp.models.hooked_vlm import HookedVLM
+    from vlminterp.interventions.base import Inputs
+    from vlminterp.models.hooked_vlm import Generation, HookedVLM
 
 __all__ = [
     "SafetyDirection",
@@ -255,6 +268,43 @@ def _fixed_hook(
     return add_at(activation, correction.to(activation.device, activation.dtype), "last")
 
 
+class _Corrections:
+    """The fixed corrections of :meth:`ShiftDC.generate`'s KV-reuse path, one hook per steered layer.
+
+    The prompt pass feeds one token (the rest is a reused prefix), so "prompt pass" is told by
+    order, not shape: with ``steps="prefill"`` each hook adds its correction the first time it
+    fires only.
+    """
+
+    def __init__(self, correction: Float[Tensor, "n layers d_model"], names: Sequence[str], every_step: bool):
+        self.correction = {name: correction[:, j] for j, name in enumerate(names)}
+        self.every_step = every_step
+        self.fired: set[str] = set()
+
+    def hook(
+        self, activation: Float[Tensor, "batch pos d_model"], hook: Any
+    ) -> Float[Tensor, "batch pos d_model"]:
+        if hook.name in self.fired and not self.every_step:
+            return activation
+        self.fired.add(hook.name)
+        return _fixed_hook(activation, hook, correction=self.correction[hook.name])
+
+
+def _last_states(
+    model: HookedVLM, batch: PromptBatch, names: Sequence[str], stop_after_layer: int
+) -> tuple[Float[Tensor, "n layers d_model"], CachedRun]:
+    """Last-position states at ``names`` from a prompt pass stopped after ``stop_after_layer``, and the run."""
+    seen: dict[str, Tensor] = {}
+
+    def keep(activation: Tensor, hook: Any) -> None:
+        seen[hook.name] = activation[:, -1]
+
+    run = CachedRun(model, batch, stop_after_layer=stop_after_layer)
+    with torch.no_grad(), model.hooks([(name, keep) for name in names]):
+        run.step()
+    return torch.stack([seen[name] for name in names], dim=1).float().cpu(), run
+
+
 def _per_step_hook(
     activation: Float[Tensor, "batch pos d_model"],
     hook: Any,
@@ -299,6 +349,9 @@ class ShiftDC(Intervention):
             :data:`NORMAL_SAFE`); ``m`` is then measured on the plain query. None: the query itself.
             Needs ``estimate="prefill"``.
         caption_template: The twin's text (``{query}``, ``{caption}``); default the family's.
+        reuse_kv: With ``estimate="prefill"``, :meth:`generate` reuses the unsteered pass's KV
+            cache and stops the twins early (module docstring); False runs the one-batch path
+            (the reference it is tested equal to). Results agree to float rounding.
 
     :meth:`preset` builds the two named rule sets (module docstring).
 
@@ -336,6 +389,7 @@ class ShiftDC(Intervention):
         final_norm: bool = False,
         steer_template: str | None = None,
         caption_template: str | None = None,
+        reuse_kv: bool = True,
     ):
         if not isinstance(direction, SteeringVectors):
             raise TypeError(
@@ -367,6 +421,7 @@ class ShiftDC(Intervention):
             )
         self.steer_template = steer_template
         self.caption_template = caption_template
+        self.reuse_kv = bool(reuse_kv)
         for name, meta in (("prompt_format", "prompt_format"), ("final_norm", "final_norm")):
             fitted = direction.meta.get(meta)
             if fitted is not None and fitted != getattr(self, name):
@@ -508,9 +563,15 @@ class ShiftDC(Intervention):
 
         What ``estimate="prefill"`` adds; zero for inputs without an image.
         """
+        return self._corrections(self.shifts(model, batch), batch.conditions)
+
+    def _corrections(
+        self, shift: Float[Tensor, "n layers d_model"], conditions: Sequence[Condition]
+    ) -> Float[Tensor, "n layers d_model"]:
+        """``-alpha`` times the safety component of ``shift``, zero for rows without an image."""
         directions = self.direction.vectors[list(self.layers)].float()
-        safety, _ = decompose(self.shifts(model, batch), directions)
-        steered = torch.tensor([c.has_image for c in batch.conditions[: safety.shape[0]]])
+        safety, _ = decompose(shift, directions)
+        steered = torch.tensor([c.has_image for c in conditions[: safety.shape[0]]])
         return -self.alpha * safety * steered[:, None, None]
 
     def prepare(self, model: HookedVLM, batch: PromptBatch | None) -> PreparedRun:
@@ -536,6 +597,46 @@ class ShiftDC(Intervention):
             for name, layer in zip(names, self.layers, strict=True)
         ]  # fmt: skip
         return PreparedRun(batch, hooks, follow=twin_follow(batch, self.n_blocks), steered=tuple(range(n)))
+
+    def generate(
+        self, model: HookedVLM, inputs: Inputs, max_new_tokens: int = 32, **generate_kwargs: Any
+    ) -> Generation:
+        """Steered generation of the inputs (captioned first); with ``reuse_kv`` it pays only for what differs.
+
+        With ``estimate="prefill"`` and ``reuse_kv=True`` (module docstring) the caption twins run
+        a prompt pass stopped after the last steered layer, the inputs one unsteered prompt pass
+        (no unembedding) whose KV cache for positions ``[:-1]`` the steered generation starts from,
+        recomputing the last prompt token with the corrections. Otherwise, or with ``cache_names=``
+        or ``before_step=``, the one-batch path of :meth:`applied`. Both give the same tokens and
+        logits (to float rounding; tested).
+        """
+        if (
+            inputs is None
+            or not self.reuse_kv
+            or self.estimate != "prefill"
+            or generate_kwargs.get("cache_names") is not None
+            or "before_step" in generate_kwargs
+            or not kv_reuse_supported(model)
+        ):
+            return super().generate(model, inputs, max_new_tokens, **generate_kwargs)
+        batch = self._batch(model, inputs)
+        n = twin_blocks(batch, self._twins(), "ShiftDC")
+        self.direction.check_compatible(model, self.layers)
+        names, last = self._names(model), max(self.layers)
+        twin, _ = _last_states(model, batch.select(range(n, 2 * n)), names, last)
+        main = batch.select(range(n))
+        prefix: KVPrefix | None = None
+        if self.steer_template is None:  # the measured inputs are the steered prompts: reuse their cache
+            x, run = _last_states(model, main, names, model.cfg.n_layers - 1)
+            prefix = run.take_prefix(1)
+        else:
+            x, _ = _last_states(model, batch.select(range(2 * n, 3 * n)), names, last)
+        if self.final_norm:
+            x, twin = (final_normed(model, states, self.layers) for states in (x, twin))
+        correction = self._corrections(x - twin, batch.conditions[:n]).to(model.device, model_dtype(model))
+        edit = _Corrections(correction, names, every_step=self.steps == "all")
+        hooks = [*generate_kwargs.pop("fwd_hooks", ()), *((name, edit.hook) for name in names)]
+        return model.generate(main, max_new_tokens, fwd_hooks=hooks, prefix=prefix, **generate_kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         source = self.caption_source if isinstance(self.caption_source, str) else "callable"

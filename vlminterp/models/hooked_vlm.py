@@ -44,7 +44,7 @@ from vlminterp.models.compat import fix_kv_cache_keyword
 from vlminterp.models.families import Family
 from vlminterp.models.hooking import FwdHooks, HookFn, HookingMixin, Metric, require_batch
 from vlminterp.models.loading import ProcessorLoadError, choose_family, load_processor
-from vlminterp.models.stepping import CachedRun
+from vlminterp.models.stepping import CachedRun, KVPrefix
 from vlminterp.models.tl_helpers import TransformerLensHelpers
 from vlminterp.positions import Positions
 from vlminterp.prompts import PromptBatch
@@ -298,6 +298,7 @@ class HookedVLM(HookingMixin, TransformerLensHelpers):
         generator: torch.Generator | None = None,
         cache_names: NamesFilter | None = None,
         before_step: Callable[[Tensor | None], None] | None = None,
+        prefix: KVPrefix | None = None,
     ) -> Generation:
         """Continue every prompt of ``batch`` with the KV cache, hooks firing at every step.
 
@@ -323,6 +324,9 @@ class HookedVLM(HookingMixin, TransformerLensHelpers):
             before_step: Called before each step's forward, inside the hooks, with the tokens this
                 step feeds (``[batch]``; None at the prompt pass): per-input interventions run their
                 twin rows there (a :class:`~vlminterp.models.stepping.CachedRun` fed the same tokens).
+            prefix: The KV cache of each row's first tokens (:class:`~vlminterp.models.stepping.KVPrefix`,
+                used up): the prompt pass feeds only the rest (hooks see those positions only).
+                Not with ``cache_names``.
 
         Returns:
             A :class:`Generation` with the new tokens and texts per row.
@@ -345,9 +349,13 @@ class HookedVLM(HookingMixin, TransformerLensHelpers):
         n = len(batch)
         leaders = _leaders(follow, n).to(self.device)
         eos = self.tokenizer.eos_token_id
+        if prefix is not None and cache_names is not None:
+            raise ValueError(
+                "generate(cache_names=...) caches the whole prompt; it cannot start from a prefix."
+            )
         steps, caching = self._step_cache(cache_names)
         unembed = any(name.startswith(("unembed.", "hook_unembed")) for name in steps)
-        run = CachedRun(self, batch, all_logits=unembed)
+        run = CachedRun(self, batch, all_logits=unembed, prefix=prefix)
         done = torch.zeros(n, dtype=torch.bool, device=self.device)
         chosen: list[Tensor] = []
         token = None
