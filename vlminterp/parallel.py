@@ -192,7 +192,7 @@ def json_cache(path: str | Path | None) -> Iterator[Path | None]:
         mine.unlink(missing_ok=True)
     yield mine
     parts = gather(read_json(mine) if mine.is_file() else {})
-    if rank == 0:
+    if rank == 0 and any(parts):  # nothing made: nothing written (as in one process)
         merged = read_json(path) if path.is_file() else {}
         for part in parts:
             merged.update(part)
