@@ -5,6 +5,10 @@
 argument is checked before anything is written: a bad one exits with status 2 and a message, and
 leaves ``--out`` as it was.
 
+Data-parallel: ``torchrun --nproc-per-node 8 -m vlminterp sweep --study head --device cuda ...`` runs
+one process per GPU, each on its share of the grid points; rank 0 writes the one merged result, equal
+to a one-process run (see :mod:`vlminterp.studies.common`).
+
 Example:
     >>> from vlminterp.cli import sweep
     >>> sweep.main(["--study", "layer", "--model", "tiny:nope"])  # doctest: +SKIP
@@ -22,6 +26,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from vlminterp.cli import SUBCOMMANDS
+from vlminterp.parallel import is_main
 from vlminterp.studies.common import add_common_arguments
 
 __all__ = ["HELP", "STUDIES", "add_arguments", "build_parser", "main"]
@@ -62,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         written = _study(args.study).run(args)
     except ValueError as e:
         parser.error(str(e))
-    for path in written:
-        print(path)
+    if is_main():
+        for path in written:
+            print(path)
     return 0

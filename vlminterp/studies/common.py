@@ -7,6 +7,11 @@ from :func:`study_inputs` (every argument checked before anything is written: a 
 ``results.csv`` / ``manifest.json`` (:func:`vlminterp.results.write_results`) plus its heatmaps with
 :func:`finish_study`.
 
+Data-parallel: under ``torchrun --nproc-per-node N`` (or ``accelerate launch``) every process loads the
+model on its own device (``--device cuda``: the GPU of its local rank) and measures its share of the
+grid points (:func:`vlminterp.sweeps.sweep`); rank 0 writes the one merged rows file and the results,
+equal to a one-process run.
+
 Example:
     >>> import argparse
     >>> parser = argparse.ArgumentParser(); add_common_arguments(parser)
@@ -25,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vlminterp.interventions.site import resolve_layers
+from vlminterp.parallel import init_from_env, is_main, on_main
 from vlminterp.prompts import Sample
 from vlminterp.results import write_results
 from vlminterp.specs import DATASET_SPEC_HELP, MODEL_SPEC_HELP, DatasetSpec, ModelSpec, model_name
@@ -74,6 +80,12 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-rows", type=int, default=32, help="rows per forward when grid points are stacked"
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument(
+        "--device", default="cpu", help="cpu, cuda (under torchrun: each rank's own GPU), cuda:1"
+    )
+    parser.add_argument(
+        "--device-map", default=None, help="accelerate placement of one large checkpoint, e.g. auto"
+    )
 
 
 def _layers(text: str, n_layers: int) -> list[int]:
@@ -124,7 +136,7 @@ def study_inputs(
             f"--dataset {str(evaluated)!r} gave no harmful samples; the studies measure refusal on harmful inputs."
         )
     anchors = anchor.load({"harmful": args.n_harmful, "benign": args.n_benign})
-    model = model or spec.load()
+    model = model or spec.load(device=init_from_env(args.device), device_map=args.device_map)
     return StudyInputs(out, model, samples, anchors, _layers(args.layers, model.cfg.n_layers))
 
 
@@ -148,12 +160,20 @@ def parse_choices(option: str, text: str, allowed: Sequence[str]) -> list[str]:
 def finish_study(
     out: Path, rows: list[dict[str, Any]], args: argparse.Namespace, name: str, model: HookedVLM
 ) -> list[Path]:
-    """Write a study's ``results.json`` / ``.csv`` + manifest (config from ``args``), then its heatmaps."""
-    config = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "parser"}
-    results = write_results(out, rows, {**config, "study": name, "model": model_name(model)})
-    from vlminterp.studies.ablation_heatmap import draw
+    """Write a study's ``results.json`` / ``.csv`` + manifest (config from ``args``), then its heatmaps.
 
-    return [results, *draw(results, out)]
+    Under a launcher rank 0 writes; every rank returns the files written.
+    """
+    skip = {"parser", "device", "device_map"}
+    config = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in skip}
+
+    def write() -> list[Path]:
+        from vlminterp.studies.ablation_heatmap import draw
+
+        results = write_results(out, rows, {**config, "study": name, "model": model_name(model)})
+        return [results, *draw(results, out)]
+
+    return on_main(write)
 
 
 def study_main(
@@ -171,6 +191,7 @@ def study_main(
         written = run(args)
     except ValueError as e:
         parser.error(str(e))
-    for path in written:
-        print(path)
+    if is_main():
+        for path in written:
+            print(path)
     return written

@@ -30,6 +30,7 @@ from typing import Any
 
 from vlminterp import Condition, HookedVLM, PromptBatch
 from vlminterp.interventions import ActivationPatch, HeadAblation, mean_z
+from vlminterp.parallel import is_main
 from vlminterp.specs import model_name
 from vlminterp.studies.common import finish_study, parse_choices, study_inputs, study_main
 from vlminterp.sweeps import RefusalScore, sweep
@@ -113,7 +114,8 @@ def run(args: argparse.Namespace, model: HookedVLM | None = None) -> list[Path]:
     ranked = top_heads(changes, args.top_k)
     rows += ranked
     for r in (r for r in ranked if r["selected"]):
-        print(f"top head ({r['mode']}): L{r['layer']}H{r['head']}  |change| = {r['value']:.3f}")
+        if is_main():
+            print(f"top head ({r['mode']}): L{r['layer']}H{r['head']}  |change| = {r['value']:.3f}")
 
     if not args.no_patching:
         text = PromptBatch.paired(model, samples, [Condition.TEXT_ONLY])

@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from vlminterp.interventions.base import Intervention
+from vlminterp.parallel import barrier, gather, on_main, rank_world, shard
 from vlminterp.prompts import Condition, PromptBatch, Sample
 from vlminterp.specs import model_name
 from vlminterp.sweeps.batching import Part, clean, observe, packs, prepared
 from vlminterp.sweeps.grid import grid_points, point_key
 from vlminterp.sweeps.metrics import Metric, resolve_metrics
-from vlminterp.sweeps.rows_file import RowsFile, samples_digest
+from vlminterp.sweeps.rows_file import RowsFile, append_rows, part_path, samples_digest
 
 if TYPE_CHECKING:
     from vlminterp.models.hooked_vlm import HookedVLM
@@ -73,6 +74,10 @@ def sweep(
             twin rows of per-input methods count too).
         prompt_options: ``blank=``, ``noise_seed=``, ``caption_template=`` for ``PromptBatch.paired``.
 
+    Under ``torchrun`` / ``accelerate launch`` (:mod:`vlminterp.parallel`) every process measures its
+    share of the unfinished groups of points (appending to ``<out_path>.rank<R>``); rank 0 merges them
+    into ``out_path`` in grid order, and every process returns the whole table, equal to a one-process run.
+
     Returns:
         The rows of every grid point (read back from ``out_path`` for skipped points), in grid order.
     """
@@ -105,10 +110,18 @@ def sweep(
         "conditions": [c.value for c in conds],
         "metrics": [m.to_dict() for m in metrics],
     }
-    store = None if out_path is None else RowsFile(Path(out_path), manifest, [m.name for m in metrics])
-    done = set() if store is None else store.done()
-    fresh: list[dict[str, Any]] = []
+    rank, world = rank_world()
+    path = None if out_path is None else Path(out_path)
+    store: RowsFile | None = None
+    order = [point_key(p) for p in points]
 
+    def open_rows() -> set[str]:
+        nonlocal store
+        store = RowsFile(path, manifest, [m.name for m in metrics])
+        store.merge_parts(order)  # what a killed data-parallel run finished
+        return store.done()
+
+    done = set() if path is None else on_main(open_rows)
     options = dict(prompt_options or {})
     chunks = [list(samples)] if batch_size is None else [list(samples[i : i + batch_size]) for i in range(0, len(samples), batch_size)]  # fmt: skip
     batches = [
@@ -121,20 +134,16 @@ def sweep(
         starts.append(start)
     per_pass = max(1, max_rows // max(len(b) for _, _, b in batches))
     groups = [points[i : i + per_pass] for i in range(0, len(points), per_pass)]
-    bar = tqdm(
-        total=len(points),
-        initial=sum(point_key(p) in done for p in points),
-        unit="point",
-        disable=not progress,
-    )
+    todo = [[p for p in g if point_key(p) not in done] for g in groups]
+    mine = shard([g for g in todo if g])  # every rank its share of the unfinished groups
+    bar = tqdm(total=len(points), initial=len(points) - sum(map(len, todo)), unit="point",
+               disable=not (progress and rank == 0))  # fmt: skip
+    fresh: list[dict[str, Any]] = []
     try:
-        for group in groups:
-            todo = [p for p in group if point_key(p) not in done]
-            if not todo:
-                continue
-            interventions = [make_intervention(**p) for p in todo]
-            sums = torch.zeros(len(todo), len(metrics), dtype=torch.float64)
-            counts = torch.zeros(len(todo), len(metrics), dtype=torch.long)
+        for group in mine:
+            interventions = [make_intervention(**p) for p in group]
+            sums = torch.zeros(len(group), len(metrics), dtype=torch.float64)
+            counts = torch.zeros(len(group), len(metrics), dtype=torch.long)
             for (chunk, cond, b), refs, start in zip(batches, references, starts, strict=True):
                 runs = [
                     None if iv is None else prepared(iv, model, chunk, cond, b, options)
@@ -156,7 +165,7 @@ def sweep(
                         sums[i, j] += v[ok].sum()
                         counts[i, j] += int(ok.sum())
             group_rows = []
-            for i, (p, iv) in enumerate(zip(todo, interventions, strict=True)):
+            for i, (p, iv) in enumerate(zip(group, interventions, strict=True)):
                 name = method or ("none" if iv is None else iv.to_dict().get("method", type(iv).__name__))
                 base = {"model": model_name(model), "dataset": dataset, "method": name}
                 base.update({"layer": None, "head": None, "alpha": None, **p})
@@ -166,15 +175,29 @@ def sweep(
                     group_rows.append(
                         {**base, "metric": m.name, "value": value, "n": n, "point": point_key(p)}
                     )
-            if store is not None:
+            if world > 1 and path is not None:
+                append_rows(part_path(path, rank), group_rows)
+            elif store is not None:
                 store.append(group_rows)
             fresh.extend(group_rows)
-            bar.update(len(todo))
+            bar.update(len(group))
     finally:
         bar.close()
-    every = fresh if store is None else store.rows
-    order = {point_key(p): i for i, p in enumerate(points)}
+    if world > 1:  # one table on every rank: the merged file's, or every rank's rows
+        barrier()
+        if path is None:
+            fresh = [r for part in gather(fresh) for r in part]
+        else:
+
+            def merged() -> list[dict[str, Any]]:
+                store.merge_parts(order)
+                return store.rows
+
+            fresh = on_main(merged)
+    elif store is not None:
+        fresh = store.rows
+    index = {key: i for i, key in enumerate(order)}
     metric_order = {m.name: j for j, m in enumerate(metrics)}
-    chosen = [r for r in every if r["point"] in order]
-    chosen.sort(key=lambda r: (order[r["point"]], metric_order.get(r["metric"], 0)))
+    chosen = [r for r in fresh if r["point"] in index]
+    chosen.sort(key=lambda r: (index[r["point"]], metric_order.get(r["metric"], 0)))
     return [{k: v for k, v in r.items() if k != "point"} for r in chosen]
