@@ -194,3 +194,24 @@ def test_eval_main_end_to_end(tmp_path, capsys):
         EvalConfig(model="tiny:llava", dataset="nope", root=".", out=".")
     with pytest.raises(ValueError, match="keyword:<preset>"):
         EvalConfig(model="tiny:llava", dataset="figstep", root=".", out=".", judge="gpt4")
+
+
+def test_one_process_rerun_merges_the_parts_a_killed_parallel_run_left(
+    tiny_model, text_samples, tmp_path, monkeypatch
+):
+    """Rank 1 of 2 finished q1 before the run died: a one-process rerun keeps it and makes only q0 and q2."""
+    reference = generate_responses(
+        tiny_model, text_samples, "text_only", tmp_path / "ref.jsonl", max_new_tokens=3, progress=False
+    )
+    out = tmp_path / "r.jsonl"
+    (tmp_path / "r.rank1.jsonl").write_text(json.dumps(reference[1]) + "\n")
+    assert [r["id"] for r in read_responses(out)] == ["q1"]
+    calls = []
+    original = tiny_model.generate
+    monkeypatch.setattr(
+        tiny_model, "generate", lambda batch, **kw: calls.append(batch.sample_ids) or original(batch, **kw)
+    )
+    rows = generate_responses(tiny_model, text_samples, "text_only", out, max_new_tokens=3, progress=False)
+    assert calls == [["q0", "q2"]]
+    assert rows == reference and not (tmp_path / "r.rank1.jsonl").exists()
+    assert sorted(read_responses(out), key=lambda r: r["id"]) == reference
