@@ -61,8 +61,9 @@ def test_twins_run_only_up_to_the_last_steered_layer(tiny_model, samples):
         CMRM.sample_level(alpha=1.0, layers=[0], steps="prefill").generate(
             tiny_model, samples, max_new_tokens=3
         )
-    # Layer 0: the TEXT_ONLY and BLANK prompt passes, then the steered rows' 3 steps; layer 1: steered only.
-    assert fired.count(names[0]) == 2 + 3 and fired.count(names[1]) == 3
+    # Layer 0: the TEXT_ONLY prompt pass, the BLANK rows' shared prefix (once, one row) and their
+    # rest, then the steered rows' 3 steps; layer 1: steered only.
+    assert fired.count(names[0]) == 3 + 3 and fired.count(names[1]) == 3
 
 
 def test_truncated_cached_run_equals_the_full_forward(tiny_model, samples):
