@@ -64,7 +64,7 @@ def is_main() -> bool:
     return rank_world()[0] == 0
 
 
-def init_from_env(device: str = "cpu") -> str:
+def init_from_env(device: str = "cpu", device_map: str | None = None) -> str:
     """Join the process group a launcher describes (env ``WORLD_SIZE`` > 1); returns this rank's device.
 
     A one-process run, or a group already initialised, is left as it is and ``device`` returned.
@@ -72,11 +72,23 @@ def init_from_env(device: str = "cpu") -> str:
 
     Args:
         device: The device the command was given (``"cpu"``, ``"cuda"``, ``"cuda:0"``).
+        device_map: The command's ``--device-map``: placing one model over every visible GPU is for a
+            one-process run, so with several processes it raises.
+
+    Raises:
+        ValueError: ``device_map`` given to a run of several processes.
     """
     import torch
     import torch.distributed as dist
 
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+    world = max(int(os.environ.get("WORLD_SIZE", "1")), rank_world()[1])
+    if device_map is not None and world > 1:
+        raise ValueError(
+            f"--device-map {device_map!r} places one model over all visible GPUs, but this run has {world} "
+            "processes, each of which would do so. Use --device cuda under torchrun (one model per GPU), "
+            "or run one process with --device-map for a checkpoint larger than one GPU."
+        )
+    if world <= 1 or dist.is_initialized():
         return device
     cuda = device.startswith("cuda")
     dist.init_process_group("nccl" if cuda else "gloo")

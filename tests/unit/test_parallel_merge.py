@@ -110,3 +110,11 @@ def test_gathered_activations_are_put_back_in_sample_order():
         np.testing.assert_array_equal(got.x[c], x)
         assert list(got.sample_ids[c]) == ids and list(got.labels[c]) == labels
     assert list(got.layers) == [1, 3] and (got.model, got.dataset) == ("m", "d")
+
+
+def test_device_map_with_several_processes_is_refused(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="--device-map 'auto' places one model over all visible GPUs"):
+        parallel.init_from_env("cuda", "auto")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert parallel.init_from_env("cpu", "auto") == "cpu"  # one process: placement is the loader's

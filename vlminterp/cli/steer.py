@@ -100,7 +100,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--device", default="cpu", help="cpu, cuda (under torchrun: each rank's own GPU), cuda:1")
     p.add_argument(
-        "--device-map", default=None, help="accelerate placement of one large checkpoint, e.g. auto"
+        "--device-map",
+        default=None,
+        help="accelerate placement of one large checkpoint over the visible GPUs, e.g. auto (one process)",
     )
 
 
@@ -223,7 +225,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(
                 f"--direction {args.direction!r}: fitting a safety direction needs harmful and benign samples."
             )
-        model = model_spec.load(device=init_from_env(args.device), device_map=args.device_map)
+        model = model_spec.load(
+            device=init_from_env(args.device, args.device_map), device_map=args.device_map
+        )
         if isinstance(args.layers, list):
             resolve_layers(args.layers, model.cfg.n_layers, "--layers")
         config = {

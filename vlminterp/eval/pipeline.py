@@ -135,7 +135,7 @@ def run_eval(
     dataset = config.dataset_spec()
     judge = config.judge_spec().build()
     samples = dataset.load()
-    device = init_from_env(config.device)
+    device = init_from_env(config.device, config.device_map)
     if model is None:
         model = ModelSpec.parse(config.model).load(device=device, device_map=config.device_map)
     out = Path(config.out)
@@ -194,7 +194,9 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu", help="cpu, cuda (under torchrun: each rank's own GPU), cuda:1")
     p.add_argument(
-        "--device-map", default=None, help="accelerate placement of one large checkpoint, e.g. auto"
+        "--device-map",
+        default=None,
+        help="accelerate placement of one large checkpoint over the visible GPUs, e.g. auto (one process)",
     )
     p.add_argument(
         "--option", action="append", default=[], metavar="KEY=JSON", help="dataset option, e.g. tiny=true"

@@ -314,7 +314,7 @@ def run(
             )
         if skipped and is_main():
             print(skipped)
-        device = init_from_env(device)
+        device = init_from_env(device, device_map)
         model = model if model is not None else load_model(cfg.model, device=device, device_map=device_map)
         chosen_layers(cfg, model.cfg.n_layers)  # checked before captions are written
         if "caption" in cfg.conditions:
@@ -389,7 +389,9 @@ def _parse(
     p.add_argument("--force", action="store_true", help="recompute even if the manifest matches")
     p.add_argument("--device", default="cpu", help="cpu, cuda (under torchrun: each rank's own GPU), cuda:1")
     p.add_argument(
-        "--device-map", default=None, help="accelerate placement of one large checkpoint, e.g. auto"
+        "--device-map",
+        default=None,
+        help="accelerate placement of one large checkpoint over the visible GPUs, e.g. auto (one process)",
     )
     a = p.parse_args(argv)
     try:
