@@ -1,4 +1,4 @@
-"""The ``vlminterp`` command: ``demo``, ``doctor``, ``collect``, ``gap``, ``eval``, ``steer``, ``sweep``.
+"""The ``vlminterp`` command: ``demo``, ``doctor``, ``collect``, ``gap``, ``eval``, ``steer``, ``sweep``, ``reproduce``.
 
 Each subcommand is a module of this package (``vlminterp.cli.<name>``) with ``HELP`` and
 ``main(argv) -> int``; this module only dispatches, importing the chosen one on demand (so
@@ -7,7 +7,7 @@ Each subcommand is a module of this package (``vlminterp.cli.<name>``) with ``HE
 Example:
     >>> from vlminterp.cli import SUBCOMMANDS, main
     >>> sorted(SUBCOMMANDS)
-    ['collect', 'demo', 'doctor', 'eval', 'gap', 'steer', 'sweep']
+    ['collect', 'demo', 'doctor', 'eval', 'gap', 'reproduce', 'steer', 'sweep']
     >>> main(["doctor", "--help"])  # doctest: +SKIP
 """
 
@@ -29,6 +29,7 @@ SUBCOMMANDS: dict[str, str] = {
     "eval": "generate responses for a benchmark and judge them",
     "steer": "one command: fit CMRM / ShiftDC, generate, judge, tabulate refusal rates",
     "sweep": "layer / head / alpha-layer ablation studies",
+    "reproduce": "one paper's protocol (CMRM or ShiftDC) on the real benchmarks, its numbers beside yours",
 }
 
 

@@ -49,10 +49,10 @@ from vlminterp.results import write_results
 from vlminterp.specs import model_name
 
 if TYPE_CHECKING:
-    from vlminterp.interventions import Intervention
+    from vlminterp.interventions import Intervention, ShiftDC
     from vlminterp.models.hooked_vlm import HookedVLM
 
-__all__ = ["Run", "judge_rows", "table", "markdown", "run_cmrm", "run_shiftdc", "GROUP"]
+__all__ = ["Run", "caption_shards", "judge_rows", "table", "markdown", "run_cmrm", "run_shiftdc", "GROUP"]
 
 #: Columns that name a group of judged responses (one rate row per group and metric).
 GROUP = ["dataset", "label", "condition", "method", "judge"]
@@ -232,6 +232,18 @@ def run_cmrm(args: argparse.Namespace, run: Run, judge: Judge, sets: dict[str, t
     return on_main(lambda: _finish(run, judge, responses, everything))
 
 
+def caption_shards(shiftdc: ShiftDC, model: HookedVLM, samples: list[Sample]) -> None:
+    """Make ``shiftdc``'s self-captions of ``samples`` once, each process its shard, into its caption
+    cache (later calls read it; :func:`vlminterp.parallel.json_cache` merges the shards)."""
+    cache = shiftdc.caption_cache
+    with json_cache(cache) as mine:
+        try:
+            shiftdc.caption_cache = mine
+            shiftdc.caption(model, shard(samples))
+        finally:
+            shiftdc.caption_cache = cache
+
+
 def run_shiftdc(args: argparse.Namespace, run: Run, judge: Judge, sets: dict[str, tuple[str, list[Sample]]]):
     """Direction, captions, distortion per sample, baselines and IMAGE + ShiftDC (+ CMRM), judged and tabulated."""
     import numpy as np
@@ -274,14 +286,7 @@ def run_shiftdc(args: argparse.Namespace, run: Run, judge: Judge, sets: dict[str
     shift_rows: list[dict[str, Any]] = []
 
     def steered(name: str, chunk: list[Sample]) -> list[dict[str, Any]]:
-        # self-captions are made once (each rank its shard), into captions.json; later calls read it
-        cache = shiftdc.caption_cache
-        with json_cache(cache) as mine:
-            try:
-                shiftdc.caption_cache = mine
-                shiftdc.caption(model, shard(chunk))
-            finally:
-                shiftdc.caption_cache = cache
+        caption_shards(shiftdc, model, chunk)
         mine, rows = shard(chunk), []
         for i in range(0, len(mine), run.batch_size):
             part = mine[i : i + run.batch_size]
