@@ -218,3 +218,23 @@ def test_limit_8_smoke_run_under_three_minutes(paper, model, tmp_path):
     seconds = time.perf_counter() - start
     assert seconds < 180, f"reproduce {paper} --limit 8 on {model} took {seconds:.0f} s"
     assert (tmp_path / "o" / "tables.md").is_file()
+
+
+def test_mme_scores_leave_out_a_question_whose_pair_the_limit_cut():
+    from types import SimpleNamespace
+
+    from vlminterp.eval.metrics import mme_scores
+    from vlminterp.reproduce.shiftdc import BENCHMARKS
+
+    mme = next(b for b in BENCHMARKS if b.key == "mme")
+    meta = [("OCR", "1.jpg", "Yes"), ("OCR", "1.jpg", "No"), ("OCR", "2.jpg", "Yes")]
+    rows = [{"response": "Yes", "meta": {"subtask": t, "image_name": i, "gt_answer": a}} for t, i, a in meta]
+    holder = SimpleNamespace(notes=[])
+    measured, _ = Protocol._mme(holder, mme, rows)
+    ocr = {r["metric"]: r["value"] for r in measured if r["subset"] == "OCR"}
+    # the complete pair alone: one of two right (acc 50), the pair not both right (acc+ 0)
+    assert ocr == {"mme_acc": 50.0, "mme_acc_plus": 0.0, "mme_score": 50.0}
+    expected = mme_scores([{"response": "Yes", "subtask": "OCR", "image_name": "1.jpg", "gt_answer": a}
+                           for a in ("Yes", "No")])  # fmt: skip
+    assert ocr["mme_score"] == next(r["value"] for r in expected if r["metric"] == "score")
+    assert any("left out of the scores" in n for n in holder.notes)

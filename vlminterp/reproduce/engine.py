@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -228,6 +229,16 @@ class Protocol:
 
         scored = [{"response": r["response"], **{k: r["meta"][k] for k in ("subtask", "image_name", "gt_answer")}}
                   for r in rows]  # fmt: skip
+        counts = Counter(r["subtask"] for r in scored)
+        odd = {t for t, n in counts.items() if n % 2}  # --limit cut an image's pair of questions
+        if odd:
+            last = {t: max(i for i, r in enumerate(scored) if r["subtask"] == t) for t in odd}
+            scored = [r for i, r in enumerate(scored) if i not in last.values()]
+            note = (
+                f"{b.name}: the last question of {sorted(odd)} left out of the scores (--limit cut its pair)."
+            )
+            if note not in self.notes:
+                self.notes.append(note)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             measured = mme_scores(scored)
