@@ -84,8 +84,14 @@ def direction(model):
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"steps": "all"}, {"final_norm": True, "layers": "all"}, {"steer_template": "Be safe. {query}"}],
-    ids=["prefill", "steps-all", "final-norm", "steer-template"],
+    [
+        {},
+        {"steps": "all"},
+        {"final_norm": True, "layers": "all"},
+        {"steer_template": "Be safe. {query}"},
+        {"caption_source": "self", "caption_prompt": "describe the image", "caption_max_new_tokens": 3},
+    ],
+    ids=["prefill", "steps-all", "final-norm", "steer-template", "self-captions"],
 )
 def test_shiftdc_kv_reuse_equals_the_one_batch_path(model, direction, options):
     samples = _samples()

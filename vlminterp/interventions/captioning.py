@@ -33,12 +33,18 @@ from vlminterp.prompts import Condition, PromptBatch, Sample
 
 if TYPE_CHECKING:
     from vlminterp.models.hooked_vlm import HookedVLM
+    from vlminterp.models.stepping import KVPrefix
+
+#: For a chunk of samples and their caption prompts, the KV cache of those prompts' first tokens
+#: (computed already, e.g. the same template and image in another prompt), or None.
+CaptionPrefix = Callable[[Sequence[Sample], PromptBatch], "KVPrefix | None"]
 
 __all__ = [
     "QUERY_CONDITIONED_PROMPT",
     "AUTHORS_CAPTION_PROMPT",
     "CAPTION_SOURCES",
     "Captioner",
+    "CaptionPrefix",
     "caption_images",
 ]
 
@@ -72,6 +78,7 @@ def caption_images(
     batch_size: int = 8,
     source: str | Captioner = "self",
     cache: str | Path | None = None,
+    prefix: CaptionPrefix | None = None,
 ) -> list[Sample]:
     """``samples`` with ``caption`` set for every sample that has an image (the others unchanged).
 
@@ -85,6 +92,9 @@ def caption_images(
         source: ``"self"``, ``"sample"`` (keep ``Sample.caption``) or a callable ``Sample -> str``.
         cache: JSON file of captions by key (model fingerprint, prompt, length, sample id); read
             first and updated after every batch.
+        prefix: ``source="self"``: gives each generation batch a
+            :class:`~vlminterp.models.stepping.KVPrefix` to start from (ShiftDC passes its inputs'
+            cache, which holds the same template and image); None computes every prompt.
 
     Returns:
         New Sample objects (the inputs are not changed).
@@ -126,9 +136,9 @@ def caption_images(
             requests = [
                 dataclasses.replace(s, query=prompt.replace("{query}", s.query), caption=None) for s in chunk
             ]
-            out = model.generate(
-                PromptBatch.paired(model, requests, [Condition.IMAGE]), max_new_tokens=max_new_tokens
-            )
+            batch = PromptBatch.paired(model, requests, [Condition.IMAGE])
+            held = None if prefix is None else prefix(chunk, batch)
+            out = model.generate(batch, max_new_tokens=max_new_tokens, prefix=held)
             stored.update({key(s): text for s, text in zip(chunk, out.texts, strict=True)})
             if path is not None:
                 write_json_atomic(path, stored)

@@ -32,7 +32,9 @@ pays only for the work that differs from plain generation. The edit touches only
 position, so the unsteered pass over the inputs (which measures ``m``) is also the steered
 generation's prompt pass: its KV cache is kept for positions ``[:-1]`` and only the last token is
 recomputed, corrected (:class:`~vlminterp.models.stepping.KVPrefix`). The caption twins run as
-their own short prompt pass, stopped after the last steered layer. Results equal the one-batch
+their own short prompt pass, stopped after the last steered layer. Self-captioning
+(``caption_source="self"``) starts from that pass's cache of the template and image, which the
+caption prompt shares, so it pays for its own request and caption tokens only. Results equal the one-batch
 path (``reuse_kv=False``: one unsteered pass over inputs and twins padded together, then steered
 generation from scratch) to float rounding; with ``steer_template`` the steered prompts differ from
 the measured ones, so only the truncated twin passes are saved.
@@ -78,7 +80,12 @@ from vlminterp.interventions.base import (
     twin_blocks,
     twin_follow,
 )
-from vlminterp.interventions.captioning import QUERY_CONDITIONED_PROMPT, Captioner, caption_images
+from vlminterp.interventions.captioning import (
+    QUERY_CONDITIONED_PROMPT,
+    Captioner,
+    CaptionPrefix,
+    caption_images,
+)
 from vlminterp.interventions.shiftdc_rules import (
     AUTHORS_CAPTION_TEMPLATE,
     NORMAL_SAFE,
@@ -93,7 +100,13 @@ from vlminterp.interventions.shiftdc_rules import (
 )
 from vlminterp.interventions.site import LayerSpec, Site, check_choice
 from vlminterp.interventions.steering import SteeringVectors
-from vlminterp.models.stepping import CachedRun, KVPrefix, kv_reuse_supported
+from vlminterp.models.stepping import (
+    CachedRun,
+    KVPrefix,
+    common_prefix_lengths,
+    kv_reuse_supported,
+    prefix_sharing_supported,
+)
 from vlminterp.prompts import Condition, PromptBatch, PromptRow, Sample
 
 if TYPE_CHECKING:
@@ -290,6 +303,19 @@ class _Corrections:
         return _fixed_hook(activation, hook, correction=self.correction[hook.name])
 
 
+class _CaptionPrefix:
+    """For a chunk of caption prompts: a copy of the inputs' cache holding what each shares with them."""
+
+    def __init__(self, held: KVPrefix, main: PromptBatch):
+        self.held, self.main = held, main
+        self.row = {sample_id: i for i, sample_id in enumerate(main.sample_ids)}
+
+    def __call__(self, chunk: Sequence[Sample], batch: PromptBatch) -> KVPrefix | None:
+        rows = [self.row[s.id] for s in chunk]
+        shared = common_prefix_lengths(self.main.select(rows), batch)
+        return None if bool((shared == 0).any()) else self.held.copy_rows(rows, shared)
+
+
 def _last_states(
     model: HookedVLM, batch: PromptBatch, names: Sequence[str], stop_after_layer: int
 ) -> tuple[Float[Tensor, "n layers d_model"], CachedRun]:
@@ -476,7 +502,9 @@ class ShiftDC(Intervention):
         return (_TWIN, _MAIN)[: self.n_blocks - 1]
 
     # ------------------------------------------------------------------ prompts
-    def caption(self, model: HookedVLM, samples: Sequence[Sample]) -> list[Sample]:
+    def caption(
+        self, model: HookedVLM, samples: Sequence[Sample], prefix: CaptionPrefix | None = None
+    ) -> list[Sample]:
         """``samples`` with captions from ``caption_source`` (see :func:`caption_images`)."""
         return caption_images(
             model,
@@ -485,6 +513,7 @@ class ShiftDC(Intervention):
             self.caption_max_new_tokens,
             source=self.caption_source,
             cache=self.caption_cache,
+            prefix=prefix,
         )
 
     def prompts(
@@ -509,21 +538,37 @@ class ShiftDC(Intervention):
             )
         if not samples:
             raise ValueError("ShiftDC needs at least one sample.")
+        return self._prompts_of(model, self.caption(model, samples), **prompt_options)
+
+    def _steered(self, s: Sample) -> Sample:
+        """The sample as steered: its query in ``steer_template`` if set."""
+        if self.steer_template is None:
+            return s
+        return dataclasses.replace(s, query=self.steer_template.replace("{query}", s.query))
+
+    def _main_row(self, model: HookedVLM, s: Sample, **options: Any) -> PromptRow:
+        """The steered input's row (IMAGE; TEXT_ONLY when the sample has no image). Needs no caption."""
+        s = stripped(s) if self.prompt_format == "bare" else s
+        condition = Condition.IMAGE if s.image is not None else Condition.TEXT_ONLY
+        return PromptRow.from_sample(
+            model, self._steered(s), condition, **{"caption_template": self.caption_template, **options}
+        )
+
+    def _prompts_of(
+        self, model: HookedVLM, captioned: Sequence[Sample], **prompt_options: Any
+    ) -> PromptBatch:
+        """:meth:`prompts` of samples captioned already."""
         options = {"caption_template": self.caption_template, **prompt_options}
         main, twin, plain = [], [], []
-        for s in self.caption(model, samples):
+        for s in captioned:
+            main.append(self._main_row(model, s, **prompt_options))
             if self.prompt_format == "bare":
                 s = stripped(s)
-            steered = s
-            if self.steer_template is not None:
-                steered = dataclasses.replace(s, query=self.steer_template.replace("{query}", s.query))
             if s.image is None:
                 logger.info("ShiftDC: sample %r has no image; it is passed through unchanged.", s.id)
-                main.append(PromptRow.from_sample(model, steered, Condition.TEXT_ONLY, **options))
                 twin.append(main[-1])
                 plain.append(main[-1])
                 continue
-            main.append(PromptRow.from_sample(model, steered, Condition.IMAGE, **options))
             twin.append(PromptRow.from_sample(model, s, Condition.CAPTION, **options))
             plain.append(PromptRow.from_sample(model, s, Condition.IMAGE, **options))
         blocks = [main, twin, main if self.steer_template is None else plain][: self.n_blocks]
@@ -606,9 +651,11 @@ class ShiftDC(Intervention):
         With ``estimate="prefill"`` and ``reuse_kv=True`` (module docstring) the caption twins run
         a prompt pass stopped after the last steered layer, the inputs one unsteered prompt pass
         (no unembedding) whose KV cache for positions ``[:-1]`` the steered generation starts from,
-        recomputing the last prompt token with the corrections. Otherwise, or with ``cache_names=``
-        or ``before_step=``, the one-batch path of :meth:`applied`. Both give the same tokens and
-        logits (to float rounding; tested).
+        recomputing the last prompt token with the corrections. With ``caption_source="self"`` that
+        pass runs first and the self-captioning generation starts from a copy of its cache for the
+        tokens the caption prompt shares with the input (template and image). Otherwise, or with
+        ``cache_names=`` or ``before_step=``, the one-batch path of :meth:`applied`. Both give the
+        same tokens and logits (to float rounding; tested).
         """
         if (
             inputs is None
@@ -619,24 +666,46 @@ class ShiftDC(Intervention):
             or not kv_reuse_supported(model)
         ):
             return super().generate(model, inputs, max_new_tokens, **generate_kwargs)
-        batch = self._batch(model, inputs)
-        n = twin_blocks(batch, self._twins(), "ShiftDC")
         self.direction.check_compatible(model, self.layers)
-        names, last = self._names(model), max(self.layers)
-        twin, _ = _last_states(model, batch.select(range(n, 2 * n)), names, last)
-        main = batch.select(range(n))
-        prefix: KVPrefix | None = None
-        if self.steer_template is None:  # the measured inputs are the steered prompts: reuse their cache
-            x, run = _last_states(model, main, names, model.cfg.n_layers - 1)
-            prefix = run.take_prefix(1)
+        names, last, top = self._names(model), max(self.layers), model.cfg.n_layers - 1
+        held: KVPrefix | None = None
+        if self._shares_caption_prompts(model, inputs):
+            # The inputs' unsteered pass runs first; self-captioning starts from its template and image.
+            main = PromptBatch.from_rows(model, [self._main_row(model, s) for s in inputs])
+            x, run = _last_states(model, main, names, top)
+            held = run.take_prefix(0)
+            batch = self._prompts_of(model, self.caption(model, inputs, prefix=_CaptionPrefix(held, main)))
+            n = twin_blocks(batch, self._twins(), "ShiftDC")
         else:
-            x, _ = _last_states(model, batch.select(range(2 * n, 3 * n)), names, last)
+            batch = self._batch(model, inputs)
+            n = twin_blocks(batch, self._twins(), "ShiftDC")
+            main = batch.select(range(n))
+            if self.steer_template is None:  # the measured inputs are the steered prompts: reuse their cache
+                x, run = _last_states(model, main, names, top)
+                held = run.take_prefix(0)
+            else:
+                x, _ = _last_states(model, batch.select(range(2 * n, 3 * n)), names, last)
+        twin, _ = _last_states(model, batch.select(range(n, 2 * n)), names, last)
+        prefix = None if held is None else held.dropped(1)
         if self.final_norm:
             x, twin = (final_normed(model, states, self.layers) for states in (x, twin))
         correction = self._corrections(x - twin, batch.conditions[:n]).to(model.device, model_dtype(model))
         edit = _Corrections(correction, names, every_step=self.steps == "all")
         hooks = [*generate_kwargs.pop("fwd_hooks", ()), *((name, edit.hook) for name in names)]
         return model.generate(main, max_new_tokens, fwd_hooks=hooks, prefix=prefix, **generate_kwargs)
+
+    def _shares_caption_prompts(self, model: HookedVLM, inputs: Inputs) -> bool:
+        """Whether self-captioning can start from the inputs' cache (same template and image)."""
+        return (
+            self.caption_source == "self"
+            and self.steer_template is None
+            and not isinstance(inputs, PromptBatch)
+            and isinstance(inputs, Sequence)
+            and len(inputs) > 0
+            and all(isinstance(s, Sample) for s in inputs)
+            and len({s.id for s in inputs}) == len(inputs)
+            and prefix_sharing_supported(model)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         source = self.caption_source if isinstance(self.caption_source, str) else "callable"

@@ -108,6 +108,37 @@ class KVPrefix:
         deltas = None if self.rope_deltas is None else self.rope_deltas.expand(n, -1)
         return KVPrefix(_cache(self.past, layers), self.mask.expand(n, -1), deltas)
 
+    def dropped(self, drop: int) -> KVPrefix:
+        """This prefix less its last ``drop`` columns (the cache is cut in place: use the result only).
+
+        The last columns must be real tokens of every row (a left-padded prompt pass), and the
+        cache must keep every position of sliding-window layers (the runs' caches do).
+        """
+        if drop == 0:
+            return self
+        if not 0 < drop < self.length or not bool(self.mask[:, -drop:].bool().all()):
+            raise ValueError(
+                f"KVPrefix.dropped({drop}): the last {drop} of {self.length} columns must be real tokens."
+            )
+        self.past.crop(-drop)
+        return KVPrefix(self.past, self.mask[:, :-drop], self.rope_deltas)
+
+    def copy_rows(self, rows: Sequence[int], held: Int[Tensor, " rows"]) -> KVPrefix:
+        """A new prefix of ``rows`` (copied), row ``j`` holding only its first ``held[j]`` real tokens.
+
+        The other columns stay in the cache, masked, so the padding may sit inside a row.
+        """
+        index = torch.tensor(list(rows), dtype=torch.long)
+        layers = [
+            None if kv is None else tuple(t.index_select(0, index.to(t.device)) for t in kv)
+            for kv in _kv(self.past)
+        ]
+        mask = self.mask[index]
+        real = mask.cumsum(-1) - 1
+        mask = (mask.bool() & (real < held.to(mask.device)[:, None])).long()
+        deltas = None if self.rope_deltas is None else self.rope_deltas[index.to(self.rope_deltas.device)]
+        return KVPrefix(_cache(self.past, layers), mask, deltas)
+
     @classmethod
     def concat(cls, parts: Sequence[KVPrefix]) -> KVPrefix:
         """One prefix of the rows of ``parts`` in order, each left-padded (masked zeros) to the longest."""
@@ -254,11 +285,8 @@ class CachedRun:
                 f"CachedRun.take_prefix(drop={drop}): take it right after the prompt pass, with "
                 f"0 <= drop < {self.length}."
             )
-        if drop:
-            self.past.crop(-drop)
-        mask = self._mask[:, : self.length - drop]
         self._spent = True
-        return KVPrefix(self.past, mask, _rope_deltas(self.model, mask))
+        return KVPrefix(self.past, self._mask, _rope_deltas(self.model, self._mask)).dropped(drop)
 
 
 def _fresh_cache(model: HookedVLM) -> Any:
@@ -373,33 +401,59 @@ def shared_prefix_length(model: HookedVLM, batch: PromptBatch) -> int:
         >>> int(batch.image_mask[0].sum()) < shared_prefix_length(model, batch) < int(batch.attention_mask.sum(-1).min())
         True
     """
-    if len(batch) < 2 or _has_sliding_window(model) or not kv_reuse_supported(model):
+    if len(batch) < 2 or not prefix_sharing_supported(model):
         return 0
-    images = batch.row_images
-    if any(r is None for r in images) or any(
-        r.keys() != images[0].keys() or any(not torch.equal(r[k], images[0][k]) for k in r) for r in images
-    ):
-        return 0
-    lengths = batch.attention_mask.sum(-1)
-    shortest = int(lengths.min())
-    rows = [batch.input_ids[i, -int(n) :][:shortest] for i, n in enumerate(lengths)]
-    rows_tokens = [
-        torch.stack([v[i, -int(n) :][:shortest] for v in batch.token_inputs.values()])
-        if batch.token_inputs
-        else None
-        for i, n in enumerate(lengths)
-    ]
-    same = torch.ones(shortest, dtype=torch.bool)
-    for ids, tok in zip(rows[1:], rows_tokens[1:], strict=True):
-        same &= ids == rows[0]
-        if tok is not None:
-            same &= (tok == rows_tokens[0]).all(0)
-    length = int(same.long().cumprod(0).sum())
-    image = batch.image_mask[0, -int(lengths[0]) :]
-    last_image = int(image.nonzero().max()) + 1 if bool(image.any()) else 0
-    if length < last_image or length >= shortest:
-        return 0
-    return length
+    n = len(batch)
+    length = int(common_prefix_lengths(batch.select([0] * (n - 1)), batch.select(range(1, n))).min())
+    return length if length < int(batch.attention_mask[0].sum()) else 0
+
+
+def common_prefix_lengths(held: PromptBatch, fed: PromptBatch) -> Int[Tensor, " batch"]:
+    """Per row, how many leading real tokens row ``i`` of ``held`` and of ``fed`` share (0: none usable).
+
+    Shared means the same tokens, per-token inputs and image tensors. A length is usable when it
+    holds every image token of the row and leaves ``fed``'s row at least one token; else 0.
+
+    Example:
+        >>> from vlminterp import HookedVLM, Sample, Condition, PromptBatch
+        >>> model = HookedVLM.tiny("llava")
+        >>> a = PromptBatch.paired(model, [Sample(id="a", query="hi there")], [Condition.BLANK])
+        >>> b = PromptBatch.paired(model, [Sample(id="a", query="hi you")], [Condition.BLANK])
+        >>> int(common_prefix_lengths(a, b)[0]) > int(a.image_mask.sum())
+        True
+    """
+    if len(held) != len(fed):
+        raise ValueError(f"common_prefix_lengths: {len(held)} held rows against {len(fed)} fed rows.")
+    out = torch.zeros(len(fed), dtype=torch.long)
+    for i in range(len(fed)):
+        a, b = held.row_images[i], fed.row_images[i]
+        if (a is None) != (b is None) or (
+            a is not None and (a.keys() != b.keys() or any(not torch.equal(a[k], b[k]) for k in a))
+        ):
+            continue
+        rows = [_real_tokens(batch, i) for batch in (held, fed)]
+        shortest = min(r.shape[1] for r in rows)
+        length = int((rows[0][:, :shortest] == rows[1][:, :shortest]).all(0).long().cumprod(0).sum())
+        image = held.image_mask[i, held.input_ids.shape[1] - rows[0].shape[1] :]
+        last_image = int(image.nonzero().max()) + 1 if bool(image.any()) else 0
+        if last_image <= length < rows[1].shape[1]:
+            out[i] = length
+    return out
+
+
+def _real_tokens(batch: PromptBatch, i: int) -> Int[Tensor, "kinds pos"]:
+    """Row ``i``'s real token ids, and its per-token inputs under them."""
+    n = int(batch.attention_mask[i].sum())
+    return torch.stack([batch.input_ids[i, -n:], *(v[i, -n:] for v in batch.token_inputs.values())])
+
+
+def prefix_sharing_supported(model: HookedVLM) -> bool:
+    """Whether rows may share or copy parts of KV caches: :func:`kv_reuse_supported` and no sliding window.
+
+    A shared prefix puts a row's padding between its prefix and the rest, which moves where a
+    window of columns begins, so models with sliding-window layers share nothing.
+    """
+    return kv_reuse_supported(model) and not _has_sliding_window(model)
 
 
 def shared_prefix_run(model: HookedVLM, batch: PromptBatch, stop_after_layer: int | None = None) -> CachedRun:
