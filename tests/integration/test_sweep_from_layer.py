@@ -163,3 +163,20 @@ def test_hooks_below_the_start_or_before_the_blocks_are_refused(tiny_model, samp
     assert start_layer(tiny_model, ["hook_embed"]) is None
     assert start_layer(tiny_model, ["unembed.hook_out"]) is None
     assert start_layer(tiny_model, ["ln_final.hook_normalized"]) == tiny_model.cfg.n_layers - 1
+
+
+def test_a_remote_code_checkpoint_sweeps_with_the_full_forward_and_says_so(samples, caplog):
+    from vlminterp.testing import tiny_remote_vlm_dir
+
+    remote = HookedVLM.from_pretrained(tiny_remote_vlm_dir(), trust_remote_code=True)
+    assert "no language model whose layers are the bridge's blocks" in partial.unsupported(remote)
+    grid = {"layer": [1], "head": [0]}
+    with caplog.at_level(logging.INFO, logger="vlminterp.sweeps.batching"):
+        rows = sweep(remote, samples, lambda layer, head: HeadAblation([(layer, head)]), grid, KLToUnsteered(),
+                     progress=False)  # fmt: skip
+    assert "runs the full forward" in caplog.text
+    batch = _batch(remote, samples)
+    clean, steered = _full(remote, batch, [])[0].double(), _full(remote, batch, _hooks(remote, 1))[0].double()
+    benign = [i for i, s in enumerate(samples) if s.label == "benign"]
+    p, q = clean[benign].log_softmax(-1), steered[benign].log_softmax(-1)
+    assert rows[0]["value"] == pytest.approx(float((p.exp() * (p - q)).sum(-1).mean()), abs=1e-6)

@@ -19,7 +19,8 @@ rows). The modules:
 - :mod:`.rows_file`: resuming. With ``out_path`` (JSONL) finished points are skipped on a rerun
   (groups are fixed slices of the full grid, so a resumed run computes exactly the forwards the
   first would have and gives the same table); a rows file of another sweep raises
-  :class:`SweepMismatchError`.
+  :class:`SweepMismatchError`. Under ``torchrun`` every process measures its share of the groups
+  and rank 0 merges their part files into the one rows file (:mod:`vlminterp.parallel`).
 
 The ablation studies that use it are in :mod:`vlminterp.studies` (``vlminterp sweep --study ...``).
 

@@ -116,8 +116,18 @@ def observe(
     """One observation per part (its output rows), all in one forward of the parts' rows stacked.
 
     With ``starts`` (from :func:`clean`) and parts that all run its clean batch, the forward starts at
-    the lowest layer the parts hook (the full forward when a hook acts before the blocks).
+    the lowest layer the parts hook (the full forward when a hook acts before the blocks); parts that
+    start at different layers run in one forward per start layer, so none computes layers below its own.
     """
+    if starts is not None and max_new_tokens is None and len(parts) > 1:
+        begins = [_begin(model, p, starts) for p in parts]
+        if None not in begins and len(set(begins)) > 1:
+            found: dict[int, Observation] = {}
+            for begin in dict.fromkeys(begins):
+                chosen = [i for i, b in enumerate(begins) if b == begin]
+                same = observe(model, [parts[i] for i in chosen], capture, None, starts)
+                found.update(zip(chosen, same, strict=True))
+            return [found[i] for i in range(len(parts))]
     sizes = [len(p.batch) for p in parts]
     first = parts[0].batch
     if all(p.batch is first for p in parts):
@@ -161,6 +171,13 @@ def observe(
             )
         )
     return out
+
+
+def _begin(model: HookedVLM, part: Part, starts: LayerStarts) -> int | None:
+    """The layer ``part`` can start at from ``starts`` (None: it needs the full forward)."""
+    if part.batch is not starts.batch or part.follow is not None:
+        return None
+    return start_layer(model, [name for spec, _ in part.hooks for name in model.resolve_names(spec)])
 
 
 def packs(parts: list[Part], max_rows: int) -> list[list[Part]]:
