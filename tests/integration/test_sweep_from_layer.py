@@ -62,7 +62,16 @@ def _check_every_layer(model, batch):
 
 
 def test_run_from_the_ablated_layer_equals_the_full_forward(model, samples):
+    batch = _batch(model, samples)
     assert model.cfg.n_layers == 4
+    window = getattr(model.hf_model.config.get_text_config(), "sliding_window", None)
+    assert model.family != "gemma3" or batch.input_ids.shape[1] > window  # the sliding window cuts in
+    _check_every_layer(model, batch)
+
+
+@pytest.mark.parametrize("family", ["mistral3", "llava_onevision", "idefics3"])
+def test_run_from_the_ablated_layer_equals_the_full_forward_on_the_other_text_models(family, samples):
+    model = HookedVLM.tiny(family)  # MistralModel, Qwen2Model, LlamaModel inside Idefics3
     _check_every_layer(model, _batch(model, samples))
 
 

@@ -47,7 +47,7 @@ __all__ = ["LayerStarts", "EXACT_TEXT_MODELS", "hook_layer", "start_layer", "uns
 
 #: Language-model classes whose forward feeds ``inputs_embeds`` unchanged to layer 0 (tested per family).
 EXACT_TEXT_MODELS = frozenset(
-    {"LlamaModel", "MistralModel", "Ministral3Model", "Qwen2Model", "Qwen2_5_VLTextModel", "Gemma3TextModel"}
+    {"LlamaModel", "MistralModel", "Qwen2Model", "Qwen2_5_VLTextModel", "Gemma3TextModel"}
 )
 #: Batch axis of each tensor argument of the language model (None: no batch axis; -2: second to last).
 _BATCH_AXIS = {"attention_mask": 0, "position_ids": -2, "cache_position": None}
