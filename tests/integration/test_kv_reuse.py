@@ -18,7 +18,8 @@ from PIL import Image
 
 from vlminterp import Condition, HookedVLM, PromptBatch, Sample
 from vlminterp.interventions import CMRM, SafetyDirection, ShiftDC
-from vlminterp.models.stepping import CachedRun, KVPrefix, shared_prefix_length, shared_prefix_run
+from vlminterp.models.kv_prefix import KVPrefix, shared_prefix_length
+from vlminterp.models.stepping import CachedRun, shared_prefix_run
 
 FAMILIES = ["llava", "qwen2_5_vl", "gemma3", "organism"]
 STEPS = 4

@@ -33,7 +33,7 @@ from vlminterp.prompts import Condition, PromptBatch, Sample
 
 if TYPE_CHECKING:
     from vlminterp.models.hooked_vlm import HookedVLM
-    from vlminterp.models.stepping import KVPrefix
+    from vlminterp.models.kv_prefix import KVPrefix
 
 #: For a chunk of samples and their caption prompts, the KV cache of those prompts' first tokens
 #: (computed already, e.g. the same template and image in another prompt), or None.

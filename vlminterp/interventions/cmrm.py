@@ -60,12 +60,8 @@ from vlminterp.interventions.base import (
 )
 from vlminterp.interventions.site import POSITION_WORDS, LayerSpec, Site, check_choice
 from vlminterp.interventions.steering import SteeringVectors
-from vlminterp.models.stepping import (
-    CachedRun,
-    KVPrefix,
-    kv_reuse_supported,
-    shared_prefix_run,
-)
+from vlminterp.models.kv_prefix import KVPrefix, kv_reuse_supported
+from vlminterp.models.stepping import CachedRun, shared_prefix_run
 from vlminterp.prompts import Condition, PromptBatch, Sample
 
 if TYPE_CHECKING:

@@ -100,13 +100,13 @@ from vlminterp.interventions.shiftdc_rules import (
 )
 from vlminterp.interventions.site import LayerSpec, Site, check_choice
 from vlminterp.interventions.steering import SteeringVectors
-from vlminterp.models.stepping import (
-    CachedRun,
+from vlminterp.models.kv_prefix import (
     KVPrefix,
     common_prefix_lengths,
     kv_reuse_supported,
     prefix_sharing_supported,
 )
+from vlminterp.models.stepping import CachedRun
 from vlminterp.prompts import Condition, PromptBatch, PromptRow, Sample
 
 if TYPE_CHECKING:

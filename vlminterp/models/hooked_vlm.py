@@ -43,8 +43,9 @@ from vlminterp.hook_names import NamesFilter, layer_hook_name, resolve_names
 from vlminterp.models.compat import fix_kv_cache_keyword
 from vlminterp.models.families import Family
 from vlminterp.models.hooking import FwdHooks, HookFn, HookingMixin, Metric, require_batch
+from vlminterp.models.kv_prefix import KVPrefix
 from vlminterp.models.loading import ProcessorLoadError, choose_family, load_processor
-from vlminterp.models.stepping import CachedRun, KVPrefix
+from vlminterp.models.stepping import CachedRun
 from vlminterp.models.tl_helpers import TransformerLensHelpers
 from vlminterp.positions import Positions
 from vlminterp.prompts import PromptBatch
