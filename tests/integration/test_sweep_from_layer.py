@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from vlminterp import Condition, HookedVLM, PromptBatch
-from vlminterp.interventions import CMRM, HeadAblation
+from vlminterp.interventions import CMRM, ActivationPatch, HeadAblation
 from vlminterp.models import partial
 from vlminterp.models.partial import LayerStarts, start_layer
 from vlminterp.references import hf_decoder_layers, load_reference_model
@@ -143,6 +143,23 @@ def test_cmrm_from_layer_sweep_equals_the_full_forward(tiny_model, samples, monk
     fast = sweep(tiny_model, samples, make, grid, [RefusalScore(), KLToUnsteered()], progress=False)
     monkeypatch.setattr(sweep_batching, "start_layer", lambda model, names: None)
     full = sweep(tiny_model, samples, make, grid, [RefusalScore(), KLToUnsteered()], progress=False)
+    assert [r["value"] for r in fast] == pytest.approx([r["value"] for r in full], abs=1e-5)
+
+
+def test_patching_text_only_activations_from_layers_equals_the_full_forward(tiny_model, samples, monkeypatch):
+    text = PromptBatch.paired(tiny_model, samples, [Condition.TEXT_ONLY])
+    names = tiny_model.hook_names("resid_post") + tiny_model.hook_names("z")
+    _, cache = tiny_model.run_with_cache(text, names_filter=names, positions="last")
+
+    def patch(layer, head):
+        heads = None if head is None else [head]
+        kind = "resid_post" if head is None else "z"
+        return ActivationPatch(cache, hook=kind, layers=layer, positions="last", heads=heads)
+
+    grid = {"layer": [0, 1], "head": [None, 1]}
+    fast = sweep(tiny_model, samples, patch, grid, [RefusalScore(), KLToUnsteered()], progress=False)
+    monkeypatch.setattr(sweep_batching, "start_layer", lambda model, names: None)
+    full = sweep(tiny_model, samples, patch, grid, [RefusalScore(), KLToUnsteered()], progress=False)
     assert [r["value"] for r in fast] == pytest.approx([r["value"] for r in full], abs=1e-5)
 
 
