@@ -106,6 +106,8 @@ def test_reproduce_writes_the_papers_tables(paper, runs):
         assert (out / "safety_direction.safetensors").is_file() and (out / "captions.json").is_file()
         assert "not graded; pass --grader" in md  # MM-Vet needs an LLM grader
     assert all(r["model"] == "organism" for r in rows)
+    figures = ["vs_paper.html"] + (["alpha_sweep.html"] if paper == "cmrm" else [])
+    assert all((out / f).is_file() for f in figures)
 
 
 def _judged_by_hand(out: Path, benchmark_prefix: str) -> dict[tuple, float]:

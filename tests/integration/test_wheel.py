@@ -118,3 +118,15 @@ def test_eval_runs_from_the_installed_wheel(installed):
         "--out", "eval", "--condition", "text_only", "--limit", "3", "--max-new-tokens", "2",
         "--judge", "keyword:gcg", "--judges-dir", str(SHARED_DATA / "judges"),
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("paper", ["cmrm", "shiftdc"])
+def test_reproduce_runs_from_the_installed_wheel(installed, paper):
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"no benchmark copies at {SHARED_DATA}")
+    small = ["--alphas", "1", "--anchor-limit", "2"] if paper == "cmrm" else ["--direction-limit", "2"]
+    _run(
+        installed,
+        "reproduce", paper, "--model", "organism", "--data-root", str(SHARED_DATA), "--out", paper,
+        "--limit", "2", "--max-new-tokens", "4", "--no-progress", *small,
+    )  # fmt: skip

@@ -55,7 +55,11 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--judge", default=None, help=f"safety judge (default: organism for the organism, else "
         f"keyword:refusal_direction). {JUDGE_SPEC_HELP}"
     )  # fmt: skip
-    p.add_argument("--judges-dir", default=None, help=f"keyword lists (default {DEFAULT_JUDGES_DIR})")
+    p.add_argument(
+        "--judges-dir",
+        default=None,
+        help=f"keyword lists (default DATA_ROOT/judges, else {DEFAULT_JUDGES_DIR})",
+    )
     p.add_argument(
         "--grader", default=None, help="llm:MODEL grading LLaVA-Bench / MM-Vet (base URL from env)"
     )
@@ -108,7 +112,8 @@ def _check(args: argparse.Namespace) -> tuple[Any, ...]:
 
     model_spec = ModelSpec.parse(args.model)
     judge_text = args.judge or ("organism" if model_spec.name == "organism" else "keyword:refusal_direction")
-    judge_spec = JudgeSpec.parse(judge_text, args.judges_dir)
+    beside = Path(args.data_root) / "judges"  # the keyword lists ship with the benchmark copies
+    judge_spec = JudgeSpec.parse(judge_text, args.judges_dir or (beside if beside.is_dir() else None))
     if judge_spec.kind == "none":
         raise ValueError("--judge none: reproduce tabulates judged rates; give a judge.")
     grader_from_spec(args.grader, "mm-vet", Path("unused"))
@@ -198,6 +203,8 @@ def _report(
     from vlminterp.reproduce.published import published
     from vlminterp.reproduce.tables import with_published
     from vlminterp.results import write_results
+    from vlminterp.viz.export import save_figure
+    from vlminterp.viz.reproduction import alpha_sweep, paper_comparison
 
     out = protocol.run.out
     rows = with_published(protocol.score(), published(paper), paper_alpha)
@@ -207,5 +214,11 @@ def _report(
     text += "\n\nCells: measured (the paper's LLaVA-1.5-7B number); - where not measured or not published.\n"
     text += "".join(f"\n- {n}" for n in protocol.notes + skipped)
     write_text_atomic(out / "tables.md", f"# {paper} reproduction: {config['model']}\n\n{text}\n")
+    figures = [(paper_comparison(rows), "vs_paper")] + (
+        [(alpha_sweep(rows), "alpha_sweep")] if paper == "cmrm" else []
+    )
+    written = [p.name for fig, name in figures for p in save_figure(fig, out / name)]
     print(text)
-    print(f"\nwrote {out}/tables.md, tables.json, tables.csv, responses.jsonl, verdicts.jsonl")
+    print(
+        f"\nwrote {out}/tables.md, tables.json, tables.csv, responses.jsonl, verdicts.jsonl, {', '.join(written)}"
+    )
