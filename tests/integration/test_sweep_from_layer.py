@@ -17,7 +17,6 @@ from vlminterp.models import partial
 from vlminterp.models.partial import LayerStarts, start_layer
 from vlminterp.references import hf_decoder_layers, load_reference_model
 from vlminterp.sweeps import GapClosed, KLToUnsteered, RefusalScore, sweep
-from vlminterp.sweeps import batching as sweep_batching
 from vlminterp.sweeps.batching import stacked_hooks
 
 # llama (llava), mRoPE [3, batch, pos] (qwen2.5-vl), sliding window + per-layer-type masks (gemma3).
@@ -114,26 +113,28 @@ def test_head_zeroed_with_plain_torch_on_a_separate_hf_model_gives_the_same_logi
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
-def test_sweep_from_layers_equals_the_full_forward_sweep_and_skips_lower_layers(
-    tiny_model, samples, monkeypatch
-):
+def test_sweep_from_layers_equals_the_full_forward_sweep_and_skips_lower_layers(tiny_model, samples):
     metrics = [RefusalScore(), KLToUnsteered(), GapClosed(layer=0)]
     grid = {"layer": [1], "head": [0, 1, 2]}
-    calls = []
-    handle = tiny_model.bridge.blocks[0].register_forward_hook(lambda *a: calls.append(1))
-    try:
-        fast = sweep(tiny_model, samples, lambda layer, head: HeadAblation([(layer, head)]), grid, metrics,
-                     progress=False, max_rows=8)  # fmt: skip
-    finally:
-        handle.remove()
-    assert len(calls) == 2  # the clean run and GapClosed's TEXT_ONLY targets; no grid point ran layer 0
-    monkeypatch.setattr(sweep_batching, "start_layer", lambda model, names: None)
-    full = sweep(tiny_model, samples, lambda layer, head: HeadAblation([(layer, head)]), grid, metrics,
-                 progress=False, max_rows=8)  # fmt: skip
+
+    def layer0_runs(from_layers):
+        calls = []
+        handle = tiny_model.bridge.blocks[0].register_forward_hook(lambda *a: calls.append(1))
+        try:
+            rows = sweep(tiny_model, samples, lambda layer, head: HeadAblation([(layer, head)]), grid, metrics,
+                         progress=False, max_rows=8, from_layers=from_layers)  # fmt: skip
+        finally:
+            handle.remove()
+        return rows, len(calls)
+
+    fast, fast_calls = layer0_runs(True)
+    full, full_calls = layer0_runs(False)
+    assert fast_calls == 2  # the clean run and GapClosed's TEXT_ONLY targets; no grid point ran layer 0
+    assert full_calls == 4  # ... and the two forwards of the 3 points (2 stacked + 1) from the embeddings
     assert [r["value"] for r in fast] == pytest.approx([r["value"] for r in full], abs=1e-5)
 
 
-def test_cmrm_from_layer_sweep_equals_the_full_forward(tiny_model, samples, monkeypatch):
+def test_cmrm_from_layer_sweep_equals_the_full_forward(tiny_model, samples):
     vectors = CMRM.fit(tiny_model, samples, progress=False)
     grid = {"alpha": [0.5, 1.0], "layer": [0, 1]}
 
@@ -141,12 +142,12 @@ def test_cmrm_from_layer_sweep_equals_the_full_forward(tiny_model, samples, monk
         return CMRM(vectors, alpha=alpha, layers=range(layer, tiny_model.cfg.n_layers))
 
     fast = sweep(tiny_model, samples, make, grid, [RefusalScore(), KLToUnsteered()], progress=False)
-    monkeypatch.setattr(sweep_batching, "start_layer", lambda model, names: None)
-    full = sweep(tiny_model, samples, make, grid, [RefusalScore(), KLToUnsteered()], progress=False)
+    full = sweep(tiny_model, samples, make, grid, [RefusalScore(), KLToUnsteered()], progress=False,
+                 from_layers=False)  # fmt: skip
     assert [r["value"] for r in fast] == pytest.approx([r["value"] for r in full], abs=1e-5)
 
 
-def test_patching_text_only_activations_from_layers_equals_the_full_forward(tiny_model, samples, monkeypatch):
+def test_patching_text_only_activations_from_layers_equals_the_full_forward(tiny_model, samples):
     text = PromptBatch.paired(tiny_model, samples, [Condition.TEXT_ONLY])
     names = tiny_model.hook_names("resid_post") + tiny_model.hook_names("z")
     _, cache = tiny_model.run_with_cache(text, names_filter=names, positions="last")
@@ -158,8 +159,8 @@ def test_patching_text_only_activations_from_layers_equals_the_full_forward(tiny
 
     grid = {"layer": [0, 1], "head": [None, 1]}
     fast = sweep(tiny_model, samples, patch, grid, [RefusalScore(), KLToUnsteered()], progress=False)
-    monkeypatch.setattr(sweep_batching, "start_layer", lambda model, names: None)
-    full = sweep(tiny_model, samples, patch, grid, [RefusalScore(), KLToUnsteered()], progress=False)
+    full = sweep(tiny_model, samples, patch, grid, [RefusalScore(), KLToUnsteered()], progress=False,
+                 from_layers=False)  # fmt: skip
     assert [r["value"] for r in fast] == pytest.approx([r["value"] for r in full], abs=1e-5)
 
 

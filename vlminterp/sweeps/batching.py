@@ -83,14 +83,18 @@ def stacked_hooks(
 
 
 def clean(
-    model: HookedVLM, batch: PromptBatch, capture: list[str], max_new_tokens: int | None
+    model: HookedVLM,
+    batch: PromptBatch,
+    capture: list[str],
+    max_new_tokens: int | None,
+    from_layers: bool = True,
 ) -> tuple[Observation, LayerStarts | None]:
     """The unsteered observation of ``batch``, and its layer inputs when points may start at a layer.
 
-    Returns ``(observation, None)`` when every point runs the full forward: a generating metric, or a
-    model whose runs cannot start at a layer (logged once per call, naming the reason).
+    Returns ``(observation, None)`` when every point runs the full forward: ``from_layers=False``, a
+    generating metric, or a model whose runs cannot start at a layer (logged, naming the reason).
     """
-    if max_new_tokens is not None:
+    if max_new_tokens is not None or not from_layers:
         return observe(model, [Part.of(None, batch)], capture, max_new_tokens)[0], None
     logits, cache, starts = LayerStarts.record(model, batch, capture)
     observed = Observation(

@@ -54,6 +54,7 @@ def sweep(
     batch_size: int | None = None,
     max_rows: int = 32,
     prompt_options: Mapping[str, Any] | None = None,
+    from_layers: bool = True,
 ) -> list[dict[str, Any]]:
     """Measure ``make_intervention(**point)`` at every grid point; one tidy row per (point, metric).
 
@@ -73,6 +74,10 @@ def sweep(
         max_rows: Rows per forward when points are stacked (``k = max_rows // rows`` points per forward;
             twin rows of per-input methods count too).
         prompt_options: ``blank=``, ``noise_seed=``, ``caption_template=`` for ``PromptBatch.paired``.
+        from_layers: Start each point's forward at the first layer it hooks, from the clean run's
+            activations (:mod:`vlminterp.models.partial`; exact). They are kept for the whole sweep on
+            the model's device: ``n_layers x samples x pos x d_model`` values. False: every point
+            runs the full forward.
 
     Under ``torchrun`` / ``accelerate launch`` (:mod:`vlminterp.parallel`) every process measures its
     share of the unfinished groups of points (appending to ``<out_path>.rank<R>``); rank 0 merges them
@@ -129,7 +134,7 @@ def sweep(
     ]
     references, starts = [], []
     for _, _, b in batches:
-        unsteered, start = clean(model, b, capture, generation)
+        unsteered, start = clean(model, b, capture, generation, from_layers)
         references.append([m.reference(model, b, by_id, unsteered) for m in metrics])
         starts.append(start)
     per_pass = max(1, max_rows // max(len(b) for _, _, b in batches))
