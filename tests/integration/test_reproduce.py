@@ -91,7 +91,10 @@ def test_reproduce_writes_the_papers_tables(paper, runs):
         assert ("scienceqa", "image", "cmrm_sample(alpha=1)") in cells
         assert len(responses) == 2 * 4 + 2 * 3 + 2 * 3  # jailbreakllms 4 cells, scienceqa and llava-bench 3
         unsafe = [r for r in rows if r["benchmark"] == "jailbreakllms" and r["metric"] == "unsafe_rate"]
-        assert {(r["condition"], r["method"]) for r in unsafe} >= {("image", "none"), ("image", "cmrm_sample")}
+        assert {(r["condition"], r["method"]) for r in unsafe} >= {
+            ("image", "none"),
+            ("image", "cmrm_sample"),
+        }
         assert (out / "cmrm_vectors.safetensors").is_file()
     else:
         assert "| average | " in md and "(45.40)" in md and "(43.60)" in md  # Table 1 averages
@@ -210,11 +213,11 @@ def test_missing_data_root_and_other_settings_are_refused(runs, tmp_path, capsys
 @pytest.mark.parametrize("model", ["tiny:llava", "organism"])
 @pytest.mark.parametrize("paper", ["cmrm", "shiftdc"])
 def test_limit_8_smoke_run_under_three_minutes(paper, model, tmp_path):
-    """The acceptance smoke run: ``--limit 8`` on the real files, two alphas, 32 tokens, < 3 min on 2 cores."""
+    """The acceptance smoke run: ``--limit 8`` on the real files (32 tokens per response; CMRM two alphas,
+    ShiftDC 16-token self-captions), under 3 minutes on 2 cores."""
     argv = [paper, "--model", model, "--data-root", str(SHARED_DATA), "--out", str(tmp_path / "o"),
             "--limit", "8", "--max-new-tokens", "32", "--no-progress"]  # fmt: skip
-    if paper == "cmrm":
-        argv += ["--alphas", "0.5,1"]
+    argv += ["--alphas", "0.5,1"] if paper == "cmrm" else ["--caption-tokens", "16"]
     start = time.perf_counter()
     assert reproduce.main(argv) == 0
     seconds = time.perf_counter() - start

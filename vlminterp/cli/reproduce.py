@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--alpha", type=_finite, default=1.0, help="correction strength (the paper: 1)")
     s.add_argument("--layers", type=_layers, default="second_half", help="'all', 'second_half' or layers")
     s.add_argument("--steps", choices=("prefill", "all"), default="prefill")
+    s.add_argument(
+        "--caption-tokens",
+        type=_positive,
+        default=None,
+        help="self-caption length (default the variant's: 128 authors)",
+    )
     s.add_argument("--direction", default=None, help="a saved safety direction (default: fit one)")
     s.add_argument("--direction-limit", type=_positive, default=64, help="direction instructions per label")
     return parser
@@ -187,7 +193,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         tables = cmrm.layouts(args.alphas)
         paper_alpha = 1.0
     else:
-        options = {k: getattr(args, k) for k in ("variant", "alpha", "layers", "steps", "direction")}
+        options = {
+            k: getattr(args, k)
+            for k in ("variant", "alpha", "layers", "steps", "direction", "caption_tokens")
+        }
         shiftdc.run(protocol, aux, {**options, "organism": model_spec.name == "organism"})
         tables = shiftdc.layouts(args.alpha)
         paper_alpha = args.alpha

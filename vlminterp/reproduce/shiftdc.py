@@ -89,6 +89,7 @@ def run(protocol: Protocol, direction_set: DatasetSpec | None, options: dict[str
         direction_set: Text-only harmful + harmless instructions for ``s`` (None: ``options["direction"]``
             names a saved direction file).
         options: ``variant``, ``alpha``, ``layers``, ``steps``, ``direction`` (a saved file or None),
+            ``caption_tokens`` (self-caption length; None: the variant's),
             ``organism`` (the model is the shipped organism: its own short caption prompt).
     """
     from vlminterp.demo import ORGANISM_CAPTION_PROMPT
@@ -119,6 +120,8 @@ def run(protocol: Protocol, direction_set: DatasetSpec | None, options: dict[str
         barrier()
     organism = options.get("organism") and options["variant"] == "vlminterp"
     extra = {"caption_prompt": ORGANISM_CAPTION_PROMPT, "caption_max_new_tokens": 8} if organism else {}
+    if options.get("caption_tokens"):
+        extra["caption_max_new_tokens"] = options["caption_tokens"]
     shiftdc = ShiftDC.preset(
         options["variant"], direction, alpha=options["alpha"], layers=options["layers"], steps=options["steps"],
         caption_source="self", caption_cache=out / "captions.json", **extra,
