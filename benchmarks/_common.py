@@ -7,12 +7,19 @@ Every benchmark takes the same options (:func:`parse_args`):
   to build the float32 checkpoint, float16 on the device);
 - ``--device cuda``: run on a GPU (timings synchronise the device);
 - ``--repeats N``: timed repeats per variant (interleaved, median);
-- ``--record FILE``: also append the JSON line to ``FILE`` (``benchmarks/results/*.jsonl``).
+- ``--record FILE``: also append the JSON line to ``FILE`` (``benchmarks/results/*.jsonl``);
+- ``--malloc both`` (default for the benchmarks that call :func:`run_policies`): measure twice, each
+  time in a fresh process without ``MALLOC_*_`` variables, once with the library's malloc default
+  (the ``mallopt`` tuning of ``import vlminterp``, :mod:`vlminterp.malloc`) and once with glibc's
+  (``VLMINTERP_MALLOC=0``); ``--malloc current``: measure once, in this process as it is.
 
-The last line printed is one JSON object ``{"benchmark", "ratios", "ms", "targets", "config"}``;
-``ms`` holds absolute median milliseconds per variant, and ``config`` the shapes, the device, the
-versions (torch, transformers, transformer_lens, vlminterp), the thread count, the run's wall time,
-the load average and the malloc settings (:func:`vlminterp.malloc.malloc_settings`).
+The last line printed is one JSON object ``{"benchmark", "ratios", "ms", "ms_per_token", "targets",
+"config"}``; ``ms`` holds absolute median milliseconds per variant, ``ms_per_token`` the same divided
+by the prompt tokens of one variant's run, and ``config`` the shapes, the device, the versions
+(torch, transformers, transformer_lens, vlminterp), the thread count, the run's wall time, the load
+average and the malloc settings (:func:`vlminterp.malloc.malloc_settings`). With ``--malloc both``
+the line is the library default's, plus ``"glibc": {"ratios", "ms", "ms_per_token", "malloc",
+"wall_s"}`` from the ``VLMINTERP_MALLOC=0`` process.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -86,6 +95,13 @@ def parse_args(description: str, argv: list[str] | None, extra: Callable | None 
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per variant")
     parser.add_argument("--record", type=Path, default=None, help="append the JSON line to this file")
+    parser.add_argument(
+        "--malloc",
+        choices=("both", "current"),
+        default="both",
+        help="both: one fresh process with the library's malloc default, one with VLMINTERP_MALLOC=0;\n"
+        "current: this process only",
+    )
     if extra is not None:
         extra(parser)
     args = parser.parse_args(argv)
@@ -162,21 +178,129 @@ def emit(
     seconds: dict[str, float],
     targets: dict[str, float],
     config: dict,
+    tokens: int | None = None,
 ) -> dict:
-    """Print the convention's last line (one JSON object) and append it to ``args.record`` if given."""
+    """Print the convention's last line (one JSON object) and append it to ``args.record`` if given.
+
+    Args:
+        tokens: Prompt tokens one variant's timed run processes (``ms_per_token`` = ms / tokens); the
+            variants whose work differs (prompt building) are divided by the same count.
+    """
     line = {
         "benchmark": benchmark,
         "ratios": {k: round(v, 4) for k, v in ratios.items()},
         "ms": {k: round(v * 1e3, 2) for k, v in seconds.items()},
+        **({"ms_per_token": {k: round(v * 1e3 / tokens, 4) for k, v in seconds.items()}} if tokens else {}),
         "targets": targets,
-        "config": {**run_info(args), **config},
+        "config": {**run_info(args), **({"tokens": tokens} if tokens else {}), **config},
     }
+    write_line(args, line)
+    return line
+
+
+def write_line(args: argparse.Namespace, line: dict) -> None:
+    """Print ``line`` as the last JSON line and append it to ``args.record`` when given."""
     text = json.dumps(line)
     if args.record is not None:
         args.record.parent.mkdir(parents=True, exist_ok=True)
         with open(args.record, "a") as f:
             f.write(text + "\n")
     print(text, flush=True)
+
+
+#: The ``MALLOC_*_`` environment the Makefile exports (glibc reads it at process start).
+MAKEFILE_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": "33554432",
+    "MALLOC_TRIM_THRESHOLD_": "17179869184",
+    "MALLOC_TOP_PAD_": "1073741824",
+}
+#: Malloc policies a benchmark process can run under (:func:`policy_env`).
+POLICIES = ("makefile", "library", "glibc")
+
+
+def policy_env(policy: str, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a benchmark process under ``policy``.
+
+    ``makefile``: the Makefile's ``MALLOC_*_`` variables; ``library``: none of them, so ``import
+    vlminterp`` applies its ``mallopt`` tuning (a plain Python process or a Jupyter kernel);
+    ``glibc``: none and ``VLMINTERP_MALLOC=0`` (glibc's own defaults).
+
+    Example:
+        >>> env = policy_env("glibc", {"MALLOC_TOP_PAD_": "1", "PATH": "/bin"})
+        >>> env == {"PATH": "/bin", "VLMINTERP_MALLOC": "0"}
+        True
+    """
+    from vlminterp.malloc import ENV_VARS
+
+    if policy not in POLICIES:
+        raise ValueError(f"Unknown malloc policy {policy!r}; choose from {list(POLICIES)}.")
+    base = os.environ if environ is None else environ
+    env = {k: v for k, v in base.items() if k not in ENV_VARS and k != "VLMINTERP_MALLOC"}
+    if policy == "makefile":
+        env.update(MAKEFILE_ENV)
+    elif policy == "glibc":
+        env["VLMINTERP_MALLOC"] = "0"
+    return env
+
+
+def run_in_process(script: str | Path, argv: list[str], policy: str) -> tuple[dict, str]:
+    """Run ``script argv`` in a fresh process under ``policy``: its JSON line and the text printed before.
+
+    Raises:
+        RuntimeError: the process failed (its stderr's end is included).
+    """
+    proc = subprocess.run(
+        [sys.executable, str(script), *argv], env=policy_env(policy), capture_output=True, text=True
+    )
+    if proc.returncode:
+        raise RuntimeError(
+            f"{Path(script).name} under malloc policy {policy!r} failed:\n{proc.stderr[-3000:]}"
+        )
+    *table, last = proc.stdout.strip().splitlines()
+    return json.loads(last), "\n".join(table)
+
+
+def _without(argv: list[str], options: tuple[str, ...]) -> list[str]:
+    """``argv`` without the valued ``options`` (``--opt value`` and ``--opt=value``).
+
+    Example:
+        >>> _without(["--quick", "--record", "r.jsonl", "--malloc=both"], ("--record", "--malloc"))
+        ['--quick']
+    """
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in options:
+            skip = True
+        elif not arg.startswith(tuple(o + "=" for o in options)):
+            out.append(arg)
+    return out
+
+
+def run_policies(args: argparse.Namespace, script: str | Path, argv: list[str] | None) -> dict:
+    """The benchmark measured in two fresh processes, library malloc default and ``VLMINTERP_MALLOC=0``.
+
+    Each process gets ``argv`` with ``--malloc current`` and without ``--record``; the merged line
+    (the library default's, plus ``"glibc"``) is printed and recorded here.
+    """
+    child = _without(list(sys.argv[1:] if argv is None else argv), ("--record", "--malloc"))
+    child += ["--malloc", "current"]
+    lines = {}
+    for policy in ("library", "glibc"):
+        lines[policy], table = run_in_process(script, child, policy)
+        print(f"--- malloc: {policy} ---\n{table}", flush=True)
+    line, glibc = lines["library"], lines["glibc"]
+    line["glibc"] = {
+        "ratios": glibc["ratios"],
+        "ms": glibc["ms"],
+        **({"ms_per_token": glibc["ms_per_token"]} if "ms_per_token" in glibc else {}),
+        "malloc": glibc["config"]["malloc"],
+        "wall_s": glibc["config"]["wall_s"],
+    }
+    line["config"]["wall_s"] = round(time.monotonic() - _START)  # both processes
+    line["config"]["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    write_line(args, line)
     return line
 
 

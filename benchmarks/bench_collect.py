@@ -4,19 +4,23 @@ Usage: ``python benchmarks/bench_collect.py [--quick] [--device cuda] [--shapes 
 ``benchmarks/_common.py``). Prints a table, then one JSON line with
 
 - ``collect_vs_hf``: ``ActivationStore.collect(keep="stats", positions="last")`` with its default
-  prompt building over N prompts (batches of 8) against the bare loop of raw HF forwards with
+  prompt building over N prompts against the bare loop of raw HF forwards with
   ``output_hidden_states=True`` over the same, already built, batches. Target <= 1.05. The default
   builds the next batch's prompts in a background thread on an accelerator and between forwards on
-  CPU: ``collect_prefetch_vs_hf`` (``prefetch=True``) and ``collect_sequential_vs_hf``
-  (``prefetch=False``) time both, and ``prompts_vs_hf`` the prompt building alone (tokenizer, chat
-  template, image processor), which the bare loop gets for free.
+  CPU: ``collect_prefetch_vs_hf`` (``prefetch=True``; quick and GPU runs) and
+  ``collect_sequential_vs_hf`` (``prefetch=False``) time both, and ``prompts_vs_hf`` the prompt
+  building alone (tokenizer, chat template, image processor), which the bare loop gets for free.
 - ``rss_growth_8x``: peak RSS growth (fraction) when the dataset grows 8x with ``keep="stats"``
-  (both runs in full batches). Target < 0.05 (memory independent of the dataset size).
+  (both runs in full batches of the same shapes: query lengths cycle within each batch). Target
+  < 0.05 (memory independent of the dataset size).
 
-Sizes: quick, 64 prompts of 112 px images (64 image tokens) and 16 -> 128 prompts for RSS; mid
-(~100M), 32 prompts (256 image tokens each) and 8 -> 64 for RSS: each mid variant is 4 forwards of
-8 x ~290 tokens. Timings are medians of interleaved repeats (3 quick, 2 mid; the RSS runs are the
-warm-up); the mid-size run takes about 4 minutes on 2 idle cores.
+``ms_per_token`` divides each median by the N prompts' real tokens. Sizes: quick, 64 prompts of
+112 px images (64 image tokens), batches of 8, 16 -> 128 prompts for RSS; mid (116M), 16 prompts
+of 224 px images (256 image tokens, ~270 tokens each), batches of 4, 4 -> 32 prompts for RSS;
+llava-7b, 16 prompts of 336 px (576 image tokens), batches of 4. Timings are medians of interleaved
+repeats (3 quick, 2 mid; the RSS runs are the warm-up), measured twice (``--malloc both``): in a
+fresh process with the library's malloc default and in one with ``VLMINTERP_MALLOC=0``. The mid-size
+run takes about 3 minutes on 2 idle cores.
 """
 
 from __future__ import annotations
@@ -28,17 +32,18 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import build_models, emit, hf_inputs, interleaved_medians, parse_args  # noqa: E402
-
-BATCH = 8
+from _common import build_models, emit, hf_inputs, interleaved_medians, parse_args, run_policies  # noqa: E402
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def make_samples(n: int, image_size: int) -> list:
-    """``n`` samples of varied query length; images are shared objects so the dataset itself is small."""
+def make_samples(n: int, image_size: int, batch_size: int) -> list:
+    """``n`` samples whose query lengths cycle within each batch (every full batch has the same shapes).
+
+    Images are shared objects, so the dataset itself is small.
+    """
     from PIL import Image
 
     from vlminterp import Sample
@@ -50,17 +55,20 @@ def make_samples(n: int, image_size: int) -> list:
         Image.new("RGB", (image_size + 8 * k, image_size), c) for k, c in enumerate(("red", "blue", "green"))
     ]
     return [
-        Sample(id=f"b{i}", query=" ".join(words[: 4 + i % 12]), image=images[i % 3], label="benign")
+        Sample(id=f"b{i}", query=" ".join(words[: 4 + i % batch_size]), image=images[i % 3], label="benign")
         for i in range(n)
     ]
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(__doc__, argv)
+    if args.malloc == "both":
+        return run_policies(args, __file__, argv)["ratios"]
     if args.quick:  # 112 px: 64 image tokens per prompt
         args.sizes = {**args.sizes, "image_size": 112}
-    n_prompts, rss_small = (64, 16) if args.quick else (32, 8)
+    batch_size, n_prompts, rss_small = (8, 64, 16) if args.quick else (4, 16, 4)
     repeats = args.repeats or (3 if args.quick else 2)
+    gpu = str(args.device).startswith("cuda")
 
     from vlminterp import Condition, PromptBatch
     from vlminterp.cache import ActivationStore
@@ -71,19 +79,27 @@ def main(argv: list[str] | None = None) -> dict:
 
     def collect(samples, prefetch: bool | None = None) -> None:
         ActivationStore.collect(
-            model, samples, ["image"], batch_size=BATCH, positions="last", progress=False, prefetch=prefetch
+            model,
+            samples,
+            ["image"],
+            batch_size=batch_size,
+            positions="last",
+            progress=False,
+            prefetch=prefetch,
         )
 
     # memory first (peak RSS is monotone): the same collect on an 8x larger dataset; also the warm-up
-    collect(make_samples(rss_small, image_size))
+    collect(make_samples(rss_small, image_size, batch_size))
     rss_a = peak_rss_mb()
-    collect(make_samples(8 * rss_small, image_size))
+    collect(make_samples(8 * rss_small, image_size, batch_size))
     rss_b = peak_rss_mb()
 
-    samples = make_samples(n_prompts, image_size)
-    chunks = [samples[i : i + BATCH] for i in range(0, n_prompts, BATCH)]
+    samples = make_samples(n_prompts, image_size, batch_size)
+    chunks = [samples[i : i + batch_size] for i in range(0, n_prompts, batch_size)]
     dtype = next(hf.parameters()).dtype
-    inputs = [hf_inputs(PromptBatch.paired(model, c, [Condition.IMAGE]), args.device, dtype) for c in chunks]
+    batches = [PromptBatch.paired(model, c, [Condition.IMAGE]) for c in chunks]
+    inputs = [hf_inputs(b, args.device, dtype) for b in batches]
+    tokens = sum(int(b.attention_mask.sum()) for b in batches)
 
     def raw_hf():
         with torch.no_grad():
@@ -96,21 +112,24 @@ def main(argv: list[str] | None = None) -> dict:
 
     fns = {
         "raw_hf": raw_hf,
-        "collect_prefetch": lambda: collect(samples, prefetch=True),
         "collect_sequential": lambda: collect(samples, prefetch=False),
         "prompts": prompts,
     }
-    raw_hf()
+    if args.quick or gpu:  # on a mid CPU run prompt building is ~0.5% of a forward: nothing to overlap
+        fns["collect_prefetch"] = lambda: collect(samples, prefetch=True)
+    with torch.no_grad():  # the raw model's warm-up (the RSS runs warmed up the bridge)
+        hf(input_ids=inputs[0][0], output_hidden_states=True, **inputs[0][1])
     med = interleaved_medians(fns, repeats, warmup=False, device=args.device)
     default = "collect_sequential" if model.device.type == "cpu" else "collect_prefetch"
     ratios = {
         "collect_vs_hf": med[default] / med["raw_hf"],
-        "collect_prefetch_vs_hf": med["collect_prefetch"] / med["raw_hf"],
-        "collect_sequential_vs_hf": med["collect_sequential"] / med["raw_hf"],
+        **{f"{k}_vs_hf": v / med["raw_hf"] for k, v in med.items() if k.startswith("collect_")},
         "prompts_vs_hf": med["prompts"] / med["raw_hf"],
         "rss_growth_8x": (rss_b - rss_a) / rss_a,
     }
-    print(f"model: random llava, {n_params / 1e6:.1f}M parameters; {n_prompts} prompts, batches of {BATCH}")
+    print(
+        f"model: random llava, {n_params / 1e6:.1f}M parameters; {n_prompts} prompts, batches of {batch_size}"
+    )
     print(f"{'variant':<22}{'median s':>10}{'ratio to HF':>14}")
     for name, sec in med.items():
         print(f"{name:<22}{sec:>10.2f}{sec / med['raw_hf']:>14.3f}")
@@ -119,12 +138,13 @@ def main(argv: list[str] | None = None) -> dict:
     config = {
         "params_m": round(n_params / 1e6, 1),
         "prompts": n_prompts,
-        "batch_size": BATCH,
+        "batch_size": batch_size,
         "rss_prompts": [rss_small, 8 * rss_small],
         "rss_mb": [round(rss_a), round(rss_b)],
         "repeats": repeats,
     }
-    emit(args, "bench_collect", ratios, med, {"collect_vs_hf": 1.05, "rss_growth_8x": 0.05}, config)
+    targets = {"collect_vs_hf": 1.05, "rss_growth_8x": 0.05}
+    emit(args, "bench_collect", ratios, med, targets, config, tokens=tokens)
     return ratios
 
 

@@ -3,9 +3,14 @@
 Usage: ``python benchmarks/bench_forward.py [--quick] [--device cuda] [--shapes llava-7b]`` (options:
 ``benchmarks/_common.py``). Prints a table, then one JSON line with
 ``cache_filtered_vs_hf`` (run_with_cache of every resid_post) and ``cache_last_vs_hf`` (the same at
-``positions="last"``), both relative to a raw HF forward with ``output_hidden_states=True``.
-Targets: <= 1.05 for both. Timings are medians of 5 interleaved repeats after one warm-up (CPU
-timing is noisy); the mid-size run takes about 2 minutes on 2 cores.
+``positions="last"``), both relative to a raw HF forward with ``output_hidden_states=True``, and
+``bridge_forward_vs_hf`` (the bridge's forward, no hooks). Targets: <= 1.05 for both caches.
+``ms_per_token`` divides each median by the batch's real prompt tokens (4 prompts of ~290 tokens;
+~640 with llava-7b's 576 image tokens): the figure to read on a GPU.
+
+Timings are medians of interleaved repeats after one warm-up (5 quick, 3 mid, 5 on a GPU), measured
+twice (``--malloc both``): in a fresh process with the library's malloc default and in one with
+``VLMINTERP_MALLOC=0``. The mid-size (116M) run takes about 2 minutes on 2 idle cores.
 """
 
 from __future__ import annotations
@@ -16,12 +21,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import build_models, emit, hf_inputs, interleaved_medians, parse_args  # noqa: E402
+from _common import build_models, emit, hf_inputs, interleaved_medians, parse_args, run_policies  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(__doc__, argv)
-    repeats = args.repeats or 5
+    if args.malloc == "both":
+        return run_policies(args, __file__, argv)["ratios"]
+    repeats = args.repeats or (3 if args.shapes == "mid" and args.device == "cpu" else 5)
 
     from PIL import Image
 
@@ -67,7 +74,9 @@ def main(argv: list[str] | None = None) -> dict:
     for name, sec in med.items():
         print(f"{name:<18}{sec * 1e3:>12.1f}{sec / med['raw_hf']:>14.3f}")
     config = {"params_m": round(n_params / 1e6, 1), "batch": list(ids.shape), "repeats": repeats}
-    emit(args, "bench_forward", ratios, med, {"cache_filtered_vs_hf": 1.05, "cache_last_vs_hf": 1.05}, config)
+    targets = {"cache_filtered_vs_hf": 1.05, "cache_last_vs_hf": 1.05}
+    tokens = int(batch.attention_mask.sum())
+    emit(args, "bench_forward", ratios, med, targets, config, tokens=tokens)
     return ratios
 
 

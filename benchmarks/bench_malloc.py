@@ -18,28 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
-from vlminterp.malloc import ENV_VARS
-
-MAKEFILE_ENV = {
-    "MALLOC_MMAP_THRESHOLD_": "33554432",
-    "MALLOC_TRIM_THRESHOLD_": "17179869184",
-    "MALLOC_TOP_PAD_": "1073741824",
-}
-
-
-def policy_env(policy: str) -> dict[str, str]:
-    """The environment of one policy's process."""
-    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS and k != "VLMINTERP_MALLOC"}
-    if policy == "makefile":
-        env.update(MAKEFILE_ENV)
-    elif policy == "glibc":
-        env["VLMINTERP_MALLOC"] = "0"
-    return env
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import POLICIES, run_in_process  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -49,14 +32,10 @@ def main(argv: list[str] | None = None) -> dict:
     args, rest = parser.parse_known_args(argv)
     rest = [a for a in rest if a != "--"]
     script = Path(__file__).resolve().parent / f"{args.bench}.py"
-    results = {}
-    for policy in ("makefile", "library", "glibc"):
-        proc = subprocess.run(
-            [sys.executable, str(script), *rest], env=policy_env(policy), capture_output=True, text=True
-        )
-        if proc.returncode:
-            raise RuntimeError(f"{args.bench} under policy {policy!r} failed:\n{proc.stderr[-2000:]}")
-        results[policy] = json.loads(proc.stdout.strip().splitlines()[-1])
+    if not script.is_file():
+        raise FileNotFoundError(f"--bench {args.bench}: no {script}; give a script name of benchmarks/.")
+    rest = [*rest, "--malloc", "current"]  # one policy per process: this script sets them
+    results = {policy: run_in_process(script, rest, policy)[0] for policy in POLICIES}
     print(f"{'policy':<10}{'ratio or ms':<34}{'value':>10}")
     for policy, line in results.items():
         for name, value in line["ratios"].items():

@@ -4,8 +4,10 @@ The benchmarks append their last line to ``benchmarks/results/<benchmark>.jsonl`
 ``--record`` (``python benchmarks/bench_collect.py --quick --record benchmarks/results/bench_collect.jsonl``).
 The table between ``<!-- bench-table:start -->`` and ``<!-- bench-table:end -->`` in README.md has one
 row per (benchmark, size): the median of every recorded run's ratios (with their range when there
-were several: the shared machine is noisy), the absolute median milliseconds, the setting, and the
-targets each median meets or misses.
+were several: the shared machine is noisy), then the same figures of the runs' ``VLMINTERP_MALLOC=0``
+processes as ``glibc/...`` (no target mark: the targets are for the library's default), the absolute
+median milliseconds (and per prompt token where recorded), the setting, and the targets each median
+meets or misses.
 
 Usage: ``python figures/bench_tables.py [--results benchmarks/results] [--readme README.md] [--check]``.
 Without ``--check`` the block is rewritten in place; with it nothing is written, and the exit status
@@ -75,19 +77,30 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return out
 
 
-def _malloc(config: dict[str, Any]) -> str:
+def _malloc(config: dict[str, Any], glibc: bool) -> str:
     m = config.get("malloc") or {}
     if "env" not in m:  # bench_malloc: one setting per policy
         return "3 malloc policies"
     if any(v is not None for v in m["env"].values()):
         return "MALLOC_ env"
-    return "mallopt" if m.get("mallopt") else "glibc default malloc"
+    own = "mallopt" if m.get("mallopt") else "glibc default malloc"
+    return f"{own} (glibc/: VLMINTERP_MALLOC=0)" if glibc else own
+
+
+def _ratios(line: dict[str, Any]) -> dict[str, float]:
+    """The line's ratios, with those of its ``VLMINTERP_MALLOC=0`` process (if any) as ``glibc/...``."""
+    glibc = line.get("glibc") or {}
+    return _flat({**line["ratios"], **({"glibc": glibc["ratios"]} if "ratios" in glibc else {})})
 
 
 def _setting(runs: list[dict[str, Any]]) -> str:
     c = runs[-1]["config"]
     parts = [f"{c['params_m']}M params" if "params_m" in c else str(c.get("bench", ""))]
-    parts += [str(c.get("device", "cpu")), f"{c.get('threads', '?')} threads", _malloc(c)]
+    parts += [
+        str(c.get("device", "cpu")),
+        f"{c.get('threads', '?')} threads",
+        _malloc(c, "glibc" in runs[-1]),
+    ]
     loads = [r["config"]["load_avg_1m"] for r in runs if "load_avg_1m" in r["config"]]
     if loads:
         parts.append(f"load {statistics.median(loads):.1f}")
@@ -106,7 +119,7 @@ def _value(key: str, v: float) -> str:
 
 def _row(runs: list[dict[str, Any]]) -> str:
     first = runs[-1]
-    ratios = [_flat(r["ratios"]) for r in runs]
+    ratios = [_ratios(r) for r in runs]
     targets = first.get("targets") or {}
     measured = []
     for key in ratios[-1]:
@@ -120,7 +133,14 @@ def _row(runs: list[dict[str, Any]]) -> str:
         measured.append(cell)
     ms = _flat(first.get("ms") or {})
     ms_med = {k: statistics.median(_flat(r.get("ms") or {}).get(k, v) for r in runs) for k, v in ms.items()}
-    ms_cell = "; ".join(f"{k} {v:.0f}" for k, v in ms_med.items()) or "–"
+    per_token = [r["ms_per_token"] for r in runs if "ms_per_token" in r]
+    tok_med = {k: statistics.median(t[k] for t in per_token if k in t) for k in (per_token or [{}])[-1]}
+    ms_cell = (
+        "; ".join(
+            f"{k} {v:.0f}" + (f" ({tok_med[k]:.3g}/token)" if k in tok_med else "") for k, v in ms_med.items()
+        )
+        or "–"
+    )
     target_cell = "; ".join(
         f"{k} < {v * 100:.0f}%" if k in FRACTIONS else f"{k} ≤ {v}" for k, v in targets.items()
     )

@@ -63,3 +63,48 @@ def test_interleaved_medians_times_round_robin():
     calls.clear()
     _common.interleaved_medians({"a": lambda: calls.append("a")}, 2, warmup=False)
     assert calls == ["a", "a"]
+
+
+def test_emit_divides_ms_by_tokens(capsys):
+    args = _common.parse_args("", ["--quick"])
+    line = _common.emit(args, "bench_x", {}, {"raw_hf": 0.5, "a": 0.25}, {}, {}, tokens=1000)
+    assert line["ms_per_token"] == {"raw_hf": 0.5, "a": 0.25} and line["config"]["tokens"] == 1000
+
+
+def test_policy_env_strips_malloc_variables_and_sets_the_opt_out():
+    base = {"PATH": "/bin", "MALLOC_TOP_PAD_": "1", "VLMINTERP_MALLOC": "0"}
+    assert _common.policy_env("library", base) == {"PATH": "/bin"}
+    assert _common.policy_env("glibc", base) == {"PATH": "/bin", "VLMINTERP_MALLOC": "0"}
+    assert _common.policy_env("makefile", base) == {"PATH": "/bin", **_common.MAKEFILE_ENV}
+    with pytest.raises(ValueError, match="Unknown malloc policy 'jemalloc'"):
+        _common.policy_env("jemalloc", base)
+
+
+def test_run_policies_measures_in_one_process_per_malloc_setting(tmp_path, monkeypatch, capsys):
+    """Each child runs with --malloc current and no --record; the merged line is the library's, plus
+    the glibc child's figures; each child's malloc settings are those of its own process."""
+    script = tmp_path / "bench_fake.py"
+    script.write_text(
+        "import os, sys\n"
+        f"sys.path.insert(0, {str(Path(_common.__file__).parent)!r})\n"
+        "import vlminterp  # applies the mallopt tuning unless VLMINTERP_MALLOC=0\n"
+        "from _common import emit, parse_args\n"
+        "args = parse_args('', sys.argv[1:])\n"
+        "assert args.malloc == 'current' and args.record is None, sys.argv\n"
+        "glibc = os.environ.get('VLMINTERP_MALLOC') == '0'\n"
+        "print('a table line')\n"
+        "emit(args, 'bench_fake', {'a_vs_hf': 2.0 if glibc else 1.0}, {'a': 0.1}, {'a_vs_hf': 1.5}, {})\n"
+    )
+    monkeypatch.setenv("MALLOC_TOP_PAD_", "1")  # the user's environment: stripped in both children
+    record = tmp_path / "r.jsonl"
+    args = _common.parse_args("", ["--quick", "--record", str(record)])
+    line = _common.run_policies(args, script, ["--quick", "--record", str(record), "--malloc", "both"])
+    assert json.loads(record.read_text()) == line and "a table line" in capsys.readouterr().out
+    assert line["ratios"] == {"a_vs_hf": 1.0} and line["glibc"]["ratios"] == {"a_vs_hf": 2.0}
+    assert line["config"]["malloc"]["env"]["MALLOC_TOP_PAD_"] is None
+    assert line["config"]["malloc"]["mallopt"] and line["glibc"]["malloc"]["mallopt"] == {}
+
+
+def test_without_drops_valued_options():
+    argv = ["--quick", "--record", "r.jsonl", "--malloc=both", "--repeats", "2"]
+    assert _common._without(argv, ("--record", "--malloc")) == ["--quick", "--repeats", "2"]

@@ -107,3 +107,15 @@ def test_readme_benchmark_table_matches_the_committed_results():
     tables = bench_tables.render(root / "benchmarks" / "results")
     messages = readme_tables.differences((root / "README.md").read_text(encoding="utf-8"), tables)
     assert not messages, "Regenerate with python figures/bench_tables.py:\n" + "\n".join(messages)
+
+
+def test_glibc_figures_and_ms_per_token_are_shown_without_target_marks(tmp_path):
+    both = line(
+        "bench_forward", "mid", {"cache_last_vs_hf": 1.04}, {"raw_hf": 9000.0}, {"cache_last_vs_hf": 1.05}
+    )
+    both["ms_per_token"] = {"raw_hf": 7.5}
+    both["glibc"] = {"ratios": {"cache_last_vs_hf": 1.2}, "ms": {"raw_hf": 9500.0}, "malloc": {}}
+    (tmp_path / "bench_forward.jsonl").write_text(json.dumps(both) + "\n")
+    row = bench_tables.render(tmp_path)["bench-table"].splitlines()[-1]
+    assert "cache_last_vs_hf **1.040×** ✓; glibc/cache_last_vs_hf **1.200×** |" in row
+    assert "raw_hf 9000 (7.5/token) |" in row and "mallopt (glibc/: VLMINTERP_MALLOC=0)" in row
