@@ -45,6 +45,7 @@ from vlminterp.models.families import Family
 from vlminterp.models.hooking import FwdHooks, HookFn, HookingMixin, Metric, require_batch
 from vlminterp.models.kv_prefix import KVPrefix
 from vlminterp.models.loading import ProcessorLoadError, choose_family, load_processor
+from vlminterp.models.norm_shortcut import skip_unobserved_norm_math
 from vlminterp.models.stepping import CachedRun
 from vlminterp.models.tl_helpers import TransformerLensHelpers
 from vlminterp.positions import Positions
@@ -193,6 +194,7 @@ class HookedVLM(HookingMixin, TransformerLensHelpers):
                 boot_kwargs["model_class"] = getattr(transformers, rules.model_class)
             bridge = TransformerBridge.boot_transformers(source, **boot_kwargs)
             fix_kv_cache_keyword(bridge)
+            skip_unobserved_norm_math(bridge)
             if rules.prepare is not None:
                 rules.prepare(bridge)
         bridge.processor = processor
