@@ -111,3 +111,27 @@ def test_half_storage_keeps_float64_statistics_of_the_float32_activations(
     v = half.vectors("image", 0).double()
     assert not torch.equal(half.mean("image", layer=0), v.mean(0))
     torch.testing.assert_close(half.mean("image", layer=0), v.mean(0), rtol=2e-2, atol=2e-2)
+
+
+def test_hooks_keep_slices_on_the_model_device_and_each_batch_is_copied_once(
+    tiny_model, samples, monkeypatch, tmp_path
+):
+    """On an accelerator a host copy inside each hook stalls the forward once per layer: the caching
+    hooks must store on the model's device, and the shard gets host tensors."""
+    devices = []
+    run_with_cache = type(tiny_model).run_with_cache
+
+    def recording(self, batch, *args, **kwargs):
+        devices.append(kwargs.get("device", "cpu (default)"))
+        return run_with_cache(self, batch, *args, **kwargs)
+
+    monkeypatch.setattr(type(tiny_model), "run_with_cache", recording)
+    plan = collection_mod.plan_collection(
+        tiny_model, samples[:3], ["text_only"], hooks="resid_post", layers=None, positions="last",
+        batch_size=2, shard_size=256, out_dir=tmp_path, keep="both", covariance=False, dtype="float32",
+        prompt_options={},
+    )  # fmt: skip
+    stats, vectors = collection_mod.run_shard(tiny_model, samples[:3], plan)
+    assert devices == [tiny_model.device] * 2
+    assert all(v.device.type == "cpu" for v in vectors.values())
+    assert all(s.mean.device.type == "cpu" for s in stats.values())

@@ -235,7 +235,9 @@ def run_shard(
     """Statistics and stacked vectors (``vectors/{hook}/{condition}/{layer}`` -> [n, d]) of one shard.
 
     Statistics are updated from the activations as the model computed them (float64 accumulation);
-    only the stored vectors are cast to ``plan.dtype``.
+    only the stored vectors are cast to ``plan.dtype``. The hooks keep their slices on the model's
+    device and each batch's ``[rows, layers, d]`` block is copied to the host once: a copy inside
+    every hook would make an accelerator wait for the host once per hooked layer.
     """
     stats: dict[StatsKey, RunningStats] = {}
     chunks: dict[tuple[str, str], list[Tensor]] = {}
@@ -243,9 +245,13 @@ def run_shard(
     for paired in prompt_batches(model, samples, plan):
         for cond in plan.conditions:
             batch = paired.select(paired.rows(cond))
-            _, cache = model.run_with_cache(batch, names_filter=all_names, positions=plan.positions)
+            _, cache = model.run_with_cache(
+                batch, names_filter=all_names, positions=plan.positions, device=model.device
+            )
             for kind, names in plan.names.items():
-                x = torch.stack([cache[n].reshape(len(batch), -1) for n in names], dim=1)  # [rows, layers, d]
+                x = torch.stack(
+                    [cache[n].reshape(len(batch), -1) for n in names], dim=1
+                ).cpu()  # [rows, layers, d]
                 if plan.keeps_vectors:
                     chunks.setdefault((kind, cond.value), []).append(x.to(plan.dtype))
                 if plan.keeps_stats:
