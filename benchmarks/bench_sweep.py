@@ -14,8 +14,10 @@ Usage: ``python benchmarks/bench_sweep.py [--quick] [--device cuda] [--shapes ll
   key ``sweep_point_vs_forward``: the whole call over the points, over one forward; target <= 1.2.
 
 Timings are medians of interleaved repeats (3 quick, 1 mid) after a warm-up forward and a one-point
-sweep; the rows of the timed sweeps are checked. The mid size (~100M parameters, 12 layers) runs in
-about 3 minutes on 2 idle cores.
+sweep; the rows of the timed sweeps are checked. Measured twice (``--malloc both``): in a fresh
+process with the library's malloc default and in one with ``VLMINTERP_MALLOC=0``. ``ms_per_token``
+divides each median by the batch's prompt tokens. The mid size (~100M parameters, 12 layers) took
+3.4 minutes for one process at load 8.6 on the 2 shared cores.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import build_models, emit, interleaved_medians, parse_args  # noqa: E402
+from _common import build_models, emit, interleaved_medians, parse_args, run_policies  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(__doc__, argv)
+    if args.malloc == "both":
+        return run_policies(args, __file__, argv)["ratios"]
     repeats = args.repeats or (3 if args.quick else 1)
 
     from PIL import Image
@@ -99,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     seconds = {**med, "head_sweep_point": med["head_sweep"] / points["head_sweep"]}
     targets = {"layer_sweep_vs_points_forward": 0.7, "sweep_point_vs_forward": 1.2}
-    emit(args, "bench_sweep", ratios, seconds, targets, config)
+    emit(args, "bench_sweep", ratios, seconds, targets, config, tokens=int(batch.attention_mask.sum()))
     return ratios
 
 
