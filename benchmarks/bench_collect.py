@@ -20,7 +20,8 @@ of 224 px images (256 image tokens, ~270 tokens each), batches of 4, 4 -> 32 pro
 llava-7b, 16 prompts of 336 px (576 image tokens), batches of 4. Timings are medians of interleaved
 repeats (3 quick, 2 mid; the RSS runs are the warm-up), measured twice (``--malloc both``): in a
 fresh process with the library's malloc default and in one with ``VLMINTERP_MALLOC=0``. The mid-size
-run takes about 3 minutes on 2 idle cores.
+run is 2 processes x 26 forwards of 4 x ~270 tokens, sized for under 5 minutes on 2 idle cores; it
+took 14 minutes on the shared 2-core machine at load 7 (4 jobs on it).
 """
 
 from __future__ import annotations

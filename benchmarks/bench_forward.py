@@ -10,7 +10,8 @@ Usage: ``python benchmarks/bench_forward.py [--quick] [--device cuda] [--shapes 
 
 Timings are medians of interleaved repeats after one warm-up (5 quick, 3 mid, 5 on a GPU), measured
 twice (``--malloc both``): in a fresh process with the library's malloc default and in one with
-``VLMINTERP_MALLOC=0``. The mid-size (116M) run takes about 2 minutes on 2 idle cores.
+``VLMINTERP_MALLOC=0``. The mid-size (116M) run is 2 processes x 16 forwards of 4 x ~290 tokens,
+sized for under 5 minutes on 2 idle cores; it took 8 minutes on the shared 2-core machine at load 5-10.
 """
 
 from __future__ import annotations
