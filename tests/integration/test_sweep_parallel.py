@@ -80,6 +80,18 @@ def test_parts_of_a_killed_two_rank_run_are_merged_and_not_recomputed(tiny_model
     _same_rows(got, expected)
 
 
+def test_device_map_under_several_processes_is_refused_before_anything_is_written(
+    tmp_path, monkeypatch, capsys
+):
+    from vlminterp.cli import sweep as sweep_cli
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit) as exit_info:
+        sweep_cli.main([*_study_argv("head", tmp_path / "out"), "--device-map", "auto"])
+    assert exit_info.value.code == 2 and "--device-map 'auto'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def _worker(rank, world, tmp):
     import torch
     import torch.distributed as dist

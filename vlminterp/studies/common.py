@@ -117,7 +117,8 @@ def study_inputs(
 
     Raises:
         ValueError: a bad model spec, dataset, count, ``--layers`` or ``--max-rows``, an ``--out``
-            that is a file, or a dataset without harmful samples.
+            that is a file, a dataset without harmful samples, or ``--device-map`` under a launcher
+            of several processes.
     """
     out = Path(args.out or f"results/{name}")
     if out.exists() and not out.is_dir():
@@ -136,7 +137,9 @@ def study_inputs(
             f"--dataset {str(evaluated)!r} gave no harmful samples; the studies measure refusal on harmful inputs."
         )
     anchors = anchor.load({"harmful": args.n_harmful, "benign": args.n_benign})
-    model = model or spec.load(device=init_from_env(args.device), device_map=args.device_map)
+    if model is None:
+        device = init_from_env(args.device, args.device_map)  # refuses --device-map with several processes
+        model = spec.load(device=device, device_map=args.device_map)
     return StudyInputs(out, model, samples, anchors, _layers(args.layers, model.cfg.n_layers))
 
 
