@@ -239,7 +239,8 @@ def shared_prefix_run(model: HookedVLM, batch: PromptBatch, stop_after_layer: in
         token_inputs={k: v[:, :length] for k, v in one.token_inputs.items()},
     )
     run = CachedRun(model, head, stop_after_layer)
-    run.step()
+    with torch.no_grad():  # built before generation's no_grad block (the twins' runs are made up front)
+        run.step()
     return CachedRun(model, batch, stop_after_layer, prefix=run.take_prefix(0).expand(len(batch)))
 
 
