@@ -47,7 +47,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import build_models, emit, hf_inputs, interleaved_medians, parse_args  # noqa: E402
+from _common import build_models, emit, hf_inputs, interleaved_medians, parse_args, run_policies  # noqa: E402
 
 #: What the mid mode times (with ``--all-variants``: every variant).
 MID_VARIANTS = (
@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.add_argument("--all-variants", action="store_true", help="mid mode: time every variant")
 
     args = parse_args(__doc__, argv, extra)
+    if args.malloc == "both":
+        return run_policies(args, __file__, argv)["ratios"]
     repeats = args.repeats or (3 if args.quick else 1)
     max_new_tokens = args.max_new_tokens or (8 if args.quick else 64)
 
