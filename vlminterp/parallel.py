@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -36,6 +37,8 @@ from typing import Any, TypeVar
 from vlminterp.io import read_json, write_json_atomic
 
 __all__ = [
+    "part_path",
+    "part_paths",
     "rank_world",
     "is_main",
     "init_from_env",
@@ -197,7 +200,7 @@ def json_cache(path: str | Path | None) -> Iterator[Path | None]:
         yield None if path is None else Path(path)
         return
     path = Path(path)
-    mine = path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
+    mine = part_path(path, rank)
     if path.is_file():
         shutil.copyfile(path, mine)
     else:
@@ -211,3 +214,28 @@ def json_cache(path: str | Path | None) -> Iterator[Path | None]:
         write_json_atomic(path, merged)
     barrier()
     mine.unlink(missing_ok=True)
+
+
+def part_path(path: str | Path, rank: int) -> Path:
+    """The part file process ``rank`` writes instead of ``path`` under a launcher (``NAME.rankR.SUFFIX``).
+
+    Example:
+        >>> part_path("out/responses.jsonl", 1).name
+        'responses.rank1.jsonl'
+    """
+    path = Path(path)
+    return path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
+
+
+def part_paths(path: str | Path) -> list[Path]:
+    """The part files of ``path`` that processes left (:func:`part_path`), sorted by name.
+
+    Example:
+        >>> part_paths("no/such/responses.jsonl")
+        []
+    """
+    path = Path(path)
+    pattern = re.compile(re.escape(path.stem) + r"\.rank\d+" + re.escape(path.suffix))
+    if not path.parent.is_dir():
+        return []
+    return sorted(p for p in path.parent.iterdir() if pattern.fullmatch(p.name))

@@ -15,9 +15,9 @@ import torch.multiprocessing as mp
 
 from vlminterp import viz
 from vlminterp.interventions import HeadAblation
-from vlminterp.parallel import shard
+from vlminterp.parallel import part_path, part_paths, shard
 from vlminterp.sweeps import KLToUnsteered, RefusalScore, sweep
-from vlminterp.sweeps.rows_file import append_rows, part_path
+from vlminterp.sweeps.rows_file import append_rows
 
 GRID = {"layer": [0, 1], "head": [0, 1, 2, 3]}
 METRICS = [RefusalScore(), KLToUnsteered()]
@@ -75,7 +75,7 @@ def test_parts_of_a_killed_two_rank_run_are_merged_and_not_recomputed(tiny_model
 
     got = sweep(tiny_model, samples, make, GRID, METRICS, resumed, progress=False, max_rows=8)
     assert sorted(json.dumps(p, sort_keys=True) for p in made) == sorted(set(points) - set(finished))
-    assert not list(resumed.parent.glob("rows.jsonl.rank*"))
+    assert not part_paths(resumed)
     _same_rows(_lines(resumed), rows)
     _same_rows(got, expected)
 

@@ -12,7 +12,8 @@ import pytest
 
 from vlminterp import parallel
 from vlminterp.analysis import ConditionActivations
-from vlminterp.eval.runner import merge_parts, part_paths, read_responses
+from vlminterp.eval.runner import merge_parts, read_responses
+from vlminterp.parallel import part_paths
 from vlminterp.studies.representation_gap import merged
 
 

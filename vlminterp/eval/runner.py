@@ -32,7 +32,6 @@ Example:
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,32 +40,14 @@ from tqdm.auto import tqdm
 
 from vlminterp.interventions.base import Intervention
 from vlminterp.io import write_text_atomic
-from vlminterp.parallel import barrier, is_main, rank_world, shard
+from vlminterp.parallel import barrier, is_main, part_path, part_paths, rank_world, shard
 from vlminterp.prompts import Condition, PromptBatch, Sample
 from vlminterp.specs import model_name
 
 if TYPE_CHECKING:
     from vlminterp.models.hooked_vlm import HookedVLM
 
-__all__ = ["generate_responses", "read_responses", "part_paths", "merge_parts"]
-
-
-def part_paths(path: str | Path) -> list[Path]:
-    """The per-rank part files of ``path`` (``responses.rank0.jsonl``, ...) that a data-parallel run left.
-
-    Example:
-        >>> part_paths("no/such/responses.jsonl")
-        []
-    """
-    path = Path(path)
-    pattern = re.compile(re.escape(path.stem) + r"\.rank\d+" + re.escape(path.suffix))
-    if not path.parent.is_dir():
-        return []
-    return sorted(p for p in path.parent.iterdir() if pattern.fullmatch(p.name))
-
-
-def _part_path(path: Path, rank: int) -> Path:
-    return path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
+__all__ = ["generate_responses", "read_responses", "merge_parts"]
 
 
 def _row_key(row: dict[str, Any]) -> tuple[Any, ...]:
@@ -225,7 +206,7 @@ def generate_responses(
     done = finished()
     remaining = [s for s in samples if s.id not in done]
     todo = shard(remaining)  # this process's part (all of it in a one-process run)
-    target = path if world == 1 else _part_path(path, rank)
+    target = path if world == 1 else part_path(path, rank)
     bar = tqdm(
         total=len(samples),
         initial=len(samples) - len(remaining),

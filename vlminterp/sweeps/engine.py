@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from vlminterp.interventions.base import Intervention
-from vlminterp.parallel import barrier, gather, on_main, rank_world, shard
+from vlminterp.parallel import barrier, gather, on_main, part_path, rank_world, shard
 from vlminterp.prompts import Condition, PromptBatch, Sample
 from vlminterp.specs import model_name
 from vlminterp.sweeps.batching import Part, clean, observe, packs, prepared
 from vlminterp.sweeps.grid import grid_points, point_key
 from vlminterp.sweeps.metrics import Metric, resolve_metrics
-from vlminterp.sweeps.rows_file import RowsFile, append_rows, part_path, samples_digest
+from vlminterp.sweeps.rows_file import RowsFile, append_rows, samples_digest
 
 if TYPE_CHECKING:
     from vlminterp.models.hooked_vlm import HookedVLM
@@ -80,7 +80,7 @@ def sweep(
             runs the full forward.
 
     Under ``torchrun`` / ``accelerate launch`` (:mod:`vlminterp.parallel`) every process measures its
-    share of the unfinished groups of points (appending to ``<out_path>.rank<R>``); rank 0 merges them
+    share of the unfinished groups of points (appending to ``<name>.rank<R>.jsonl``, :func:`vlminterp.parallel.part_path`); rank 0 merges them
     into ``out_path`` in grid order, and every process returns the whole table, equal to a one-process run.
 
     Returns:

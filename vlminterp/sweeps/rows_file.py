@@ -5,8 +5,8 @@ last line (a killed run) is dropped on restart, and points whose rows are all th
 side file ``<path>.manifest.json`` records what the rows measure (model, dataset, samples, metrics,
 method); opening it with a different one raises :class:`SweepMismatchError` instead of mixing tables.
 
-Under a launcher every process appends its own groups to a part file ``<path>.rank<R>``
-(:func:`part_path`, :func:`append_rows`); rank 0 joins them into the file in grid order
+Under a launcher every process appends its own groups to a part file ``<name>.rank<R>.jsonl``
+(:func:`vlminterp.parallel.part_path`, :func:`append_rows`); rank 0 joins them into the file in grid order
 (:meth:`RowsFile.merge_parts`) at the end, and at the start of a resumed run (the parts of a killed
 run hold finished points too), so the file equals a one-process run's.
 
@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from vlminterp.io import write_text_atomic
+from vlminterp.parallel import part_paths
 from vlminterp.prompts import Sample
 
-__all__ = ["RowsFile", "SweepMismatchError", "samples_digest", "part_path", "append_rows"]
+__all__ = ["RowsFile", "SweepMismatchError", "samples_digest", "append_rows"]
 
 
 class SweepMismatchError(ValueError):
@@ -44,16 +45,6 @@ def samples_digest(samples: Sequence[Sample]) -> str:
     for s in samples:
         h.update(json.dumps([s.id, s.query, s.label, s.caption]).encode())
     return h.hexdigest()[:16]
-
-
-def part_path(path: Path, rank: int) -> Path:
-    """The part file process ``rank`` appends its rows to under a launcher.
-
-    Example:
-        >>> part_path(Path("out/rows.jsonl"), 1).name
-        'rows.jsonl.rank1'
-    """
-    return path.with_name(f"{path.name}.rank{rank}")
 
 
 def append_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
@@ -123,7 +114,7 @@ class RowsFile:
         Args:
             order: Point keys in grid order (points not in it go last, in the order found).
         """
-        parts = sorted(self.path.parent.glob(f"{self.path.name}.rank*"))
+        parts = part_paths(self.path)
         if not parts:
             return
         done = self.done()
