@@ -40,7 +40,7 @@ demo: install
 	.venv/bin/vlminterp demo
 
 test: install
-	$(PY) -m pytest -n 2 -q
+	$(PY) -m pytest -n 2 --dist loadgroup -q
 
 test-slow: install
 	$(PY) -m pytest -q -m slow -s

@@ -114,7 +114,7 @@ def _no_leaked_hooks(request):
 def shape_checks_off():
     """Runtime jaxtyping checks off inside the ``with`` block (restored after, error or not).
 
-    The test run checks every vlminterp annotation (pyproject ``--jaxtyping-packages``), so a
+    The test run checks every annotation of the tensor packages (the root ``conftest.py``), so a
     wrongly shaped tensor stops at the first annotated boundary with jaxtyping's error. Users call
     vlminterp without that import hook; what they meet on bad input is the library's own error
     (a ValueError naming the argument and what to do). Tests of those errors turn the checks off

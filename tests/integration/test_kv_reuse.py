@@ -21,7 +21,14 @@ from vlminterp.interventions import CMRM, SafetyDirection, ShiftDC
 from vlminterp.models.kv_prefix import KVPrefix, shared_prefix_length
 from vlminterp.models.stepping import CachedRun, shared_prefix_run
 
-FAMILIES = ["llava", "qwen2_5_vl", "gemma3", "organism"]
+#: llava and the organism in the default suite; Qwen's mRoPE and Gemma 3's sliding window in
+#: `make test-slow` and the drift guard (`-m reference`), to keep the default suite within budget.
+FAMILIES = [
+    "llava",
+    pytest.param("qwen2_5_vl", marks=[pytest.mark.slow, pytest.mark.reference]),
+    pytest.param("gemma3", marks=[pytest.mark.slow, pytest.mark.reference]),
+    "organism",
+]
 STEPS = 4
 
 
@@ -120,7 +127,9 @@ def test_shiftdc_kv_reuse_batched_equals_one_at_a_time(model, direction):
         )
         assert one.tokens[0] == batched.tokens[i]
         for a, b in zip(one_logits, batched_logits, strict=False):
-            torch.testing.assert_close(a[0], b[i], atol=1e-5, rtol=0)
+            torch.testing.assert_close(
+                a[0], b[i], atol=1e-5, rtol=1e-5
+            )  # batched vs alone: float32 sums in another order
 
 
 @pytest.mark.parametrize(
@@ -150,7 +159,9 @@ def test_sample_cmrm_prefix_reuse_batched_equals_one_at_a_time(model):
         one, one_logits = _generate(model, lambda s=sample: sl.generate(model, [s], max_new_tokens=STEPS))
         assert one.tokens[0] == batched.tokens[i]
         for a, b in zip(one_logits, batched_logits, strict=False):
-            torch.testing.assert_close(a[0], b[i], atol=1e-5, rtol=0)
+            torch.testing.assert_close(
+                a[0], b[i], atol=1e-5, rtol=1e-5
+            )  # batched vs alone: float32 sums in another order
 
 
 def test_blank_twins_share_their_prefix_where_the_model_allows(model):

@@ -21,7 +21,12 @@ from vlminterp.cli import reproduce
 from vlminterp.reproduce.engine import Protocol
 from vlminterp.results import read_results
 
-pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"no benchmark copies at {SHARED_DATA}")
+pytestmark = [
+    pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"no benchmark copies at {SHARED_DATA}"),
+    pytest.mark.xdist_group(
+        "reproduce"
+    ),  # one worker runs the module's two runs once (make test: --dist loadgroup)
+]
 
 SMALL = {
     "cmrm": ["--alphas", "1", "--anchor-limit", "4"],

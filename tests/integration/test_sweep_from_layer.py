@@ -68,6 +68,8 @@ def test_run_from_the_ablated_layer_equals_the_full_forward(model, samples):
     _check_every_layer(model, batch)
 
 
+@pytest.mark.slow
+@pytest.mark.reference
 @pytest.mark.parametrize("family", ["mistral3", "llava_onevision", "idefics3"])
 def test_run_from_the_ablated_layer_equals_the_full_forward_on_the_other_text_models(family, samples):
     model = HookedVLM.tiny(family)  # MistralModel, Qwen2Model, LlamaModel inside Idefics3

@@ -1,6 +1,6 @@
-"""The test run checks jaxtyping annotations at runtime (pyproject ``--jaxtyping-packages``).
+"""The test run checks jaxtyping annotations at runtime (the root ``conftest.py`` installs jaxtyping's import hook).
 
-These tests fail if the checks are switched off (or the plugin is not loaded): a wrongly shaped
+These tests fail if the checks are switched off (or the root conftest's import hook is not installed): a wrongly shaped
 tensor passed to an annotated public function must stop with jaxtyping's error, not reach torch.
 """
 
@@ -13,9 +13,20 @@ import torch
 from vlminterp.directions import diff_in_means, projection_coefficient
 
 
-def test_the_run_instruments_vlminterp(pytestconfig):
-    packages = (pytestconfig.getoption("jaxtyping_packages") or "").split(",")
-    assert "vlminterp" in packages, "pyproject addopts must pass --jaxtyping-packages=vlminterp,..."
+def test_every_module_with_a_tensor_annotation_is_checked():
+    import pathlib
+
+    import vlminterp
+    from conftest import SHAPE_CHECKED
+
+    root = pathlib.Path(vlminterp.__file__).parent
+    annotated = {
+        f"vlminterp.{path.relative_to(root).parts[0].removesuffix('.py')}"
+        for path in root.rglob("*.py")
+        if "Float[" in path.read_text() or "Int[" in path.read_text()
+    }
+    missing = sorted(annotated - set(SHAPE_CHECKED) - {"vlminterp.testing"})
+    assert not missing, f"add {missing} to conftest.SHAPE_CHECKED"
 
 
 def test_a_wrong_shape_raises_jaxtypings_error():
