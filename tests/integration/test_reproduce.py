@@ -240,6 +240,7 @@ def test_mme_scores_leave_out_a_question_whose_pair_the_limit_cut():
     meta = [("OCR", "1.jpg", "Yes"), ("OCR", "1.jpg", "No"), ("OCR", "2.jpg", "Yes")]
     rows = [{"response": "Yes", "meta": {"subtask": t, "image_name": i, "gt_answer": a}} for t, i, a in meta]
     holder = SimpleNamespace(notes=[])
+    holder.note = lambda text: Protocol.note(holder, text)
     measured, _ = Protocol._mme(holder, mme, rows)
     ocr = {r["metric"]: r["value"] for r in measured if r["subset"] == "OCR"}
     # the complete pair alone: one of two right (acc 50), the pair not both right (acc+ 0)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from vlminterp.cli import SUBCOMMANDS
-from vlminterp.cli.steer import _finite, _layers, _positive
+from vlminterp.cli.arguments import finite_float, layer_spec, positive_int
 from vlminterp.specs import DEFAULT_JUDGES_DIR, JUDGE_SPEC_HELP, MODEL_SPEC_HELP, JudgeSpec, ModelSpec
 
 __all__ = ["HELP", "main", "build_parser"]
@@ -37,7 +37,7 @@ HELP = SUBCOMMANDS["reproduce"]
 
 
 def _alphas(text: str) -> list[float]:
-    values = [_finite(x) for x in text.split(",") if x.strip()]
+    values = [finite_float(x) for x in text.split(",") if x.strip()]
     if not values:
         raise argparse.ArgumentTypeError(f"--alphas {text!r}: give comma-separated numbers, e.g. 0.5,1.0.")
     return values
@@ -49,7 +49,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (a rerun resumes)")
     p.add_argument("--root", action="append", default=[], metavar="KEY=PATH", help="one benchmark elsewhere")
     p.add_argument(
-        "--limit", type=_positive, default=None, help="first N samples per label of every benchmark"
+        "--limit", type=positive_int, default=None, help="first N samples per label of every benchmark"
     )
     p.add_argument(
         "--judge", default=None, help=f"safety judge (default: organism for the organism, else "
@@ -63,8 +63,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--grader", default=None, help="llm:MODEL grading LLaVA-Bench / MM-Vet (base URL from env)"
     )
-    p.add_argument("--max-new-tokens", type=_positive, default=128, help="greedy tokens per response")
-    p.add_argument("--batch-size", type=_positive, default=8, help="samples per generate call")
+    p.add_argument("--max-new-tokens", type=positive_int, default=128, help="greedy tokens per response")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="samples per generate call")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (one per rank under torchrun)")
     p.add_argument("--device-map", default=None, help="accelerate placement of a large checkpoint, e.g. auto")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -85,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--alphas", type=_alphas, default=list(cmrm.ALPHAS), help=f"sweep (default {default_alphas})"
     )
-    c.add_argument("--anchor-limit", type=_positive, default=64, help="anchor instructions per label")
-    c.add_argument("--layers", type=_layers, default="all", help="'all', 'second_half' or layers")
+    c.add_argument("--anchor-limit", type=positive_int, default=64, help="anchor instructions per label")
+    c.add_argument("--layers", type=layer_spec, default="all", help="'all', 'second_half' or layers")
     c.add_argument("--steps", choices=("all", "prefill"), default="all")
     c.add_argument("--blank", choices=("white", "noise", "mean_pixel"), default="white")
     c.add_argument("--estimator", choices=("mean", "pc1"), default="mean")
@@ -96,17 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
     _common(s)
     s.set_defaults(parser=s)
     s.add_argument("--variant", choices=shiftdc.VARIANTS, default="authors", help="rule set (ShiftDC.preset)")
-    s.add_argument("--alpha", type=_finite, default=1.0, help="correction strength (the paper: 1)")
-    s.add_argument("--layers", type=_layers, default="second_half", help="'all', 'second_half' or layers")
+    s.add_argument("--alpha", type=finite_float, default=1.0, help="correction strength (the paper: 1)")
+    s.add_argument("--layers", type=layer_spec, default="second_half", help="'all', 'second_half' or layers")
     s.add_argument("--steps", choices=("prefill", "all"), default="prefill")
     s.add_argument(
         "--caption-tokens",
-        type=_positive,
+        type=positive_int,
         default=None,
         help="self-caption length (default the variant's: 128 authors)",
     )
     s.add_argument("--direction", default=None, help="a saved safety direction (default: fit one)")
-    s.add_argument("--direction-limit", type=_positive, default=64, help="direction instructions per label")
+    s.add_argument(
+        "--direction-limit", type=positive_int, default=64, help="direction instructions per label"
+    )
     return parser
 
 
@@ -122,7 +124,7 @@ def _check(args: argparse.Namespace) -> tuple[Any, ...]:
     judge_spec = JudgeSpec.parse(judge_text, args.judges_dir or (beside if beside.is_dir() else None))
     if judge_spec.kind == "none":
         raise ValueError("--judge none: reproduce tabulates judged rates; give a judge.")
-    grader_from_spec(args.grader, "mm-vet", Path("unused"))
+    grader_from_spec(args.grader, "mm-vet", cache=None)  # checks the spec; no cache file
     if not Path(args.data_root).is_dir():
         raise ValueError(f"--data-root {args.data_root!r} is not a folder.")
     out = Path(args.out)

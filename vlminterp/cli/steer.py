@@ -26,14 +26,14 @@ Example:
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from vlminterp.cli import SUBCOMMANDS
-from vlminterp.interventions.site import LAYER_WORDS, resolve_layers
+from vlminterp.cli.arguments import finite_float, layer_spec, positive_int
+from vlminterp.interventions.site import resolve_layers
 from vlminterp.io import read_json, write_json_atomic
 from vlminterp.parallel import init_from_env, is_main, on_main
 from vlminterp.specs import (
@@ -51,34 +51,6 @@ __all__ = ["HELP", "main", "build_parser"]
 HELP = SUBCOMMANDS["steer"]
 
 
-def _layers(text: str) -> str | list[int]:
-    if text in LAYER_WORDS:
-        return text
-    try:
-        return [int(x) for x in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--layers {text!r}: use one of {list(LAYER_WORDS)} or comma-separated layer indices (8,9,10; "
-            "negative: from the end)."
-        ) from None
-
-
-def _finite(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number.")
-    return value
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer.")
-    return int(text)
-
-
 # ---------------------------------------------------------------------- the commands
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help=MODEL_SPEC_HELP)
@@ -94,9 +66,11 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--utility", default=None, help="utility DATASET[:split], evaluated under IMAGE and IMAGE+method"
     )
     p.add_argument("--utility-root", default=None, help="files of --utility (default --root)")
-    p.add_argument("--limit", type=_positive, default=None, help="first N samples per label of every dataset")
-    p.add_argument("--max-new-tokens", type=_positive, default=64, help="greedy tokens per response")
-    p.add_argument("--batch-size", type=_positive, default=16, help="samples per generate call")
+    p.add_argument(
+        "--limit", type=positive_int, default=None, help="first N samples per label of every dataset"
+    )
+    p.add_argument("--max-new-tokens", type=positive_int, default=64, help="greedy tokens per response")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="samples per generate call")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--device", default="cpu", help="cpu, cuda (under torchrun: each rank's own GPU), cuda:1")
     p.add_argument(
@@ -115,10 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmrm.set_defaults(parser=cmrm)
     cmrm.add_argument("--anchor", default=None, help="anchor DATASET[:split] (needed for --level dataset)")
     cmrm.add_argument("--level", choices=("dataset", "sample"), default="dataset")
-    cmrm.add_argument("--alpha", type=_finite, default=1.0)
+    cmrm.add_argument("--alpha", type=finite_float, default=1.0)
     cmrm.add_argument("--steps", choices=("all", "prefill"), default="all")
     cmrm.add_argument(
-        "--layers", type=_layers, default="all", help="'all', 'second_half' or comma-separated layers"
+        "--layers", type=layer_spec, default="all", help="'all', 'second_half' or comma-separated layers"
     )
     cmrm.add_argument("--estimator", choices=("mean", "pc1"), default="mean")
     cmrm.add_argument("--blank", choices=("white", "noise", "mean_pixel"), default="white")
@@ -137,18 +111,23 @@ def build_parser() -> argparse.ArgumentParser:
         "post-norm last layer, NORMAL_SAFE steered prompt, 128-token captions); see ShiftDC.preset",
     )
     shift.add_argument(
-        "--alpha", type=_finite, default=None, help="correction strength (default the variant's, 1)"
+        "--alpha", type=finite_float, default=None, help="correction strength (default the variant's, 1)"
     )
     shift.add_argument(
-        "--layers", type=_layers, default="second_half", help="'all', 'second_half' (L//2 .. L-1) or layers"
+        "--layers",
+        type=layer_spec,
+        default="second_half",
+        help="'all', 'second_half' (L//2 .. L-1) or layers",
     )
     shift.add_argument("--steps", choices=("prefill", "all"), default="prefill")
     shift.add_argument("--caption-source", choices=("self", "sample"), default="self")
     shift.add_argument(
         "--caption-prompt", default=None, help="self-captioning prompt ({query} = the request)"
     )
-    shift.add_argument("--caption-max-new-tokens", type=_positive, default=None)
-    shift.add_argument("--compare-cmrm-alpha", type=_finite, default=None, help="also run dataset-level CMRM")
+    shift.add_argument("--caption-max-new-tokens", type=positive_int, default=None)
+    shift.add_argument(
+        "--compare-cmrm-alpha", type=finite_float, default=None, help="also run dataset-level CMRM"
+    )
     shift.add_argument(
         "--anchor", default=None, help="CMRM anchor DATASET[:split] (default: the direction's)"
     )

@@ -125,7 +125,7 @@ def run(
                 vectors.save(out / "cmrm_vectors")
             barrier()
     else:
-        protocol.notes.append(
+        protocol.note(
             f"dataset-level CMRM skipped: no anchor set (download {ANCHOR.download} into DATA_ROOT/{ANCHOR.folder})."
         )
     for b, _ in protocol.benchmarks:

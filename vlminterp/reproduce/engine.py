@@ -65,6 +65,10 @@ class Cell:
     method: str
     alpha: float | None = None
 
+    def timing_key(self, dataset: str) -> str:
+        """Its key in ``timing.json`` on ``dataset`` (the ``dataset`` column of its response rows)."""
+        return f"{dataset}|{self.condition}|{self.method_name}"
+
     @property
     def method_name(self) -> str:
         """The ``method`` column of its response rows (the alpha included, so cells never mix)."""
@@ -87,7 +91,7 @@ def check_config(out: Path, config: dict[str, Any], ignore: Sequence[str] = ("li
     write_json_atomic(path, config)
 
 
-def grader_from_spec(text: str | None, prompt_set: str, cache: Path):
+def grader_from_spec(text: str | None, prompt_set: str, cache: Path | None):
     """The LLM grader of ``--grader llm:MODEL`` for ``prompt_set`` (None when no grader was given)."""
     if text is None:
         return None
@@ -135,10 +139,15 @@ class Protocol:
             self.samples[b.name] = spec.load()
             n_placeholder = sum(bool(s.meta.get("placeholder_image")) for s in self.samples[b.name])
             if n_placeholder:
-                self.notes.append(
+                self.note(
                     f"{b.name}: {n_placeholder} of {len(self.samples[b.name])} images are grey placeholders "
                     "(image files missing and not drawable); numbers on them do not measure the benchmark."
                 )
+
+    def note(self, text: str) -> None:
+        """Add a line under the tables (once, however many cells raise it)."""
+        if text not in self.notes:
+            self.notes.append(text)
 
     def generate(self, b: Benchmark, cell: Cell, intervention: Intervention | None = None) -> None:
         """Responses of ``cell`` on benchmark ``b`` (resumed from ``responses.jsonl``)."""
@@ -150,7 +159,7 @@ class Protocol:
         if timed is not None and is_main():  # kept across resumes: a rerun times only what it generates
             path = self.run.out / TIMING
             times = read_json(path) if path.is_file() else {}
-            times[f"{b.name}|{cell.condition}|{cell.method_name}"] = list(timed)
+            times[cell.timing_key(b.name)] = list(timed)
             write_json_atomic(path, times)
 
     # ------------------------------------------------------------------ scoring
@@ -186,7 +195,7 @@ class Protocol:
         times = read_json(path) if path.is_file() else {}
         rows, totals = [], {}
         for cell, b, _ in self.responses:
-            timed = times.get(f"{b.name}|{cell.condition}|{cell.method_name}")
+            timed = times.get(cell.timing_key(b.name))
             if timed is None:
                 continue
             seconds, n = timed
@@ -237,12 +246,12 @@ class Protocol:
             note = (
                 f"{b.name}: the last question of {sorted(odd)} left out of the scores (--limit cut its pair)."
             )
-            if note not in self.notes:
-                self.notes.append(note)
+            self.note(note)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             measured = mme_scores(scored)
-        self.notes += [m for m in sorted({str(w.message) for w in caught}) if m not in self.notes]
+        for message in sorted({str(w.message) for w in caught}):
+            self.note(message)
         return [{"subset": m.pop("subtask"), **m, "metric": "mme_" + m["metric"]} for m in measured], []
 
     def _graded(self, b: Benchmark, rows: list[dict[str, Any]]):
@@ -250,9 +259,7 @@ class Protocol:
 
         grader = grader_from_spec(self.grader, b.kind, self.run.out / "grader_cache.jsonl")
         if grader is None:
-            note = f"{b.name}: responses generated but not graded; pass --grader llm:MODEL to grade them."
-            if note not in self.notes:
-                self.notes.append(note)
+            self.note(f"{b.name}: responses generated but not graded; pass --grader llm:MODEL to grade them.")
             return [], []
         graded = grade_rows(grader, rows, self.samples[b.name])
         if b.kind == "mm-vet":
