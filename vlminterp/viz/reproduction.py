@@ -1,4 +1,4 @@
-"""Figures of ``vlminterp reproduce``: CMRM's alpha sweep, and every measured number against the paper's.
+"""Figures of ``vlminterp reproduce``: CMRM's alpha sweep, and every measured rate against the paper's.
 
 Both read the tidy rows of ``tables.json`` (``benchmark``, ``subset``, ``condition``, ``method``,
 ``alpha``, ``metric``, ``value``, ``ci_low`` / ``ci_high``, ``published``).
@@ -76,28 +76,29 @@ def alpha_sweep(rows: Rows, *, metric: str = "unsafe_rate") -> go.Figure:
 
 
 def paper_comparison(rows: Rows) -> go.Figure:
-    """Every row measured and published: measured (x) against the paper's (y), one panel-free scatter per
-    metric family, with the diagonal; hover names the benchmark, subset, condition, method and alpha."""
-    both = [r for r in rows if r.get("value") is not None and r.get("published") is not None]
+    """Every rate (unsafe rate, ASR, accuracy) measured and published: measured (x, %) against the
+    paper's (y, %), a colour per metric, with the diagonal; hover names the benchmark, subset,
+    condition, method and alpha. Scores on other scales (MME, MM-Vet, seconds) are in the tables."""
+    both = [
+        r
+        for r in rows
+        if r.get("metric") in _RATES and r.get("value") is not None and r.get("published") is not None
+    ]
     fig = go.Figure()
     for i, metric in enumerate(unique(r["metric"] for r in both)):
         pts = [r for r in both if r["metric"] == metric]
-        scale = 100 if metric in _RATES else 1
         fig.add_trace(go.Scatter(
-            x=[scale * r["value"] for r in pts], y=[scale * r["published"] for r in pts], mode="markers",
+            x=[100 * r["value"] for r in pts], y=[100 * r["published"] for r in pts], mode="markers",
             name=metric, marker={"color": PALETTE[i % len(PALETTE)], "size": 9},
             text=[f"{r['benchmark']} {r['subset']} {r['condition']} {r['method']}"
                   + ("" if r.get("alpha") is None else f" α={r['alpha']:g}") for r in pts],
-            hovertemplate="%{text}<br>measured %{x:.2f}<br>paper %{y:.2f}<extra></extra>",
+            hovertemplate="%{text}<br>measured %{x:.2f}%<br>paper %{y:.2f}%<extra></extra>",
         ))  # fmt: skip
-    rates = [
-        scale for r in both for scale in (100 * r["value"], 100 * r["published"]) if r["metric"] in _RATES
-    ]
-    if rates:
-        fig.add_trace(go.Scatter(x=[0, max(rates)], y=[0, max(rates)], mode="lines", name="measured = paper (rates)",
+    if both:
+        fig.add_trace(go.Scatter(x=[0, 100], y=[0, 100], mode="lines", name="measured = paper",
                                  line={"color": "grey", "dash": "dash", "width": 1}))  # fmt: skip
     fig.update_layout(
-        title="Measured vs the paper's LLaVA-1.5-7B numbers" + ("" if both else " (none measured that the paper reports)"),
-        xaxis_title="measured", yaxis_title="paper", template="plotly_white",
+        title="Measured vs the paper's LLaVA-1.5-7B rates" + ("" if both else " (none measured that the paper reports)"),
+        xaxis_title="measured (%)", yaxis_title="paper (%)", template="plotly_white",
     )  # fmt: skip
     return fig
