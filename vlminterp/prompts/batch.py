@@ -32,7 +32,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from vlminterp.prompts.encoding import ROLE_NAMES, encode_row
+from vlminterp.prompts.encoding import ROLE_NAMES, encode_row, encode_rows
 from vlminterp.prompts.rows import PromptRow
 from vlminterp.prompts.samples import Condition, Sample
 
@@ -113,17 +113,24 @@ class PromptBatch:
         return cls.from_rows(model, rows)
 
     @classmethod
-    def from_rows(cls, model: HookedVLM, rows: Sequence[PromptRow]) -> PromptBatch:
-        """Tokenise explicit rows with the model's processor and pad them on the left."""
+    def from_rows(cls, model: HookedVLM, rows: Sequence[PromptRow], *, batched: bool = True) -> PromptBatch:
+        """Tokenise explicit rows with the model's processor and pad them on the left.
+
+        Args:
+            model: The model whose processor and family rules are used.
+            rows: The prompt rows, in batch order.
+            batched: One processor call for all rows (:func:`~vlminterp.prompts.encoding.encode_rows`),
+                else one per row; both build the same batch.
+        """
         if not rows:
             raise ValueError("PromptBatch.from_rows needs at least one row.")
-        encoded = [encode_row(model, r) for r in rows]
-        length = max(len(e[0]) for e in encoded)
         pad = model.tokenizer.pad_token_id
         if pad is None:
             raise ValueError(
                 "The model's tokenizer has no pad_token_id; set tokenizer.pad_token before batching."
             )
+        encoded = encode_rows(model, rows) if batched else [encode_row(model, r) for r in rows]
+        length = max(len(e[0]) for e in encoded)
         n = len(rows)
         ids = torch.full((n, length), pad, dtype=torch.long)
         attn = torch.zeros((n, length), dtype=torch.long)
