@@ -9,13 +9,14 @@ role mask, every per-row image tensor (dtype, shape, values) and every token kwa
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from vlminterp import Condition, HookedVLM, PromptBatch, Sample
 from vlminterp.prompts import PromptRow, encoding
-from vlminterp.prompts.splitting import image_layout
+from vlminterp.prompts.splitting import _split_crops, _split_images, image_layout
 from vlminterp.testing import tiny_families, tiny_remote_vlm_dir
 
 MODELS = [*tiny_families(), "organism", "fallback"]
@@ -123,3 +124,30 @@ def test_unknown_image_layout_is_encoded_row_by_row():
     assert image_layout(("pixel_values", "image_sizes", "num_crops")) is None
     assert image_layout(("pixel_values", "image_grid_thw", "image_sizes")) is None
     assert image_layout(("pixel_values",)) == "images"
+
+
+def test_crops_are_cut_to_each_prompts_own_crop_count_height_and_width():
+    """Idefics3-style padding (more crops, larger crops, zeros) is undone; a non-zero cut refuses the split."""
+    own = [torch.rand(1, 3, 3, 20, 24) + 0.1, torch.rand(1, 1, 3, 32, 30) + 0.1]
+    pixels = torch.zeros(3, 3, 3, 32, 32)  # prompt 1 has no image: an all-zero row
+    mask = torch.zeros(3, 3, 32, 32, dtype=torch.long)
+    for row, crops in zip((0, 2), own, strict=True):
+        n, h, w = crops.shape[1], crops.shape[3], crops.shape[4]
+        pixels[row, :n, :, :h, :w] = crops[0]
+        mask[row, :n, :h, :w] = 1
+    parts = _split_crops(pixels, mask, [0, 2], 3)
+    for part, crops in zip(parts, own, strict=True):
+        assert torch.equal(part["pixel_values"], crops)
+        assert torch.equal(
+            part["pixel_attention_mask"], torch.ones(crops.shape[:2] + crops.shape[3:], dtype=torch.long)
+        )
+    pixels[0, 0, 0, 25, 0] = 1.0  # a real value where the mask says padding: no certain split
+    assert _split_crops(pixels, mask, [0, 2], 3) is None
+
+
+def test_extra_image_entries_refuse_the_split():
+    """More pixel entries than images (Gemma 3 pan-and-scan crops): the caller encodes row by row."""
+    out = {"pixel_values": [np.zeros((3, 4, 4), np.float32)] * 3}
+    assert _split_images(out, "images", [True, False, True]) is None
+    out = {"pixel_values": np.zeros((10, 8), np.float32), "image_grid_thw": np.array([[1, 2, 2], [1, 2, 2]])}
+    assert _split_images(out, "patches", [True, True]) is None  # 8 patch rows described, 10 given

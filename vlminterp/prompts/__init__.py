@@ -3,7 +3,8 @@
 - :mod:`~vlminterp.prompts.samples`: :class:`Sample` (a request) and :class:`Condition` (how it is
   shown: with its image, a blank or noise image, its caption, or text only).
 - :mod:`~vlminterp.prompts.rows`: :class:`PromptRow`, one sample under one condition.
-- :mod:`~vlminterp.prompts.encoding`: tokenising a row, with the role of every token.
+- :mod:`~vlminterp.prompts.encoding`: tokenising rows, with the role of every token.
+- :mod:`~vlminterp.prompts.splitting`: one processor call for a batch, split back per row.
 - :mod:`~vlminterp.prompts.batch`: :class:`PromptBatch`, the left-padded batch with role masks.
 
 Example:

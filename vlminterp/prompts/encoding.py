@@ -1,4 +1,4 @@
-"""Tokenising one prompt row with the processor, and locating every token's role without searching strings.
+"""Tokenising prompt rows with the processor, and locating every token's role without searching strings.
 
 The row's text is rendered with the model's chat template; rendering a sentinel instead shows
 where the template puts the user text, so the instruction characters are known exactly. The
@@ -6,7 +6,9 @@ processor expands the image placeholder into the family's image block, and the i
 are carried over from the unexpanded tokenisation through the shared prefix and suffix
 (:func:`encode_row`). Roles (:data:`ROLE_NAMES`): ``image`` placeholder tokens, ``instruction``
 (the user text as the template inserted it), ``template`` (every other prompt token) and
-``generated`` (tokens appended after the prompt; none here).
+``generated`` (tokens appended after the prompt; none here). :func:`encode_rows` encodes many rows
+with one processor call and one tokenizer call (split back per row by
+:mod:`~vlminterp.prompts.splitting`), equal to :func:`encode_row` row by row.
 
 Example:
     >>> from vlminterp import HookedVLM
