@@ -135,3 +135,130 @@ def test_hooks_keep_slices_on_the_model_device_and_each_batch_is_copied_once(
     assert devices == [tiny_model.device] * 2
     assert all(v.device.type == "cpu" for v in vectors.values())
     assert all(s.mean.device.type == "cpu" for s in stats.values())
+
+
+# ---------------------------------------------------------------------- forwards that stop early, no KV cache
+def calls_per_module(model):
+    """Counts of forward calls (entered) of block 1, the final norm and the unembedding (plain torch hooks)."""
+    bridge = model.bridge
+    modules = {"block1": bridge.blocks[1], "ln_final": bridge.ln_final, "unembed": bridge.unembed}
+    counts = dict.fromkeys(modules, 0)
+    handles = [
+        m.register_forward_pre_hook(lambda *_, k=k: counts.__setitem__(k, counts[k] + 1))
+        for k, m in modules.items()
+    ]
+    return counts, handles
+
+
+def full_forward_vectors(model, batch, kind="resid_post"):
+    """The path without the fast paths, written out: the whole bridge forward with HF's KV cache filled
+    (``use_cache=True``), the hook kind cached at every layer, last position ([rows, layers, d])."""
+    seen = {}
+    hooks = [
+        (name, lambda x, hook: seen.__setitem__(hook.name, x[:, -1].clone()))
+        for name in model.hook_names(kind)
+    ]
+    kwargs = {k: v.to(model.device) for k, v in batch.model_kwargs().items()}
+    with torch.no_grad(), model.hooks(hooks):
+        logits, past = model.bridge(batch.input_ids, return_type="logits_and_cache", use_cache=True, **kwargs)
+    assert past is not None and logits.shape[1] == batch.input_ids.shape[1]  # the slow path really ran
+    return torch.stack([seen[n].reshape(len(batch), -1) for n in model.hook_names(kind)], dim=1)
+
+
+@pytest.mark.parametrize("layers", [[0], [1], [1, 0]])
+def test_collect_stops_after_its_last_layer_and_equals_the_full_forward(
+    tiny_model, samples, tmp_path, layers
+):
+    counts, handles = calls_per_module(tiny_model)
+    try:
+        store = ActivationStore.collect(
+            tiny_model, samples, CONDS, hooks=("resid_post", "attn_out"), layers=layers, batch_size=len(samples),
+            out_dir=tmp_path, keep="both", progress=False, noise_seed=3,
+        )  # fmt: skip
+    finally:
+        for h in handles:
+            h.remove()
+    ran_block1 = max(layers) == 1
+    assert counts == {"block1": len(CONDS) * ran_block1, "ln_final": 0, "unembed": 0}
+    for cond in CONDS:  # one forward per condition over every sample: the same batch as below
+        batch = PromptBatch.paired(tiny_model, samples, [cond], noise_seed=3)
+        for kind in ("resid_post", "attn_out"):
+            ref = full_forward_vectors(tiny_model, batch, kind)
+            for layer in layers:
+                assert torch.equal(store.vectors(cond, layer, hook=kind), ref[:, layer]), (cond, kind, layer)
+            rows = [i for i, s in enumerate(samples) if s.label == "harmful"]
+            mean = ref[rows][:, layers].double().mean(0)
+            torch.testing.assert_close(store.mean(cond, "harmful", hook=kind), mean, rtol=1e-12, atol=1e-12)
+
+
+def test_collect_equals_plain_transformers(tiny_model, samples):
+    """An independent reference: a plain HF llava from the same folder, every decoder layer's output."""
+    from transformers import LlavaForConditionalGeneration
+
+    from tests.conftest import hf_forward
+
+    hf = LlavaForConditionalGeneration.from_pretrained(
+        tiny_model.cfg.model_id, attn_implementation="eager"
+    ).eval()
+    store = ActivationStore.collect(tiny_model, samples, ["image"], batch_size=len(samples), progress=False)
+    batch = PromptBatch.paired(tiny_model, samples, [Condition.IMAGE])
+    _, states = hf_forward(hf, batch)
+    expected = torch.stack([s[:, -1] for s in states], dim=1).double().mean(0)
+    torch.testing.assert_close(store.mean("image"), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_forwards_fill_no_kv_cache_and_give_the_same_logits(tiny_model, samples):
+    """forward / run_with_cache pass use_cache=False to HF; the logits equal a forward that fills the cache."""
+    batch = PromptBatch.paired(tiny_model, samples, [Condition.IMAGE, Condition.TEXT_ONLY])
+    flags = []
+    handle = tiny_model.hf_model.register_forward_pre_hook(
+        lambda module, args, kwargs: flags.append(kwargs.get("use_cache")), with_kwargs=True
+    )
+    try:
+        logits = tiny_model(batch)
+        cached_logits, cache = tiny_model.run_with_cache(
+            batch, names_filter=tiny_model.hook_names("resid_post")
+        )
+    finally:
+        handle.remove()
+    assert flags == [False, False]
+    kwargs = batch.model_kwargs()
+    with torch.no_grad():
+        ref, past = tiny_model.bridge(
+            batch.input_ids, return_type="logits_and_cache", use_cache=True, **kwargs
+        )
+    assert past is not None
+    assert torch.equal(logits, ref) and torch.equal(cached_logits, ref)
+
+
+def test_run_with_cache_stop_at_layer(tiny_model, samples):
+    """TransformerLens's stop_at_layer: blocks 0..k-1 run, the residual after block k-1 comes back."""
+    batch = PromptBatch.paired(tiny_model, samples, [Condition.IMAGE])
+    _, full = tiny_model.run_with_cache(batch, names_filter=tiny_model.hook_names("resid_post"))
+    counts, handles = calls_per_module(tiny_model)
+    try:
+        resid, cache = tiny_model.run_with_cache(batch, stop_at_layer=1)  # every hook that fires
+    finally:
+        for h in handles:
+            h.remove()
+    assert counts == {"block1": 0, "ln_final": 0, "unembed": 0}
+    assert torch.equal(resid, full["blocks.0.hook_resid_post"])
+    assert torch.equal(cache["blocks.0.hook_resid_post"], resid)
+    assert "blocks.0.hook_resid_pre" in cache and not any(
+        k.startswith(("blocks.1.", "ln_final")) for k in cache
+    )
+    resid2, _ = tiny_model.run_with_cache(batch, "blocks.1.hook_resid_post", stop_at_layer=2)
+    assert torch.equal(resid2, full["blocks.1.hook_resid_post"])
+
+
+def test_run_with_cache_stop_at_layer_errors(tiny_model, samples, no_shape_checks):
+    batch = PromptBatch.paired(tiny_model, samples[:1], [Condition.TEXT_ONLY])
+    with pytest.raises(ValueError, match=r"ends the forward before \['blocks.1.hook_resid_post'\]"):
+        tiny_model.run_with_cache(batch, tiny_model.hook_names("resid_post"), stop_at_layer=1)
+    with pytest.raises(ValueError, match=r"before \['ln_final.hook_normalized'\]"):
+        tiny_model.run_with_cache(batch, "ln_final.hook_normalized", stop_at_layer=2)
+    for bad in (0, 3, True, 1.0):
+        with pytest.raises(ValueError, match=r"stop_at_layer must be an int in 1..2"):
+            tiny_model.run_with_cache(batch, stop_at_layer=bad)
+    with pytest.raises(ValueError, match="drop stop_at_layer"):
+        tiny_model.run_with_cache(batch, incl_bwd=True, metric=lambda x: x.sum(), stop_at_layer=1)

@@ -92,6 +92,11 @@ class CollectPlan:
     prefetch: bool  # build the next batch's prompts in a background thread
 
     @property
+    def stop_at_layer(self) -> int:
+        """Blocks each forward runs: up to the last collected layer (no final norm, no unembedding)."""
+        return max(self.layers) + 1
+
+    @property
     def keeps_stats(self) -> bool:
         return self.keep in ("stats", "both")
 
@@ -235,7 +240,9 @@ def run_shard(
     """Statistics and stacked vectors (``vectors/{hook}/{condition}/{layer}`` -> [n, d]) of one shard.
 
     Statistics are updated from the activations as the model computed them (float64 accumulation);
-    only the stored vectors are cast to ``plan.dtype``. The hooks keep their slices on the model's
+    only the stored vectors are cast to ``plan.dtype``. Each forward stops after the last collected
+    layer (``plan.stop_at_layer``): later blocks, the final norm and the unembedding are never run,
+    and, like every forward that returns no KV cache, it fills none (``use_cache=False``). The hooks keep their slices on the model's
     device and each batch's ``[rows, layers, d]`` block is copied to the host once: a copy inside
     every hook would make an accelerator wait for the host once per hooked layer.
     """
@@ -246,7 +253,11 @@ def run_shard(
         for cond in plan.conditions:
             batch = paired.select(paired.rows(cond))
             _, cache = model.run_with_cache(
-                batch, names_filter=all_names, positions=plan.positions, device=model.device
+                batch,
+                names_filter=all_names,
+                positions=plan.positions,
+                device=model.device,
+                stop_at_layer=plan.stop_at_layer,
             )
             for kind, names in plan.names.items():
                 x = torch.stack(

@@ -9,7 +9,12 @@ TransformerLens semantics on PromptBatch inputs:
   metric=...)`` run ``metric(logits).backward()`` while the hooks are in place; gradients are
   cached under ``name + "_grad"`` as in TransformerLens;
 - ``run_with_cache`` with no ``names_filter`` caches every hook that fires (hook points gated off
-  by ``set_use_attn_result`` / ``set_use_split_qkv_input`` are skipped, as TransformerLens does).
+  by ``set_use_attn_result`` / ``set_use_split_qkv_input`` are skipped, as TransformerLens does);
+  ``stop_at_layer=k`` runs blocks ``0..k-1`` only and returns the residual stream there in place
+  of the logits, as TransformerLens's ``stop_at_layer`` does.
+
+Forwards that return no KV cache (``forward``, ``run_with_hooks``, ``run_with_cache``) pass
+``use_cache=False``: HF would otherwise fill a cache (one concatenation per layer) only to drop it.
 
 Example:
     >>> from vlminterp import HookedVLM, Sample, Condition, PromptBatch
@@ -37,6 +42,7 @@ from torch import Tensor
 
 from vlminterp.cache.activation_cache import ActivationCache
 from vlminterp.hook_names import NamesFilter
+from vlminterp.models.stepping import StopForward, _stop
 from vlminterp.positions import Positions, describe_positions, position_selector
 from vlminterp.prompts import PromptBatch
 
@@ -52,12 +58,15 @@ Metric = Callable[[Tensor], Tensor]
 class HookingMixin:
     """Hook management, forward passes, caching and gradients; mixed into ``HookedVLM``.
 
-    Needs ``self.bridge`` (a ``TransformerBridge``), ``self.device`` and ``self.resolve_names``.
+    Needs ``self.bridge`` (a ``TransformerBridge``), ``self.device``, ``self.cfg``,
+    ``self.resolve_names`` and ``self.layer_hook``.
     """
 
     bridge: Any
     device: torch.device
+    cfg: Any
     resolve_names: Callable[[NamesFilter], list[str]]
+    layer_hook: Callable[[str, int], str]
 
     # ------------------------------------------------------------------ hooks
     def count_hooks(self) -> int:
@@ -122,7 +131,7 @@ class HookingMixin:
         require_batch(batch, "forward")
         device = self.device
         kwargs = {k: v.to(device) for k, v in batch.model_kwargs().items()}
-        return self.bridge(batch.input_ids.to(device), return_type="logits", **kwargs)
+        return self.bridge(batch.input_ids.to(device), return_type="logits", use_cache=False, **kwargs)
 
     def forward(self, batch: PromptBatch) -> Float[Tensor, "batch pos d_vocab"]:
         """Logits of ``batch`` (no gradients)."""
@@ -210,7 +219,8 @@ class HookingMixin:
         fwd_hooks: FwdHooks = (),
         incl_bwd: bool = False,
         metric: Metric | None = None,
-    ) -> tuple[Float[Tensor, "batch pos d_vocab"], ActivationCache]:
+        stop_at_layer: int | None = None,
+    ) -> tuple[Float[Tensor, "batch pos d_out"], ActivationCache]:
         """Logits and an :class:`ActivationCache` of the hooks selected by ``names_filter``.
 
         Args:
@@ -228,9 +238,20 @@ class HookingMixin:
             incl_bwd: Also cache the gradient of ``metric`` w.r.t. each cached activation, under
                 ``name + "_grad"`` (TransformerLens's keys).
             metric: ``logits -> scalar tensor``; required with ``incl_bwd``.
+            stop_at_layer: Run blocks ``0..stop_at_layer - 1`` only (TransformerLens's
+                ``stop_at_layer``, 1..``n_layers``): the forward ends once block
+                ``stop_at_layer - 1``'s ``resid_post`` hooks have fired, so later blocks, the final
+                norm and the unembedding are not computed. None runs the whole model.
 
         Returns:
             ``(logits, cache)``; with ``positions="last"`` each ``resid_post`` entry is ``[batch, d_model]``.
+            With ``stop_at_layer`` the first item is the residual stream ``[batch, pos, d_model]``
+            after block ``stop_at_layer - 1`` (all positions, as any ``fwd_hooks`` left it) instead of logits.
+
+        Raises:
+            ValueError: ``incl_bwd`` without a scalar ``metric`` or with ``stop_at_layer``;
+                ``stop_at_layer`` out of range, or ``names_filter`` naming a hook the truncated forward
+                never reaches (a later block, ``ln_final``, ``unembed``).
 
         Example:
             >>> from vlminterp import HookedVLM, Sample, Condition, PromptBatch
@@ -241,11 +262,15 @@ class HookingMixin:
             ... )
             >>> sorted(cache)
             ['blocks.1.hook_resid_post', 'blocks.1.hook_resid_post_grad']
+            >>> resid, cache = model.run_with_cache(batch, "blocks.0.hook_resid_post", stop_at_layer=1)
+            >>> torch.equal(resid, cache["blocks.0.hook_resid_post"])
+            True
         """
         if incl_bwd:
             _require_metric(metric, "run_with_cache(incl_bwd=True)")
         require_batch(batch, "run_with_cache")
         groups = self._caching_names(names_filter)
+        stop = self._stop_hook(stop_at_layer, groups if names_filter is not None else [], incl_bwd)
         select = position_selector(positions, batch, self.device)
         n, t = batch.input_ids.shape
         store: dict[str, Tensor] = {}
@@ -265,8 +290,23 @@ class HookingMixin:
 
         caching = [(names[0], make_hook(names, "")) for names in groups]
         grads = [(names[0], make_hook(names, "_grad")) for names in groups] if incl_bwd else []
-        with torch.set_grad_enabled(incl_bwd), self.hooks([*fwd_hooks, *caching], grads):
-            logits = self._forward(batch)
+        residual: list[Tensor] = []
+
+        def stop_hook(activation: Tensor, hook: Any) -> None:
+            residual.append(activation)
+            _stop(activation, hook)
+
+        last = [] if stop is None else [(stop, stop_hook)]  # after the caching hooks on the same point
+        with torch.set_grad_enabled(incl_bwd), self.hooks([*fwd_hooks, *caching, *last], grads):
+            try:
+                logits = self._forward(batch)
+            except StopForward:
+                if not residual:  # not our stop
+                    raise
+                logits = residual[0]
+            else:
+                if stop is not None:
+                    raise RuntimeError(f"run_with_cache: {stop} never fired; the forward was not truncated.")
             if incl_bwd:
                 self._backward(logits, metric, "run_with_cache(incl_bwd=True)")
                 logits = logits.detach()
@@ -274,6 +314,33 @@ class HookingMixin:
             store, positions=describe_positions(positions), meta=batch.to_dict(), model=self.bridge
         )
         return logits, cache
+
+    def _stop_hook(self, stop_at_layer: int | None, groups: list[list[str]], incl_bwd: bool) -> str | None:
+        """The ``resid_post`` hook that ends a ``stop_at_layer`` forward (None: no stop), validated.
+
+        ``groups`` are the names asked for explicitly: each must fire before the stop.
+        """
+        if stop_at_layer is None:
+            return None
+        n_layers = self.cfg.n_layers
+        if (
+            isinstance(stop_at_layer, bool)
+            or not isinstance(stop_at_layer, int)
+            or not 1 <= stop_at_layer <= n_layers
+        ):
+            raise ValueError(
+                f"stop_at_layer must be an int in 1..{n_layers} (blocks 0..stop_at_layer-1 run), "
+                f"got {stop_at_layer!r}; pass None to run the whole model."
+            )
+        if incl_bwd:
+            raise ValueError("run_with_cache(incl_bwd=True) differentiates the logits: drop stop_at_layer.")
+        late = [names[0] for names in groups if not _before_block(names[0], stop_at_layer)]
+        if late:
+            raise ValueError(
+                f"stop_at_layer={stop_at_layer} ends the forward before {late[:5]} fire: raise stop_at_layer "
+                "or leave those hooks out of names_filter."
+            )
+        return self.layer_hook("resid_post", stop_at_layer - 1)
 
 
 def require_batch(batch: Any, who: str) -> None:
@@ -298,3 +365,17 @@ def _has_prompt_axes(name: str, x: Tensor, n: int, t: int) -> bool:
     """Whether ``x`` has the prompt's ``[batch, pos]`` axes (decoder hooks; not the vision tower)."""
     pos_dim = 2 if name.endswith(("hook_pattern", "hook_attn_scores")) else 1
     return x.dim() > pos_dim and x.shape[0] == n and x.shape[pos_dim] == t
+
+
+def _before_block(name: str, layer: int) -> bool:
+    """Whether hook ``name`` fires in a forward that runs blocks ``0..layer-1`` only: a hook of one of
+    those blocks or of what runs before the blocks (embeddings, vision tower); not ``ln_final``, ``unembed``.
+
+    Example:
+        >>> [_before_block(n, 2) for n in ("blocks.1.hook_z", "blocks.2.attn.hook_z", "ln_final.hook_scale")]
+        [True, False, False]
+    """
+    head, _, rest = name.partition(".")
+    if head == "blocks":
+        return int(rest.partition(".")[0]) < layer
+    return head not in ("ln_final", "unembed")
