@@ -142,15 +142,6 @@ class KVPrefix:
         return cls(_cache(parts[0].past, layers), mask, rope)
 
 
-def fresh_cache(model: HookedVLM) -> Any:
-    """An empty HF cache for the language model, keeping every position (so it can be cropped)."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=model.hf_model.config.get_text_config(decoder=True))
-    cache.activate_past_recording()  # sliding-window layers keep all positions, not the last window
-    return cache
-
-
 def _kv(cache: Any) -> list[tuple[Tensor, Tensor] | None]:
     """Keys and values per layer of an HF ``DynamicCache`` (None for layers that did not run)."""
     if not hasattr(cache, "layers"):

@@ -7,7 +7,8 @@ fed the steered rows' tokens through ``generate(before_step=...)``. With ``stop_
 forward stops once that layer's ``resid_post`` has fired: later layers, the final norm and the
 unembedding of rows that are only read at earlier layers are never computed, and their KV cache
 holds the layers that ran (all the next step needs). Like HF ``generate``, the prompt pass
-unembeds only the last position (``logits_to_keep=1``) unless ``all_logits=True``.
+unembeds only the last position (``logits_to_keep=1``) unless ``all_logits=True``. The KV cache is
+:func:`~vlminterp.models.kv_buffer.fresh_cache`'s, whose full-attention layers grow in place.
 
 Prefix reuse (what vLLM's prefix caching does, for the per-input defences): a :class:`KVPrefix`
 holds the KV cache of each row's first tokens. A run started from one feeds at its prompt pass
@@ -39,9 +40,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from vlminterp.models.compat import check_prefill_cache
+from vlminterp.models.kv_buffer import fresh_cache
 from vlminterp.models.kv_prefix import (
     KVPrefix,
-    fresh_cache,
+    kv_reuse_supported,
     model_rope_deltas,
     set_model_rope_deltas,
     shared_prefix_length,
@@ -108,6 +110,7 @@ class CachedRun:
         self._stop = None if stop_after_layer is None else model.layer_hook("resid_post", stop_after_layer)
         self._last_logits = not all_logits and _keeps_logits(model)
         self._spent = False
+        self._own_cache = kv_reuse_supported(model)
 
     @property
     def length(self) -> int:
@@ -137,6 +140,8 @@ class CachedRun:
                 set_model_rope_deltas(self.model, self._prefix.rope_deltas)
             elif self._stop is not None:  # a cache object of ours, filled in place by the layers that run
                 kwargs["past_key_values"] = fresh_cache(self.model)
+            elif self._own_cache:  # growing in place rather than by torch.cat (HF's DynamicLayer)
+                kwargs["past_key_values"] = fresh_cache(self.model, keep_all=False)
             if self._stop is None and self._last_logits:
                 kwargs["logits_to_keep"] = 1
         else:
