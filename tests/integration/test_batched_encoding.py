@@ -148,6 +148,8 @@ def test_crops_are_cut_to_each_prompts_own_crop_count_height_and_width():
 def test_extra_image_entries_refuse_the_split():
     """More pixel entries than images (Gemma 3 pan-and-scan crops): the caller encodes row by row."""
     out = {"pixel_values": [np.zeros((3, 4, 4), np.float32)] * 3}
-    assert _split_images(out, "images", [True, False, True]) is None
+    assert _split_images(out, "images", [True, False, True], ("pixel_values",)) is None
     out = {"pixel_values": np.zeros((10, 8), np.float32), "image_grid_thw": np.array([[1, 2, 2], [1, 2, 2]])}
-    assert _split_images(out, "patches", [True, True]) is None  # 8 patch rows described, 10 given
+    assert (
+        _split_images(out, "patches", [True, True], ("pixel_values", "image_grid_thw")) is None
+    )  # 8 patch rows described, 10 given

@@ -92,7 +92,9 @@ def processor_rows(
         elif getattr(getattr(model.processor, "image_processor", None), "do_pad", None) is not None:
             kwargs["do_pad"] = False
     out = model.processor(text=list(texts), **kwargs)
-    per_image = _split_images(out, layout, has_image) if any(has_image) else [None] * len(texts)
+    per_image = (
+        _split_images(out, layout, has_image, rules.image_kwargs) if any(has_image) else [None] * len(texts)
+    )
     if per_image is None:
         return None
     ids = torch.as_tensor(out["input_ids"])
@@ -104,12 +106,15 @@ def processor_rows(
     ]
 
 
-def _split_images(out: Any, layout: str, has_image: list[bool]) -> list[dict[str, Tensor] | None] | None:
+def _split_images(
+    out: Any, layout: str, has_image: list[bool], image_kwargs: Sequence[str]
+) -> list[dict[str, Tensor] | None] | None:
     """Per prompt, its image tensors as the processor returns them for that prompt alone."""
     owners = [i for i, h in enumerate(has_image) if h]  # prompt of each image, in order
     per_image: list[dict[str, Tensor]] | None
     if layout == "images":
-        keys = [k for k in ("pixel_values", "image_sizes") if k in out]
+        # Unpadded per-image entries (do_pad=False, no tensors): each is what that image alone gives.
+        keys = [k for k in image_kwargs if k in out]
         if any(len(out[k]) != len(owners) for k in keys):
             return None  # extra crops per image (Gemma 3 pan-and-scan): not one entry per image
         per_image = [
