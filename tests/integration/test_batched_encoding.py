@@ -16,7 +16,7 @@ from PIL import Image
 
 from vlminterp import Condition, HookedVLM, PromptBatch, Sample
 from vlminterp.prompts import PromptRow, encoding
-from vlminterp.prompts.splitting import _split_crops, _split_images, image_layout
+from vlminterp.prompts.splitting import _split_crops, _split_images, image_layout, processor_rows
 from vlminterp.testing import tiny_families, tiny_remote_vlm_dir
 
 MODELS = [*tiny_families(), "organism", "fallback"]
@@ -153,3 +153,15 @@ def test_extra_image_entries_refuse_the_split():
     assert (
         _split_images(out, "patches", [True, True], ("pixel_values", "image_grid_thw")) is None
     )  # 8 patch rows described, 10 given
+
+
+def test_a_do_pad_of_unknown_meaning_keeps_one_call_per_row():
+    """A LLaVA image processor with do_pad (pad-to-square, or batch padding) is not split: same batch."""
+    model = HookedVLM.tiny("llava")
+    model.processor.image_processor.do_pad = True
+    rows = mixed_rows(model)
+    prompts = [encoding._prompt(model, r, {}) for r in rows]
+    assert (
+        processor_rows(model, [p.text for p in prompts], [r.image for r in rows], prompts[0].special) is None
+    )
+    assert_same_batch(PromptBatch.from_rows(model, rows), PromptBatch.from_rows(model, rows, batched=False))

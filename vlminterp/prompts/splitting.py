@@ -6,9 +6,10 @@ SmolVLM crops to the most crops and the largest crop). :func:`processor_rows` un
 by the family's image layout, read from :attr:`Family.image_kwargs` (no family is named):
 
 - ``images`` (``pixel_values`` [+ ``image_sizes``]: LLaVA, LLaVA-NeXT, OneVision, Gemma 3,
-  Mistral 3): the processor is asked not to pad across images (``do_pad=False``, no tensors), so
-  each image's entry is its own, unpadded; there must be one entry per image (Gemma 3's
-  pan-and-scan adds crops per image: then the call is per prompt).
+  Mistral 3): no tensors are stacked, and an image processor that pads a batch
+  (``_pad_for_batching``) is asked not to (``do_pad=False``), so each image's entry is its own,
+  unpadded. Any other ``do_pad`` (LLaVA's pad-to-square, the base backend's batch padding) keeps
+  the call per prompt, and so do extra entries per image (Gemma 3's pan-and-scan crops).
 - ``patches`` (``image_grid_thw``: Qwen2.5-VL): ``pixel_values`` concatenates every image's
   patches, ``prod(grid_thw)`` rows each.
 - ``crops`` (``pixel_attention_mask``: Idefics3, SmolVLM): one ``pixel_values`` row per prompt,
@@ -87,9 +88,16 @@ def processor_rows(
     kwargs: dict[str, Any] = {"padding": True, "add_special_tokens": add_special_tokens}
     if any(has_image):
         kwargs["images"] = [[im] if im is not None else [] for im in images]
+        image_processor = getattr(model.processor, "image_processor", None)
         if layout == "crops":
             kwargs["return_tensors"] = "pt"  # pixel_attention_mask exists only for the padded batch
-        elif getattr(getattr(model.processor, "image_processor", None), "do_pad", None) is not None:
+        elif getattr(image_processor, "do_pad", None):
+            # transformers' _pad_for_batching pads only across images (LLaVA-NeXT / OneVision tiles,
+            # Pixtral pixels), so do_pad=False leaves each image as it is alone. Elsewhere do_pad
+            # means the class's own thing (LLaVA pads each image to a square, the base backend pads a
+            # batch to its largest image): not certain to split, so one call per prompt.
+            if not hasattr(image_processor, "_pad_for_batching"):
+                return None
             kwargs["do_pad"] = False
     out = model.processor(text=list(texts), **kwargs)
     per_image = (
