@@ -84,3 +84,14 @@ def test_generate_uses_growing_layers(tiny_model, monkeypatch):
     batch = PromptBatch.paired(tiny_model, [Sample(id="a", query="hi")], [Condition.TEXT_ONLY])
     tiny_model.generate(batch, max_new_tokens=3)
     assert len(calls) == 3 * tiny_model.cfg.n_layers
+
+
+def test_keys_and_values_of_different_lengths_behave_as_in_hf():
+    """A model bug that makes them differ must not be hidden by a broadcast write (HF's cat keeps both)."""
+    ours, ref = GrowingLayer(), DynamicLayer()
+    for layer in (ours, ref):
+        layer.update(*_kv(2, 4, 0))
+        k, v = _kv(2, 3, 1)
+        layer.update(k, v[:, :, :1])
+    _same(ours, ref)
+    assert ours.keys.shape[-2] == 7 and ours.values.shape[-2] == 5

@@ -64,11 +64,17 @@ class GrowingLayer(DynamicLayer):
     def update(
         self,
         key_states: Float[Tensor, "batch kv_heads pos d_head"],
-        value_states: Float[Tensor, "batch kv_heads pos d_head"],
+        value_states: Float[Tensor, "batch kv_heads _pos d_head"],
         *args: Any,
         **kwargs: Any,
-    ) -> tuple[Float[Tensor, "batch kv_heads all d_head"], Float[Tensor, "batch kv_heads all d_head"]]:
-        """Append ``pos`` columns; return every cached column (views of the buffers)."""
+    ) -> tuple[Float[Tensor, "batch kv_heads all d_head"], Float[Tensor, "batch kv_heads _all d_head"]]:
+        """Append ``pos`` columns; return every cached column (views of the buffers).
+
+        Keys and values of different lengths (a model's bug, e.g. misbuilt position ids) go to
+        ``DynamicLayer``'s concatenation, so that they fail downstream as they do in HF.
+        """
+        if value_states.shape[-2] != key_states.shape[-2]:
+            return super().update(key_states, value_states, *args, **kwargs)
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         held = self.get_seq_length()
