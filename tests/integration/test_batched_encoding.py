@@ -9,6 +9,8 @@ role mask, every per-row image tensor (dtype, shape, values) and every token kwa
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -165,3 +167,14 @@ def test_a_do_pad_of_unknown_meaning_keeps_one_call_per_row():
         processor_rows(model, [p.text for p in prompts], [r.image for r in rows], prompts[0].special) is None
     )
     assert_same_batch(PromptBatch.from_rows(model, rows), PromptBatch.from_rows(model, rows, batched=False))
+
+
+@pytest.mark.parametrize("field", ["image_kwargs", "token_kwargs"])
+def test_a_kwarg_the_processor_does_not_return_is_named(field):
+    model = HookedVLM.tiny("llava")
+    wanted = {"image_kwargs": ("pixel_values", "image_sizes"), "token_kwargs": ("token_type_ids",)}[field]
+    model.family_rules = replace(model.family_rules, **{field: wanted})
+    rows = mixed_rows(model)
+    for batched in (True, False):
+        with pytest.raises(RuntimeError, match=rf"processor returned no \['{wanted[-1]}'\]"):
+            PromptBatch.from_rows(model, rows, batched=batched)

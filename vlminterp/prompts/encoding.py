@@ -132,7 +132,7 @@ def encode_rows(model: HookedVLM, rows: Sequence[PromptRow]) -> list[Encoded]:
             continue
         plain = model.tokenizer(texts, return_offsets_mapping=True, add_special_tokens=special)
         for j, (i, (ids, images, tokens)) in enumerate(zip(idx, processed, strict=True)):
-            _check_outputs(model, images if rows[i].image is not None else None, tokens)
+            _check_outputs(model, images, tokens)
             masks = _role_masks(
                 model, ids, plain["input_ids"][j], plain["offset_mapping"][j], prompts[i].query
             )

@@ -118,11 +118,13 @@ def _split_images(
     out: Any, layout: str, has_image: list[bool], image_kwargs: Sequence[str]
 ) -> list[dict[str, Tensor] | None] | None:
     """Per prompt, its image tensors as the processor returns them for that prompt alone."""
+    if any(k not in out for k in image_kwargs):
+        return None  # the per-prompt call names what is missing
     owners = [i for i, h in enumerate(has_image) if h]  # prompt of each image, in order
     per_image: list[dict[str, Tensor]] | None
     if layout == "images":
         # Unpadded per-image entries (do_pad=False, no tensors): each is what that image alone gives.
-        keys = [k for k in image_kwargs if k in out]
+        keys = list(image_kwargs)
         if any(len(out[k]) != len(owners) for k in keys):
             return None  # extra crops per image (Gemma 3 pan-and-scan): not one entry per image
         per_image = [
