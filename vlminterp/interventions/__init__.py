@@ -5,7 +5,8 @@
   the base class gives ``applied``, ``generate``, ``run_with_cache`` and ``prompts`` to every one.
 - :class:`SteeringVectors` (``steering``): per-layer vectors + metadata, safetensors + JSON files.
 - :class:`CMRM`, :class:`SampleCMRM` (``cmrm``): cross-modality representation manipulation.
-- :class:`SafetyDirection`, :class:`ShiftDC` (``shiftdc``), :func:`caption_images` (``captioning``).
+- :class:`SafetyDirection` (``safety_direction``), :class:`ShiftDC` (``shiftdc``), :func:`caption_images`
+  (``captioning``).
 - :class:`HeadAblation`, :class:`DirectionalAblation`, :class:`DirectionAddition`, :func:`mean_z`
   (``ablation``); :class:`ActivationPatch` (``patching``).
 
@@ -18,7 +19,8 @@ from vlminterp.interventions.base import Intervention, PreparedRun
 from vlminterp.interventions.captioning import QUERY_CONDITIONED_PROMPT, caption_images
 from vlminterp.interventions.cmrm import CMRM, SampleCMRM
 from vlminterp.interventions.patching import ActivationPatch
-from vlminterp.interventions.shiftdc import SafetyDirection, ShiftDC
+from vlminterp.interventions.safety_direction import SafetyDirection
+from vlminterp.interventions.shiftdc import ShiftDC
 from vlminterp.interventions.site import Site
 from vlminterp.interventions.steering import SteeringVectors, SteeringVectorsMismatchError
 
