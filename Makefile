@@ -39,8 +39,11 @@ fonts:
 demo: install
 	.venv/bin/vlminterp demo
 
+# --dist loadscope: each test module runs on one worker, so its module-scoped fixtures (models,
+# reproduce/steer/demo runs) are built once, not once per worker (--dist loadgroup stopped grouping
+# on pytest 9.2: pytest-xdist issue 1386). The notebooks run small here, full in test-slow.
 test: install
-	$(PY) -m pytest -n 2 --dist loadgroup -q
+	$(PY) -m pytest -n 2 --dist loadscope -q
 
 test-slow: install
 	$(PY) -m pytest -q -m slow -s
@@ -61,7 +64,7 @@ test-latest:
 	echo "$(TORCH)" > $(LATEST)/torch-constraint.txt
 	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -c $(LATEST)/torch-constraint.txt -e ".[dev,notebooks]"
 	$(LATEST)/bin/python -m vlminterp.versions
-	$(LATEST)/bin/python -m pytest -n 2 -q -m reference
+	$(LATEST)/bin/python -m pytest -n 2 --dist loadscope -q -m reference
 	$(LATEST)/bin/python -m vlminterp doctor
 
 # Refresh the lock from the venv that just passed `make test-latest`; then `make test` on it.

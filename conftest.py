@@ -11,9 +11,20 @@ Tests of the library's own bad-input errors turn the checks off for the call
 
 Every module's docstring examples run offline on tiny random VLMs (``--doctest-modules``), except
 in the modules listed here.
+
+Threads: each pytest-xdist worker runs torch (and the subprocesses and notebook kernels it starts)
+on one thread. ``make test`` runs two workers on two cores; torch's default of one thread per core
+put four busy threads on two cores, which made the tiny models' forwards about twice as slow.
 """
 
+import os
+
 import jaxtyping
+import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"  # subprocesses and notebook kernels started by the tests
+    torch.set_num_threads(1)
 
 #: Packages checked at runtime (``tests/unit/test_shape_checks.py`` checks that none is missing).
 SHAPE_CHECKED = tuple(

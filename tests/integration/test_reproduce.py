@@ -21,12 +21,8 @@ from vlminterp.cli import reproduce
 from vlminterp.reproduce.engine import Protocol
 from vlminterp.results import read_results
 
-pytestmark = [
-    pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"no benchmark copies at {SHARED_DATA}"),
-    pytest.mark.xdist_group(
-        "reproduce"
-    ),  # one worker runs the module's two runs once (make test: --dist loadgroup)
-]
+# make test's --dist loadscope runs the module on one worker: its two runs (module fixture) once.
+pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"no benchmark copies at {SHARED_DATA}")
 
 SMALL = {
     "cmrm": ["--alphas", "1", "--anchor-limit", "4"],
