@@ -2,7 +2,9 @@
 
 Each notebook is its own test so ``pytest -n 2`` spreads them. They run in a temp working directory
 with ``VLMINTERP_RESULTS`` pointing at a temp folder, one torch thread each (the organism's matmuls are
-tiny), and every notebook must write its result files there.
+tiny), and every notebook must write its result files there. The default suite runs every cell of
+every notebook with ``VLMINTERP_NOTEBOOK_SIZE=small`` (a few samples per group, CMRM's sweep on three
+alphas); ``make test-slow`` runs them at full size, as a reader does.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ def test_committed_notebook_has_no_outputs(name):
     nbformat.validate(nb)
     assert _nbtools.problems(nb) == [], f"{name}: run `python analyses/_nbtools.py --strip`"
     assert nb.metadata["kernelspec"]["name"] == "python3"
+    assert "VLMINTERP_NOTEBOOK_SIZE" in nb.cells[1].source, f"{name}: the default suite runs it small"
 
 
 def test_problems_finds_outputs():
@@ -43,12 +46,17 @@ def test_problems_finds_outputs():
     assert len(_nbtools.problems(nb)) == 1 and _nbtools.problems(_nbtools.strip(nb)) == []
 
 
+@pytest.mark.parametrize("size", ["small", pytest.param("full", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("name", EXPECTED)
-def test_notebook_runs(name, tmp_path, monkeypatch):
+def test_notebook_runs(name, size, tmp_path, monkeypatch):
     from nbclient import NotebookClient
 
     results = tmp_path / "results"
     monkeypatch.setenv("VLMINTERP_RESULTS", str(results))
+    if size == "small":
+        monkeypatch.setenv("VLMINTERP_NOTEBOOK_SIZE", "small")
+    else:
+        monkeypatch.delenv("VLMINTERP_NOTEBOOK_SIZE", raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     nb = nbformat.read(NOTEBOOKS[name], as_version=4)
@@ -56,7 +64,7 @@ def test_notebook_runs(name, tmp_path, monkeypatch):
     NotebookClient(
         nb, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(tmp_path)}}
     ).execute()
-    print(f"{name}: {time.perf_counter() - t0:.1f} s")
+    print(f"{name} ({size}): {time.perf_counter() - t0:.1f} s")
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
     written = sorted(p.name for p in (results / name).iterdir())
