@@ -125,7 +125,8 @@ class ActivationStore:
             samples: The dataset (ids unique).
             conditions: Conditions to run (``Condition`` or their values, e.g. ``"text_only"``).
             hooks: Hook kinds to record (``"resid_post"``, ``"attn_out"``, ``"z"``, ...).
-            layers: Layers to record; None for all.
+            layers: Layers to record; None for all. Each forward stops after the last of them
+                (later blocks, the final norm and the unembedding are never run).
             positions: A per-row selection of :mod:`vlminterp.positions`: ``"last"``,
                 ``"last_instruction"``, ``"mean_text"`` or an int.
             batch_size: Samples per forward (each forward holds one condition).

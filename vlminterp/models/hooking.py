@@ -111,10 +111,12 @@ class HookingMixin:
             for spec, fn in pairs
             for name in self.resolve_names(spec)
         ]
+        # TransformerBridge.hook_dict is a property that rebuilds the alias map: read it once, not per hook
+        points = self.bridge.hook_dict if resolved else {}
         handles: list[tuple[Any, str, Any]] = []
         try:
             for name, fn, direction in resolved:
-                point = self.bridge.hook_dict[name]
+                point = points[name]
                 self.bridge.check_hooks_to_add(point, name, fn, dir=direction)
                 aliases = None if name == point.name else [name]  # hook.name = the registered name
                 handles.append((point, direction, point.add_hook(fn, dir=direction, alias_names=aliases)))
