@@ -1,5 +1,8 @@
-"""ActivationStore.collect's fast paths: prompts prefetched in a background thread and half-precision
-vector storage give the same statistics, bit for bit, as the sequential float32 path."""
+"""ActivationStore.collect's fast paths give the same results, bit for bit, as the paths without them:
+prompts prefetched in a background thread, half-precision vector storage (float64 statistics of the
+float32 activations), forwards that stop after the last collected layer and fill no KV cache
+(against the whole bridge forward with HF's cache, and plain transformers), on TransformerLens and
+fallback bridges; and ``hooks()`` reads the bridge's hook map once."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import torch
 from PIL import Image
 
 import vlminterp.cache.collection as collection_mod
+from tests.conftest import hf_forward
 from vlminterp import Condition, PromptBatch, Sample
 from vlminterp.cache import ActivationStore
 
@@ -195,8 +199,6 @@ def test_collect_equals_plain_transformers(tiny_model, samples):
     """An independent reference: a plain HF llava from the same folder, every decoder layer's output."""
     from transformers import LlavaForConditionalGeneration
 
-    from tests.conftest import hf_forward
-
     hf = LlavaForConditionalGeneration.from_pretrained(
         tiny_model.cfg.model_id, attn_implementation="eager"
     ).eval()
@@ -262,3 +264,39 @@ def test_run_with_cache_stop_at_layer_errors(tiny_model, samples, no_shape_check
             tiny_model.run_with_cache(batch, stop_at_layer=bad)
     with pytest.raises(ValueError, match="drop stop_at_layer"):
         tiny_model.run_with_cache(batch, incl_bwd=True, metric=lambda x: x.sum(), stop_at_layer=1)
+
+
+def test_collect_stops_early_on_a_fallback_bridge(samples, tmp_path):
+    """A remote-code checkpoint (no TransformerLens adapter) stops at the same hook: equal vectors."""
+    from vlminterp import HookedVLM
+    from vlminterp.testing import tiny_remote_vlm_dir
+
+    remote = HookedVLM.from_pretrained(tiny_remote_vlm_dir(), trust_remote_code=True)
+    entered = []
+    layers = remote.hf_model.get_submodule(remote.bridge.cfg.layers_path)  # a plain torch hook on layer 1
+    handle = layers[1].register_forward_pre_hook(lambda *_: entered.append(1))
+    try:
+        store = ActivationStore.collect(
+            remote, samples, ["image"], layers=[0], batch_size=len(samples), out_dir=tmp_path, keep="vectors",
+            progress=False,
+        )  # fmt: skip
+        assert entered == []
+        batch = PromptBatch.paired(remote, samples, [Condition.IMAGE])
+        _, full = remote.run_with_cache(batch, names_filter=remote.hook_names("resid_post"), positions="last")
+        assert entered == [1]
+    finally:
+        handle.remove()
+    assert torch.equal(store.vectors("image", 0), full["blocks.0.hook_resid_post"])
+    assert remote.count_hooks() == 0
+
+
+def test_hooks_read_the_bridge_hook_dict_once(tiny_model, monkeypatch):
+    """TransformerBridge.hook_dict rebuilds its alias map on every access: one read per hooks() call."""
+    bridge_type = type(tiny_model.bridge)
+    reads = []
+    prop = bridge_type.hook_dict
+    monkeypatch.setattr(bridge_type, "hook_dict", property(lambda self: reads.append(1) or prop.fget(self)))
+    names = tiny_model.hook_names("resid_post") + tiny_model.hook_names("attn_out")
+    with tiny_model.hooks([(n, lambda x, hook: None) for n in names]):
+        pass
+    assert len(reads) == 1
