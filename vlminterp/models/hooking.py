@@ -42,7 +42,7 @@ from torch import Tensor
 
 from vlminterp.cache.activation_cache import ActivationCache
 from vlminterp.hook_names import NamesFilter
-from vlminterp.models.stepping import StopForward, _stop
+from vlminterp.models.stepping import StopForward, stop_forward
 from vlminterp.positions import Positions, describe_positions, position_selector
 from vlminterp.prompts import PromptBatch
 
@@ -296,7 +296,7 @@ class HookingMixin:
 
         def stop_hook(activation: Tensor, hook: Any) -> None:
             residual.append(activation)
-            _stop(activation, hook)
+            stop_forward(activation, hook)
 
         last = [] if stop is None else [(stop, stop_hook)]  # after the caching hooks on the same point
         with torch.set_grad_enabled(incl_bwd), self.hooks([*fwd_hooks, *caching, *last], grads):

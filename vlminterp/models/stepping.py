@@ -53,14 +53,15 @@ if TYPE_CHECKING:
     from vlminterp.models.hooked_vlm import HookedVLM
     from vlminterp.prompts import PromptBatch
 
-__all__ = ["CachedRun", "StopForward", "shared_prefix_run"]
+__all__ = ["CachedRun", "StopForward", "shared_prefix_run", "stop_forward"]
 
 
 class StopForward(Exception):
-    """Raised by the stop hook of a truncated :class:`CachedRun` to end its forward early."""
+    """Raised by :func:`stop_forward` to end a truncated forward (:class:`CachedRun`, ``run_with_cache(stop_at_layer=)``)."""
 
 
-def _stop(activation: Tensor, hook: Any) -> None:
+def stop_forward(activation: Tensor, hook: Any) -> None:
+    """A forward hook that ends the forward (raises :class:`StopForward`) once its point has fired."""
     raise StopForward(hook.name)
 
 
@@ -160,7 +161,7 @@ class CachedRun:
         else:
             logits, past = None, kwargs["past_key_values"]
             try:
-                with self.model.hooks([(self._stop, _stop)]):
+                with self.model.hooks([(self._stop, stop_forward)]):
                     self.model.bridge(ids, return_type=None, **kwargs)
             except StopForward:
                 pass
