@@ -107,9 +107,9 @@ def _setting(runs: list[dict[str, Any]]) -> str:
     walls = [r["config"]["wall_s"] for r in runs if "wall_s" in r["config"]]
     if walls:
         parts.append(f"run {max(walls) / 60:.1f} min")
-    repeats = c.get("repeats")
+    repeats = sorted({r["config"]["repeats"] for r in runs if r["config"].get("repeats")})
     count = f"{len(runs)} run" + ("s" if len(runs) > 1 else "")
-    parts.append(f"{repeats} repeats × {count}" if repeats else count)
+    parts.append(f"{'–'.join(map(str, repeats))} repeats × {count}" if repeats else count)
     return ", ".join(parts)
 
 
