@@ -18,12 +18,14 @@ Example:
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Collection, Sequence
 
-__all__ = ["layer_hook_name", "NamesFilter", "resolve_names", "ATTN_KINDS"]
+__all__ = ["layer_hook_name", "hook_layer", "NamesFilter", "resolve_names", "ATTN_KINDS"]
 
 ATTN_KINDS = frozenset({"q", "k", "v", "z", "pattern", "attn_scores", "result", "rot_q", "rot_k"})
 _MLP_KINDS = {"mlp_pre": "mlp.hook_pre", "mlp_post": "mlp.hook_post"}
+_BLOCK = re.compile(r"blocks\.(\d+)\.")
 
 #: A hook selection: one name, a sequence of names, a predicate on names, or None (all).
 NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
@@ -40,6 +42,17 @@ def layer_hook_name(kind: str, layer: int) -> str:
     else:
         suffix = f"hook_{kind}"
     return f"blocks.{int(layer)}.{suffix}"
+
+
+def hook_layer(name: str) -> int | None:
+    """The decoder layer of a hook name, None outside the blocks.
+
+    Example:
+        >>> hook_layer("blocks.3.attn.hook_z"), hook_layer("ln_final.hook_normalized")
+        (3, None)
+    """
+    found = _BLOCK.match(name)
+    return None if found is None else int(found.group(1))
 
 
 def resolve_names(names_filter: NamesFilter, valid: Collection[str]) -> list[str]:

@@ -27,7 +27,6 @@ Example:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +34,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from vlminterp.hook_names import hook_layer
 from vlminterp.models.hooking import FwdHooks
 from vlminterp.positions import position_selector
 from vlminterp.prompts import PromptBatch
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from vlminterp.cache.activation_cache import ActivationCache
     from vlminterp.models.hooked_vlm import HookedVLM
 
-__all__ = ["LayerStarts", "EXACT_TEXT_MODELS", "hook_layer", "start_layer", "unsupported"]
+__all__ = ["LayerStarts", "EXACT_TEXT_MODELS", "start_layer", "unsupported"]
 
 #: Language-model classes whose forward feeds ``inputs_embeds`` unchanged to layer 0 (tested per family).
 EXACT_TEXT_MODELS = frozenset(
@@ -52,18 +52,6 @@ EXACT_TEXT_MODELS = frozenset(
 #: Batch axis of each tensor argument of the language model (None: no batch axis; -2: second to last).
 _BATCH_AXIS = {"attention_mask": 0, "position_ids": -2, "cache_position": None}
 _DROPPED = {"input_ids", "inputs_embeds", "past_key_values", "use_cache"}
-_BLOCK = re.compile(r"blocks\.(\d+)\.")
-
-
-def hook_layer(name: str) -> int | None:
-    """The decoder layer of a hook name, None outside the blocks.
-
-    Example:
-        >>> hook_layer("blocks.3.attn.hook_z"), hook_layer("ln_final.hook_normalized")
-        (3, None)
-    """
-    found = _BLOCK.match(name)
-    return None if found is None else int(found.group(1))
 
 
 def start_layer(model: HookedVLM, names: Iterable[str]) -> int | None:
