@@ -41,8 +41,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from vlminterp.cache.activation_cache import ActivationCache
-from vlminterp.hook_names import NamesFilter
-from vlminterp.models.stepping import StopForward, stop_forward
+from vlminterp.hook_names import NamesFilter, hook_layer
+from vlminterp.models.stepping import run_until
 from vlminterp.positions import Positions, describe_positions, position_selector
 from vlminterp.prompts import PromptBatch
 
@@ -292,23 +292,11 @@ class HookingMixin:
 
         caching = [(names[0], make_hook(names, "")) for names in groups]
         grads = [(names[0], make_hook(names, "_grad")) for names in groups] if incl_bwd else []
-        residual: list[Tensor] = []
-
-        def stop_hook(activation: Tensor, hook: Any) -> None:
-            residual.append(activation)
-            stop_forward(activation, hook)
-
-        last = [] if stop is None else [(stop, stop_hook)]  # after the caching hooks on the same point
-        with torch.set_grad_enabled(incl_bwd), self.hooks([*fwd_hooks, *caching, *last], grads):
-            try:
+        with torch.set_grad_enabled(incl_bwd), self.hooks([*fwd_hooks, *caching], grads):
+            if stop is None:
                 logits = self._forward(batch)
-            except StopForward:
-                if not residual:  # not our stop
-                    raise
-                logits = residual[0]
-            else:
-                if stop is not None:
-                    raise RuntimeError(f"run_with_cache: {stop} never fired; the forward was not truncated.")
+            else:  # the stop hook is added after the caching hooks on the same point, so they fire first
+                logits = run_until(self, stop, lambda: self._forward(batch), "run_with_cache")
             if incl_bwd:
                 self._backward(logits, metric, "run_with_cache(incl_bwd=True)")
                 logits = logits.detach()
@@ -377,7 +365,7 @@ def _before_block(name: str, layer: int) -> bool:
         >>> [_before_block(n, 2) for n in ("blocks.1.hook_z", "blocks.2.attn.hook_z", "ln_final.hook_scale")]
         [True, False, False]
     """
-    head, _, rest = name.partition(".")
-    if head == "blocks":
-        return int(rest.partition(".")[0]) < layer
-    return head not in ("ln_final", "unembed")
+    block = hook_layer(name)
+    if block is not None:
+        return block < layer
+    return name.partition(".")[0] not in ("ln_final", "unembed")

@@ -33,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -53,16 +54,36 @@ if TYPE_CHECKING:
     from vlminterp.models.hooked_vlm import HookedVLM
     from vlminterp.prompts import PromptBatch
 
-__all__ = ["CachedRun", "StopForward", "shared_prefix_run", "stop_forward"]
+__all__ = ["CachedRun", "StopForward", "run_until", "shared_prefix_run"]
 
 
 class StopForward(Exception):
-    """Raised by :func:`stop_forward` to end a truncated forward (:class:`CachedRun`, ``run_with_cache(stop_at_layer=)``)."""
+    """Raised by the stop hook of :func:`run_until` to end a truncated forward."""
 
 
-def stop_forward(activation: Tensor, hook: Any) -> None:
-    """A forward hook that ends the forward (raises :class:`StopForward`) once its point has fired."""
-    raise StopForward(hook.name)
+def run_until(model: HookedVLM, stop: str, forward: Callable[[], Any], who: str) -> Tensor:
+    """Run ``forward()`` until hook point ``stop`` fires, then end it; the activation ``stop`` saw.
+
+    The stop hook is added after every hook already installed, so those on the same point fire
+    first (truncated :class:`CachedRun` passes, ``run_with_cache(stop_at_layer=)``).
+
+    Raises:
+        RuntimeError: ``stop`` never fired, so the forward ran to the end (``who`` names the caller).
+    """
+    seen: list[Tensor] = []
+
+    def end(activation: Tensor, hook: Any) -> None:
+        seen.append(activation)
+        raise StopForward(hook.name)
+
+    try:
+        with model.hooks([(stop, end)]):
+            forward()
+    except StopForward:
+        if not seen:  # another truncated forward's stop, not ours
+            raise
+        return seen[0]
+    raise RuntimeError(f"{who}: {stop} never fired; the forward was not truncated.")
 
 
 class CachedRun:
@@ -160,13 +181,12 @@ class CachedRun:
             logits, past = self.model.bridge(ids, return_type="logits_and_cache", **kwargs)
         else:
             logits, past = None, kwargs["past_key_values"]
-            try:
-                with self.model.hooks([(self._stop, stop_forward)]):
-                    self.model.bridge(ids, return_type=None, **kwargs)
-            except StopForward:
-                pass
-            else:
-                raise RuntimeError(f"CachedRun: {self._stop} never fired; the forward was not truncated.")
+            run_until(
+                self.model,
+                self._stop,
+                lambda: self.model.bridge(ids, return_type=None, **kwargs),
+                "CachedRun",
+            )
         if tokens is None:
             check_prefill_cache(past, self.length)
         self.past = past
