@@ -15,9 +15,11 @@ parts. The file is then the one a one-process run writes. A run killed midway le
 rows in the part files: :func:`read_responses` counts them, and the next run (any number of
 processes) merges them first and skips them.
 
-Any :class:`~vlminterp.interventions.Intervention` is run the same way: per batch of samples,
-``intervention.generate(model, intervention.prompts(model, chunk, condition))`` (per-input methods
-build their twin rows there; the responses are the output rows).
+Any :class:`~vlminterp.interventions.Intervention` is run the same way, through
+:meth:`~vlminterp.interventions.Intervention.generate_chunks` over the batches of samples (by default
+``intervention.generate(model, intervention.prompts(model, chunk, condition))`` per batch; per-input
+methods build their twin rows there, and ShiftDC overlaps a batch's captioning with the one before).
+Each batch's rows are written as soon as it is yielded.
 
 Example:
     >>> from vlminterp import HookedVLM, Sample
@@ -213,14 +215,15 @@ def generate_responses(
         disable=not progress or not is_main(),
         desc=f"generate {cond.value}",
     )
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start : start + batch_size]
-        if intervention is None:
-            batch = PromptBatch.paired(model, chunk, [cond], **prompt_options)
-            gen = model.generate(batch, max_new_tokens=max_new_tokens)
-        else:
-            batch = intervention.prompts(model, chunk, cond, **prompt_options)
-            gen = intervention.generate(model, batch, max_new_tokens=max_new_tokens)
+    chunks = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
+    if intervention is None:
+        generations = (
+            model.generate(PromptBatch.paired(model, chunk, [cond], **prompt_options), max_new_tokens)
+            for chunk in chunks
+        )
+    else:
+        generations = intervention.generate_chunks(model, chunks, cond, max_new_tokens, **prompt_options)
+    for chunk, gen in zip(chunks, generations, strict=True):
         rows = [
             {
                 "id": s.id,

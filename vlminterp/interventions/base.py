@@ -52,7 +52,7 @@ import abc
 import contextlib
 import dataclasses
 import math
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -414,6 +414,35 @@ class Intervention(abc.ABC):
                 run.batch, max_new_tokens=max_new_tokens, follow=run.follow, **generate_kwargs
             )
         return run.output(out)
+
+    def generate_chunks(
+        self,
+        model: HookedVLM,
+        chunks: Iterable[Sequence[Sample]],
+        condition: Condition | str = Condition.IMAGE,
+        max_new_tokens: int = 32,
+        **prompt_options: Any,
+    ) -> Iterator[Generation]:
+        """Steered generation of each chunk of samples in turn, each yielded once done (the eval runner's loop).
+
+        Here ``self.generate(model, self.prompts(model, chunk, condition, **prompt_options))`` per
+        chunk. A method may overlap a chunk's work with the next chunk's and yield the same
+        generations sooner (ShiftDC decodes the next chunk's captions in the forwards of this
+        chunk's responses).
+
+        Example:
+            >>> from vlminterp import HookedVLM, Sample
+            >>> from vlminterp.interventions import CMRM, SteeringVectors
+            >>> model = HookedVLM.tiny("llava")
+            >>> chunks = [[Sample(id="a", query="hi")], [Sample(id="b", query="yo")]]
+            >>> cmrm = CMRM(SteeringVectors.zeros(model, method="demo"))
+            >>> [len(g) for g in cmrm.generate_chunks(model, chunks, "text_only", max_new_tokens=2)]
+            [1, 1]
+        """
+        for chunk in chunks:
+            yield self.generate(
+                model, self.prompts(model, chunk, condition, **prompt_options), max_new_tokens
+            )
 
     def run_with_cache(
         self,

@@ -46,6 +46,8 @@ __all__ = [
     "Captioner",
     "CaptionPrefix",
     "caption_images",
+    "caption_requests",
+    "check_captions",
 ]
 
 #: The ShiftDC paper's captioning prompt; ``{query}`` is the user's request.
@@ -133,16 +135,42 @@ def caption_images(
         todo = [s for s in with_image if key(s) not in stored]
         for i in range(0, len(todo), batch_size):
             chunk = todo[i : i + batch_size]
-            requests = [
-                dataclasses.replace(s, query=prompt.replace("{query}", s.query), caption=None) for s in chunk
-            ]
-            batch = PromptBatch.paired(model, requests, [Condition.IMAGE])
+            batch = caption_requests(model, chunk, prompt)
             held = None if prefix is None else prefix(chunk, batch)
             out = model.generate(batch, max_new_tokens=max_new_tokens, prefix=held)
             stored.update({key(s): text for s, text in zip(chunk, out.texts, strict=True)})
             if path is not None:
                 write_json_atomic(path, stored)
         captions = {s.id: stored[key(s)] for s in with_image}
+    check_captions(captions, source)
+    return [dataclasses.replace(s, caption=captions[s.id]) if s.id in captions else s for s in samples]
+
+
+def caption_requests(
+    model: HookedVLM, samples: Sequence[Sample], prompt: str = QUERY_CONDITIONED_PROMPT
+) -> PromptBatch:
+    """The captioning prompts of ``samples`` (with images): IMAGE rows asking ``prompt`` about each query.
+
+    Example:
+        >>> from vlminterp import HookedVLM, Sample
+        >>> from PIL import Image
+        >>> model = HookedVLM.tiny("llava")
+        >>> s = Sample(id="a", query="what is this ?", image=Image.new("RGB", (32, 32)))
+        >>> "Request: what is this ?." in caption_requests(model, [s]).texts[0]
+        True
+    """
+    requests = [
+        dataclasses.replace(s, query=prompt.replace("{query}", s.query), caption=None) for s in samples
+    ]
+    return PromptBatch.paired(model, requests, [Condition.IMAGE])
+
+
+def check_captions(captions: dict[str, str], source: str | Captioner = "self") -> None:
+    """Raise when a caption (by sample id) is empty: its caption twin cannot be built.
+
+    Raises:
+        ValueError: names the samples and says what to do.
+    """
     empty = [sid for sid, caption in captions.items() if not caption.strip()]
     if empty:
         who = "the model's own caption" if source == "self" else "the captioner's caption"
@@ -151,4 +179,3 @@ def caption_images(
             "built. Raise the caption length, use another captioner (source=callable), or set "
             "Sample.caption and use source='sample'."
         )
-    return [dataclasses.replace(s, caption=captions[s.id]) if s.id in captions else s for s in samples]

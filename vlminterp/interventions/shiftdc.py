@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -84,6 +84,8 @@ from vlminterp.interventions.captioning import (
     Captioner,
     CaptionPrefix,
     caption_images,
+    caption_requests,
+    check_captions,
 )
 from vlminterp.interventions.shiftdc_rules import (
     AUTHORS_CAPTION_TEMPLATE,
@@ -98,6 +100,7 @@ from vlminterp.interventions.shiftdc_rules import (
 )
 from vlminterp.interventions.site import LayerSpec, check_choice
 from vlminterp.interventions.steering import SteeringVectors
+from vlminterp.models.hooked_vlm import Generation
 from vlminterp.models.kv_prefix import (
     KVPrefix,
     common_prefix_lengths,
@@ -109,7 +112,7 @@ from vlminterp.prompts import Condition, PromptBatch, PromptRow, Sample
 
 if TYPE_CHECKING:
     from vlminterp.interventions.base import Inputs
-    from vlminterp.models.hooked_vlm import Generation, HookedVLM
+    from vlminterp.models.hooked_vlm import HookedVLM
 
 __all__ = [
     "ShiftDC",
@@ -154,6 +157,15 @@ class _Corrections:
             return activation
         self.fired.add(hook.name)
         return _fixed_hook(activation, hook, correction=self.correction[hook.name])
+
+
+@dataclasses.dataclass
+class _Measured:
+    """A chunk ready for steered generation: its rows, their prompt pass's KV cache, their corrections."""
+
+    main: PromptBatch
+    held: KVPrefix
+    correction: Float[Tensor, "n layers d_model"]
 
 
 class _CaptionPrefix:
@@ -521,13 +533,11 @@ class ShiftDC(Intervention):
         ):
             return super().generate(model, inputs, max_new_tokens, **generate_kwargs)
         self.direction.check_compatible(model, self.layers)
-        names, last, top = self._names(model), max(self.layers), model.cfg.n_layers - 1
+        names = self._names(model)
         held: KVPrefix | None = None
         if self._shares_caption_prompts(model, inputs):
             # The inputs' unsteered pass runs first; self-captioning starts from its template and image.
-            main = PromptBatch.from_rows(model, [self._main_row(model, s) for s in inputs])
-            x, run = _last_states(model, main, names, top)
-            held = run.take_prefix(0)
+            main, x, held = self._measure(model, inputs, names)
             batch = self._prompts_of(model, self.caption(model, inputs, prefix=_CaptionPrefix(held, main)))
             n = twin_blocks(batch, self._twins(), "ShiftDC")
         else:
@@ -535,18 +545,151 @@ class ShiftDC(Intervention):
             n = twin_blocks(batch, self._twins(), "ShiftDC")
             main = batch.select(range(n))
             if self.steer_template is None:  # the measured inputs are the steered prompts: reuse their cache
-                x, run = _last_states(model, main, names, top)
+                x, run = _last_states(model, main, names, model.cfg.n_layers - 1)
                 held = run.take_prefix(0)
             else:
-                x, _ = _last_states(model, batch.select(range(2 * n, 3 * n)), names, last)
-        twin, _ = _last_states(model, batch.select(range(n, 2 * n)), names, last)
+                x, _ = _last_states(model, batch.select(range(2 * n, 3 * n)), names, max(self.layers))
+        correction = self._correction(model, batch, n, x, names)
         prefix = None if held is None else held.dropped(1)
-        if self.final_norm:
-            x, twin = (final_normed(model, states, self.layers) for states in (x, twin))
-        correction = self._corrections(x - twin, batch.conditions[:n]).to(model.device, model_dtype(model))
         edit = _Corrections(correction, names, every_step=self.steps == "all")
         hooks = [*generate_kwargs.pop("fwd_hooks", ()), *((name, edit.hook) for name in names)]
         return model.generate(main, max_new_tokens, fwd_hooks=hooks, prefix=prefix, **generate_kwargs)
+
+    def _measure(
+        self, model: HookedVLM, samples: Sequence[Sample], names: Sequence[str]
+    ) -> tuple[PromptBatch, Float[Tensor, "n layers d_model"], KVPrefix]:
+        """The inputs' rows, their unsteered last-position states at ``names``, and that pass's KV cache."""
+        main = PromptBatch.from_rows(model, [self._main_row(model, s) for s in samples])
+        x, run = _last_states(model, main, names, model.cfg.n_layers - 1)
+        return main, x, run.take_prefix(0)
+
+    def _correction(
+        self,
+        model: HookedVLM,
+        batch: PromptBatch,
+        n: int,
+        x: Float[Tensor, "n layers d_model"],
+        names: Sequence[str],
+    ) -> Float[Tensor, "n layers d_model"]:
+        """The corrections of the inputs measured as ``x``, from their twins' pass (rows ``n:2n`` of ``batch``)."""
+        twin, _ = _last_states(model, batch.select(range(n, 2 * n)), names, max(self.layers))
+        if self.final_norm:
+            x, twin = (final_normed(model, states, self.layers) for states in (x, twin))
+        return self._corrections(x - twin, batch.conditions[:n]).to(model.device, model_dtype(model))
+
+    # ------------------------------------------------------------------ chunks, captions overlapped
+    def generate_chunks(
+        self,
+        model: HookedVLM,
+        chunks: Iterable[Sequence[Sample]],
+        condition: Condition | str = Condition.IMAGE,
+        max_new_tokens: int = 32,
+        **prompt_options: Any,
+    ) -> Iterator[Generation]:
+        """Steered generation of each chunk of samples, each chunk's captions decoded with the previous chunk's responses.
+
+        Self-captioning makes a caption as long as a response before the response can start. With
+        ``caption_source="self"``, KV reuse and no ``caption_cache`` or ``steer_template``, chunk
+        ``k + 1``'s caption rows (started from its inputs' cached template and image) join chunk
+        ``k``'s steered rows (started from their cached prompt) in one generation, with zero
+        corrections: decoding is bound by reading the weights, not by the rows, so the captions
+        cost little more than the responses alone. Each chunk is yielded once its responses are
+        done; they equal :meth:`generate` per chunk (tokens; tested). Otherwise (prompt options,
+        other settings, a model without prefix sharing) each chunk is :meth:`generate`'s.
+
+        Example:
+            >>> from vlminterp import HookedVLM, Sample
+            >>> from vlminterp.interventions import SafetyDirection, ShiftDC
+            >>> from PIL import Image
+            >>> model = HookedVLM.tiny("llava")
+            >>> direction = SafetyDirection.fit(model, [Sample("s", "a cake")], [Sample("u", "a bomb")], progress=False)
+            >>> image = Image.new("RGB", (32, 32))
+            >>> chunks = [[Sample(f"{k}{i}", "what is this", image) for i in range(2)] for k in "ab"]
+            >>> shiftdc = ShiftDC(direction, caption_max_new_tokens=3)
+            >>> [len(g) for g in shiftdc.generate_chunks(model, chunks, max_new_tokens=2)]
+            [2, 2]
+        """
+        if prompt_options or Condition.parse(condition) is not Condition.IMAGE:
+            yield from super().generate_chunks(model, chunks, condition, max_new_tokens, **prompt_options)
+            return
+        names = self._names(model)
+        pending: _Measured | None = None
+        for chunk in map(list, chunks):
+            if not self._joins_captions(model, chunk):
+                if pending is not None:
+                    yield self._respond(model, pending, max_new_tokens)[0]
+                    pending = None
+                yield self.generate(model, chunk, max_new_tokens)
+                continue
+            self.direction.check_compatible(model, self.layers)
+            main, x, held = self._measure(model, chunk, names)
+            with_image = [s for s in chunk if s.image is not None]
+            requests = caption_requests(model, with_image, self.caption_prompt) if with_image else None
+            start = None if requests is None else _CaptionPrefix(held, main)(with_image, requests)
+            captions = None
+            if pending is not None:
+                response, captions = self._respond(model, pending, max_new_tokens, requests, start)
+                yield response
+            if requests is not None and captions is None:
+                captions = model.generate(requests, self.caption_max_new_tokens, prefix=start)
+            texts = (
+                {} if captions is None else dict(zip([s.id for s in with_image], captions.texts, strict=True))
+            )
+            check_captions(texts)
+            captioned = [dataclasses.replace(s, caption=texts[s.id]) if s.id in texts else s for s in chunk]
+            batch = self._prompts_of(model, captioned)
+            pending = _Measured(main, held, self._correction(model, batch, len(chunk), x, names))
+        if pending is not None:
+            yield self._respond(model, pending, max_new_tokens)[0]
+
+    def _joins_captions(self, model: HookedVLM, chunk: Sequence[Sample]) -> bool:
+        """Whether :meth:`generate_chunks` can decode ``chunk``'s captions with other rows."""
+        return (
+            self._shares_caption_prompts(model, chunk)
+            and self.caption_cache is None
+            and self.reuse_kv
+            and self.estimate == "prefill"
+        )
+
+    def _respond(
+        self,
+        model: HookedVLM,
+        measured: _Measured,
+        max_new_tokens: int,
+        requests: PromptBatch | None = None,
+        start: KVPrefix | None = None,
+    ) -> tuple[Generation, Generation | None]:
+        """The steered responses of ``measured``, and the captions of ``requests`` (from ``start``) decoded with them.
+
+        Without both ``requests`` and ``start`` the responses run alone and the captions are None.
+        """
+        names = self._names(model)
+        every_step = self.steps == "all"
+        prefix = measured.held.dropped(1)
+        if requests is None or start is None:
+            edit = _Corrections(measured.correction, names, every_step)
+            out = model.generate(
+                measured.main, max_new_tokens, fwd_hooks=[(m, edit.hook) for m in names], prefix=prefix
+            )
+            return out, None
+        n, correction = len(measured.main), measured.correction
+        edit = _Corrections(
+            torch.cat([correction, correction.new_zeros(len(requests), *correction.shape[1:])]),
+            names,
+            every_step,
+        )
+        out = model.generate(
+            PromptBatch.concat([measured.main, requests]),
+            max(max_new_tokens, self.caption_max_new_tokens),
+            fwd_hooks=[(m, edit.hook) for m in names],
+            prefix=KVPrefix.concat([prefix, start]),
+        )
+        responses = [t[:max_new_tokens] for t in out.tokens[:n]]
+        captions = [t[: self.caption_max_new_tokens] for t in out.tokens[n:]]
+        return (
+            Generation.decoded(model.tokenizer, responses, measured.main),
+            Generation.decoded(model.tokenizer, captions, requests),
+        )
 
     def _shares_caption_prompts(self, model: HookedVLM, inputs: Inputs) -> bool:
         """Whether self-captioning can start from the inputs' cache (same template and image)."""

@@ -99,6 +99,14 @@ class Generation:
     def __len__(self) -> int:
         return len(self.tokens)
 
+    @classmethod
+    def decoded(
+        cls, tokenizer: Any, tokens: list[list[int]], batch: PromptBatch, cache: ActivationCache | None = None
+    ) -> Generation:
+        """A Generation of ``tokens`` (per row, EOS cut off), their texts decoded with ``tokenizer``."""
+        texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        return cls(tokens=tokens, texts=[t.strip() for t in texts], batch=batch, cache=cache)
+
 
 class HookedVLM(HookingMixin, TransformerLensHelpers):
     """A VLM with TransformerLens hook names, built on ``TransformerBridge``.
@@ -376,12 +384,11 @@ class HookedVLM(HookingMixin, TransformerLensHelpers):
         tokens = []
         for row in torch.stack(chosen, dim=1).tolist():
             tokens.append(row[: row.index(eos)] if eos in row else row)
-        texts = self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
         cache = None
         if cache_names is not None:
             data = {name: torch.cat(parts, dim=1) for name, parts in steps.items()}
             cache = ActivationCache(data, meta=batch.to_dict(), model=self.bridge)
-        return Generation(tokens=tokens, texts=[t.strip() for t in texts], batch=batch, cache=cache)
+        return Generation.decoded(self.tokenizer, tokens, batch, cache)
 
     def _step_cache(self, cache_names: NamesFilter | None) -> tuple[dict[str, list[Tensor]], list[Any]]:
         """Per-step storage and the hooks filling it, for ``generate(cache_names=...)``."""
