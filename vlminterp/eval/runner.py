@@ -218,7 +218,9 @@ def generate_responses(
     chunks = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
     if intervention is None:
         generations = (
-            model.generate(PromptBatch.paired(model, chunk, [cond], **prompt_options), max_new_tokens)
+            model.generate(
+                PromptBatch.paired(model, chunk, [cond], **prompt_options), max_new_tokens=max_new_tokens
+            )
             for chunk in chunks
         )
     else:
