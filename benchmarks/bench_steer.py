@@ -28,12 +28,14 @@ Ratios (median time / median time of raw HF ``generate``, unsteered):
 - ``shiftdc_incl_caption_vs_hf``: ``ShiftDC(..., caption_source="self").generate``: the model first
   captions its own images (``caption_max_new_tokens = max_new_tokens``, i.e. a caption as long as
   the response). Target <= 1.71 (the paper's 4.66 s / 2.73 s on LLaVA-1.5-7B).
-- ``shiftdc_incl_caption_two_batches_vs_hf``: the eval runner's loop over two batches of 4
-  (``ShiftDC.generate_chunks``: the second batch's captions are decoded in the same generation as the
-  first batch's responses) over raw HF ``generate`` on the same two batches, one after the other
-  (``raw_hf_two_batches``). Target <= 1.71.
-- ``raw_hf_one_batch_of_8_vs_two_batches``: raw HF on the same 8 prompts as one batch over two batches
-  of 4: what a decode twice as wide costs HF itself (what the overlap above draws on), reported.
+- ``shiftdc_incl_caption_runner_vs_hf``: the eval runner's loop over three batches of 4
+  (``ShiftDC.generate_chunks``: each batch's captions are decoded in the same generation as the
+  batch before's responses; the first batch's captions and the last batch's responses run alone)
+  over raw HF ``generate`` on the same three batches, one after the other (``raw_hf_runner``).
+  Target <= 1.71. The batches have the same image sizes and query lengths.
+- ``raw_hf_one_batch_of_8_vs_two_batches``: raw HF on the first two batches' 8 prompts as one batch,
+  over two of raw HF's batch of 4 (the same shapes): what a decode twice as wide costs HF itself,
+  which the overlap above draws on; reported.
 - ``caption_floor_vs_hf``: ``2 - raw_hf_prefill / raw_hf`` (``raw_hf_prefill``: HF ``generate`` with one
   new token, i.e. the prompt pass): what ShiftDC with self-captioning costs at least in one batch,
   unsteered generation plus a caption's decode steps (its image prefill reused, its own prompt
@@ -71,14 +73,16 @@ MID_VARIANTS = (
     "cmrm_sample",
     "shiftdc_excl_caption",
     "shiftdc_incl_caption",
-    "raw_hf_two_batches",
+    "raw_hf_runner",
     "raw_hf_one_batch_of_8",
-    "shiftdc_incl_caption_two_batches",
+    "shiftdc_incl_caption_runner",
 )
-#: Baseline of each ratio that is not over ``raw_hf`` (the same prompts, in two batches of 4).
+#: Batches of 4 in the runner variants.
+RUNNER_BATCHES = 3
+#: Baseline of each ratio that is not over ``raw_hf``, and the factor on its time.
 BASELINES = {
-    "shiftdc_incl_caption_two_batches": "raw_hf_two_batches",
-    "raw_hf_one_batch_of_8": "raw_hf_two_batches",
+    "shiftdc_incl_caption_runner": ("raw_hf_runner", 1),
+    "raw_hf_one_batch_of_8": ("raw_hf", 2),
 }
 #: Reported against ``hooked_generate`` as well (no target).
 VS_HOOKED = ("cmrm_sample", "shiftdc_excl_caption", "shiftdc_incl_caption")
@@ -87,7 +91,7 @@ TARGETS = {
     "cmrm_sample_vs_hf": 1.5,
     "shiftdc_excl_caption_vs_hf": 1.25,
     "shiftdc_incl_caption_vs_hf": 1.71,
-    "shiftdc_incl_caption_two_batches_vs_hf": 1.71,
+    "shiftdc_incl_caption_runner_vs_hf": 1.71,
 }
 
 
@@ -123,20 +127,22 @@ def main(argv: list[str] | None = None) -> dict:
         Sample(
             id=f"b{i}",
             query=" ".join(words[: 10 + 2 * (i % 4)]),
-            image=Image.new("RGB", (224 + 8 * (i % 4), 224), colours[i % 4] if i < 4 else colours[3 - i % 4]),
+            image=Image.new("RGB", (224 + 8 * (i % 4), 224), colours[(i + i // 4) % 4]),
             caption=" ".join(words[i : i + 6]),
             label="harmful" if i % 2 else "benign",
         )
-        for i in range(8)
+        for i in range(4 * RUNNER_BATCHES)
     ]
-    samples, second = samples[:4], samples[4:]  # the second batch of the two-batch variants
+    samples, runner = samples[:4], [samples[i : i + 4] for i in range(0, len(samples), 4)]
     dtype = next(hf.parameters()).dtype
     batch = PromptBatch.paired(model, samples, [Condition.IMAGE])
     ids, kwargs = hf_inputs(batch, args.device, dtype)
-    hf_batches = {
-        name: hf_inputs(PromptBatch.paired(model, rows, [Condition.IMAGE]), args.device, dtype)
-        for name, rows in (("second", second), ("both", samples + second))
-    }
+    hf_runner = [
+        hf_inputs(PromptBatch.paired(model, rows, [Condition.IMAGE]), args.device, dtype) for rows in runner
+    ]
+    hf_eight = hf_inputs(
+        PromptBatch.paired(model, runner[0] + runner[1], [Condition.IMAGE]), args.device, dtype
+    )
 
     vectors = CMRM.fit(model, samples, progress=False)
     direction = SafetyDirection.fit(model, samples[::2], samples[1::2], progress=False)
@@ -183,10 +189,10 @@ def main(argv: list[str] | None = None) -> dict:
             "shiftdc_excl_caption": lambda: shiftdc_given.generate(model, samples, n),
             "shiftdc_excl_caption_one_batch": lambda: shiftdc_one_batch.generate(model, samples, n),
             "shiftdc_incl_caption": lambda: shiftdc_self.generate(model, samples, n),
-            "raw_hf_two_batches": lambda: [raw_hf(), raw_hf(inputs=hf_batches["second"])],
-            "raw_hf_one_batch_of_8": lambda: raw_hf(inputs=hf_batches["both"]),
-            "shiftdc_incl_caption_two_batches": lambda: list(
-                shiftdc_self.generate_chunks(model, [samples, second], max_new_tokens=n)
+            "raw_hf_runner": lambda: [raw_hf(inputs=inputs) for inputs in hf_runner],
+            "raw_hf_one_batch_of_8": lambda: raw_hf(inputs=hf_eight),
+            "shiftdc_incl_caption_runner": lambda: list(
+                shiftdc_self.generate_chunks(model, runner, max_new_tokens=n)
             ),
         }
 
@@ -213,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         tokens = [t for g in (out if isinstance(out, list) else [out]) for t in g.tokens]
         lengths = sorted({len(t) for t in tokens})
-        rows = len(samples) * (2 if isinstance(out, list) else 1)
+        rows = len(samples) * (RUNNER_BATCHES if isinstance(out, list) else 1)
         if lengths != [max_new_tokens] or len(tokens) != rows:
             raise RuntimeError(f"{name} generated {lengths} tokens per row, expected {max_new_tokens}.")
     if model.count_hooks():
@@ -223,14 +229,14 @@ def main(argv: list[str] | None = None) -> dict:
         for name in fns
         if not name.startswith("raw_hf") and name not in BASELINES
     }
-    if "raw_hf_two_batches" in med:
-        ratios.update(
-            {
-                f"{name}_vs_{'hf' if name.startswith('shiftdc') else 'two_batches'}": med[name] / med[base]
-                for name, base in BASELINES.items()
-                if name in med
-            }
-        )
+    ratios.update(
+        {
+            f"{name}_vs_{'hf' if name.startswith('shiftdc') else 'two_batches'}": med[name]
+            / (factor * med[base])
+            for name, (base, factor) in BASELINES.items()
+            if name in med
+        }
+    )
     # The least a caption as long as the response can add with the image prefill reused: its decode steps,
     # i.e. one more generation less its prompt pass (raw HF with 1 new token).
     ratios["caption_floor_vs_hf"] = 2 - med["raw_hf_prefill"] / med["raw_hf"]
@@ -246,13 +252,15 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'variant':<32}{'median s':>10}{'ratio to HF':>14}{'target':>9}")
     for name, sec in med.items():
         target = TARGETS.get(f"{name}_vs_hf")
-        ratio = sec / med[BASELINES.get(name, "raw_hf")]
+        base, factor = BASELINES.get(name, ("raw_hf", 1))
+        ratio = sec / (factor * med[base])
         print(f"{name:<32}{sec:>10.3f}{ratio:>14.3f}{'' if target is None else target:>9}")
     config = {
         "params_m": round(n_params / 1e6, 1),
         "batch": list(ids.shape),
         "max_new_tokens": max_new_tokens,
         "caption_max_new_tokens": max_new_tokens,
+        "runner_batches": RUNNER_BATCHES,
         "repeats": repeats,
         "variants": list(fns),
         "unsteered_tokens_equal_hf": same_tokens,

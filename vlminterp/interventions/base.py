@@ -7,6 +7,8 @@ batch of prompts (or no batch) it returns a :class:`PreparedRun` holding the bat
 
 - :meth:`~Intervention.applied` (context manager; hooks removed on exit, error or not),
 - :meth:`~Intervention.generate` (the output rows' :class:`~vlminterp.Generation`, in input order),
+- :meth:`~Intervention.generate_chunks` (chunk after chunk of samples, as the eval runner calls it;
+  a method may overlap one chunk's work with the next),
 - :meth:`~Intervention.run_with_cache` (the output rows' logits and cache),
 - :meth:`~Intervention.prompts` (inputs as samples become a batch; twin methods add their rows),
 - hook guards: the ``steps`` rule (``"prefill"``: generation steps pass through untouched) and a
