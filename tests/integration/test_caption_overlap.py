@@ -1,7 +1,8 @@
-"""ShiftDC.generate_chunks decodes a chunk's captions with the previous chunk's responses, equal to chunk by chunk.
+"""ShiftDC.generate_chunks decodes two chunks' captions or responses in each generation, equal to chunk by chunk.
 
-With self-captioning, chunk ``k + 1``'s caption rows join chunk ``k``'s steered rows in one
-generation (each started from its own cached prefix, the caption rows with zero corrections). The
+With self-captioning, the first two chunks' captions run together, then chunk ``k``'s steered rows
+with chunk ``k + 2``'s caption rows (each started from its own cached prefix, the caption rows with
+zero corrections), and the last two chunks' responses together. The
 responses and captions must equal those of running each chunk alone: tokens equal to the one-batch
 path (``reuse_kv=False``: captions from scratch, one unsteered pass over inputs and twins, steered
 generation from scratch), and at every step the logits of each row within 1e-5 of the same row in
@@ -130,14 +131,14 @@ def test_overlapped_chunks_equal_chunk_by_chunk(model, direction, monkeypatch, c
         assert out.tokens == ref.tokens
         assert out.texts == ref.texts
         assert out.batch.sample_ids == [s.id for s in chunk]
-    # Chunks 2 and 3 were captioned in the same generations as chunks 1 and 2 answered: 4 calls, not 6.
+    # Two chunks' rows in every generation: chunks 1 and 2 captioned together, chunk 1 answered with
+    # chunk 3's captions, chunks 2 and 3 answered together. 3 calls, not 6.
     image_ids = [[s.id for s in chunk if s.image is not None] for chunk in chunks]
     chunk_ids = [[s.id for s in chunk] for chunk in chunks]
     assert [ids for ids, _ in joint] == [
-        image_ids[0],
-        chunk_ids[0] + image_ids[1],
-        chunk_ids[1] + image_ids[2],
-        chunk_ids[2],
+        image_ids[0] + image_ids[1],
+        chunk_ids[0] + image_ids[2],
+        chunk_ids[1] + chunk_ids[2],
     ]
     assert [ids for ids, _ in sequential] == [
         image_ids[0], chunk_ids[0], image_ids[1], chunk_ids[1], image_ids[2], chunk_ids[2]
@@ -165,7 +166,7 @@ def test_the_eval_runner_overlaps_captions_and_resumes_after_a_crash(model, dire
     options = dict(intervention=shiftdc, max_new_tokens=STEPS, batch_size=3, progress=False)
     rows = generate_responses(model, samples, "image", path, **options)
     assert [r["response"] for r in rows] == expected
-    assert len(calls.take()) == 4  # batches [3, 3, 1], one text-only: captions of 2 and 3 overlapped
+    assert len(calls.take()) == 3  # batches of 3, 3 and 1 samples, two batches in every generation
     # A crash in the third generation (batch 2's responses with batch 3's captions) keeps batch 1.
     crashed = tmp_path / "crashed.jsonl"
     generate, made = model.generate, []
@@ -200,3 +201,22 @@ def test_settings_that_cannot_overlap_run_chunk_by_chunk(model, direction, tmp_p
         chunk_of = {s.id: k for k, chunk in enumerate(chunks) for s in chunk}
         assert all(len({chunk_of[sid] for sid in ids}) == 1 for ids, _ in calls.take())  # one chunk a call
         monkeypatch.undo()
+
+
+@pytest.mark.parametrize("n_chunks", [1, 2, 4])
+def test_any_number_of_chunks_and_a_chunk_that_cannot_join(model, direction, monkeypatch, n_chunks):
+    image = Image.effect_noise((40, 30), 40).convert("RGB")
+    chunks = [
+        [Sample(f"n{k}{i}", f"what is in picture {k} ?", image) for i in range(2)] for k in range(n_chunks)
+    ]
+    shiftdc = _shiftdc(direction)
+    expected = [shiftdc.generate(model, chunk, max_new_tokens=STEPS).tokens for chunk in chunks]
+    calls = _Calls(model, monkeypatch)
+    assert [g.tokens for g in shiftdc.generate_chunks(model, chunks, max_new_tokens=STEPS)] == expected
+    assert len(calls.take()) == max(n_chunks, 2)  # every generation two chunks wide (one chunk: 2 calls)
+    # A chunk with a repeated sample id cannot share its inputs' cache: the chunks before it finish first.
+    repeated = [Sample("r", "what is this ?", image), Sample("r", "and this ?", image)]
+    mixed = [*chunks, repeated, *chunks]
+    got = [g.tokens for g in shiftdc.generate_chunks(model, mixed, max_new_tokens=STEPS)]
+    assert got == [*expected, shiftdc.generate(model, repeated, max_new_tokens=STEPS).tokens, *expected]
+    assert model.count_hooks() == 0

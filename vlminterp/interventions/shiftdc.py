@@ -162,12 +162,45 @@ class _Corrections:
 
 
 @dataclasses.dataclass
-class _Measured:
-    """A chunk ready for steered generation: its rows, their prompt pass's KV cache, their corrections."""
+class _Chunk:
+    """A chunk of :meth:`ShiftDC.generate_chunks` measured: its samples, rows, unsteered states and KV cache."""
 
+    samples: list[Sample]
     main: PromptBatch
+    x: Float[Tensor, "n layers d_model"]
     held: KVPrefix
-    correction: Float[Tensor, "n layers d_model"]
+
+
+@dataclasses.dataclass
+class _Job:
+    """Rows of one chunk waiting to be decoded: its captions (``correction`` None) or its steered responses."""
+
+    index: int
+    batch: PromptBatch
+    prefix: KVPrefix
+    limit: int
+    correction: Float[Tensor, "n layers d_model"] | None = None
+
+
+def _next_jobs(jobs: list[_Job], final: bool) -> list[_Job]:
+    """The jobs to decode together next, taken out of ``jobs``; none to wait for the next chunk.
+
+    The oldest response with the oldest caption; two captions when no response waits; at the end
+    (``final``) whatever is left, two at a time. Responses alone wait while more chunks may come.
+    """
+    captions = sorted((j for j in jobs if j.correction is None), key=lambda j: j.index)
+    responses = sorted((j for j in jobs if j.correction is not None), key=lambda j: j.index)
+    if captions and responses:
+        pick = [responses[0], captions[0]]
+    elif len(captions) >= 2:
+        pick = captions[:2]
+    elif final:
+        pick = sorted(jobs, key=lambda j: j.index)[:2]
+    else:
+        pick = []
+    for job in pick:
+        jobs.remove(job)
+    return pick
 
 
 class _CaptionPrefix:
@@ -588,16 +621,17 @@ class ShiftDC(Intervention):
         max_new_tokens: int = 32,
         **prompt_options: Any,
     ) -> Iterator[Generation]:
-        """Steered generation of each chunk of samples, each chunk's captions decoded with the previous chunk's responses.
+        """Steered generation of each chunk of samples, two chunks' decoding in every generation.
 
         Self-captioning makes a caption as long as a response before the response can start. With
-        ``caption_source="self"``, KV reuse and no ``caption_cache`` or ``steer_template``, chunk
-        ``k + 1``'s caption rows (started from its inputs' cached template and image) join chunk
-        ``k``'s steered rows (started from their cached prompt) in one generation, with zero
-        corrections: decoding is bound by reading the weights, not by the rows, so the captions
-        cost little more than the responses alone. Each chunk is yielded once its responses are
-        done; they equal :meth:`generate` per chunk (tokens; tested). Otherwise (prompt options,
-        other settings, a model without prefix sharing) each chunk is :meth:`generate`'s.
+        ``caption_source="self"``, KV reuse and no ``caption_cache`` or ``steer_template``, each
+        generation decodes two chunks' rows together, each started from its own cached prefix: the
+        first two chunks' captions, then chunk ``k``'s responses with chunk ``k + 2``'s captions
+        (zero corrections on caption rows), and the last two chunks' responses. Decoding is bound by
+        reading the weights more than by the rows, so a generation of two chunks costs less than
+        two. Chunks are yielded in order, each once its responses are done; they equal
+        :meth:`generate` per chunk (tokens; tested). Otherwise (prompt options, other settings, a
+        model without prefix sharing) each chunk is :meth:`generate`'s.
 
         Example:
             >>> from vlminterp import HookedVLM, Sample
@@ -606,43 +640,46 @@ class ShiftDC(Intervention):
             >>> model = HookedVLM.tiny("llava")
             >>> direction = SafetyDirection.fit(model, [Sample("s", "a cake")], [Sample("u", "a bomb")], progress=False)
             >>> image = Image.new("RGB", (32, 32))
-            >>> chunks = [[Sample(f"{k}{i}", "what is this", image) for i in range(2)] for k in "ab"]
+            >>> chunks = [[Sample(f"{k}{i}", "what is this", image) for i in range(2)] for k in "abc"]
             >>> shiftdc = ShiftDC(direction, caption_max_new_tokens=3)
             >>> [len(g) for g in shiftdc.generate_chunks(model, chunks, max_new_tokens=2)]
-            [2, 2]
+            [2, 2, 2]
         """
         if prompt_options or Condition.parse(condition) is not Condition.IMAGE:
             yield from super().generate_chunks(model, chunks, condition, max_new_tokens, **prompt_options)
             return
         names = self._names(model)
-        pending: _Measured | None = None
-        for chunk in map(list, chunks):
+        jobs: list[_Job] = []
+        measured: dict[int, _Chunk] = {}
+        done: dict[int, Generation] = {}
+        turn = 0  # the next chunk to yield
+        for index, chunk in enumerate(map(list, chunks)):
             if not self._joins_captions(model, chunk):
-                if pending is not None:
-                    yield self._respond(model, pending, max_new_tokens)[0]
-                    pending = None
-                yield self.generate(model, chunk, max_new_tokens)
-                continue
-            self.direction.check_compatible(model, self.layers)
-            main, x, held = self._measure(model, chunk, names)
-            with_image = [s for s in chunk if s.image is not None]
-            requests = caption_requests(model, with_image, self.caption_prompt) if with_image else None
-            start = None if requests is None else _CaptionPrefix(held, main)(with_image, requests)
-            captions = None
-            if pending is not None:
-                response, captions = self._respond(model, pending, max_new_tokens, requests, start)
-                yield response
-            if requests is not None and captions is None:
-                captions = model.generate(requests, self.caption_max_new_tokens, prefix=start)
-            texts = (
-                {} if captions is None else dict(zip([s.id for s in with_image], captions.texts, strict=True))
-            )
-            check_captions(texts)
-            captioned = [dataclasses.replace(s, caption=texts[s.id]) if s.id in texts else s for s in chunk]
-            batch = self._prompts_of(model, captioned)
-            pending = _Measured(main, held, self._correction(model, batch, len(chunk), x, names))
-        if pending is not None:
-            yield self._respond(model, pending, max_new_tokens)[0]
+                while pick := _next_jobs(jobs, final=True):
+                    self._decode(model, names, pick, jobs, measured, done, max_new_tokens)
+                done[index] = self.generate(model, chunk, max_new_tokens)
+            else:
+                self.direction.check_compatible(model, self.layers)
+                main, x, held = self._measure(model, chunk, names)
+                measured[index] = state = _Chunk(chunk, main, x, held)
+                with_image = [s for s in chunk if s.image is not None]
+                requests = caption_requests(model, with_image, self.caption_prompt) if with_image else None
+                start = None if requests is None else _CaptionPrefix(held, main)(with_image, requests)
+                if start is not None:
+                    jobs.append(_Job(index, requests, start, self.caption_max_new_tokens))
+                else:  # no image, or no prefix to share: captioned alone
+                    out = None if requests is None else model.generate(requests, self.caption_max_new_tokens)
+                    jobs.append(self._response_job(model, names, index, state, out, max_new_tokens))
+                while pick := _next_jobs(jobs, final=False):
+                    self._decode(model, names, pick, jobs, measured, done, max_new_tokens)
+            while turn in done:
+                yield done.pop(turn)
+                turn += 1
+        while pick := _next_jobs(jobs, final=True):
+            self._decode(model, names, pick, jobs, measured, done, max_new_tokens)
+        while turn in done:
+            yield done.pop(turn)
+            turn += 1
 
     def _joins_captions(self, model: HookedVLM, chunk: Sequence[Sample]) -> bool:
         """Whether :meth:`generate_chunks` can decode ``chunk``'s captions with other rows."""
@@ -653,45 +690,70 @@ class ShiftDC(Intervention):
             and self.estimate == "prefill"
         )
 
-    def _respond(
+    def _response_job(
         self,
         model: HookedVLM,
-        measured: _Measured,
+        names: Sequence[str],
+        index: int,
+        state: _Chunk,
+        captions: Generation | None,
         max_new_tokens: int,
-        requests: PromptBatch | None = None,
-        start: KVPrefix | None = None,
-    ) -> tuple[Generation, Generation | None]:
-        """The steered responses of ``measured``, and the captions of ``requests`` (from ``start``) decoded with them.
+    ) -> _Job:
+        """Chunk ``index``'s steered rows, their corrections measured against its ``captions``' twins."""
+        with_image = [s for s in state.samples if s.image is not None]
+        texts = {} if captions is None else dict(zip([s.id for s in with_image], captions.texts, strict=True))
+        check_captions(texts)
+        captioned = [
+            dataclasses.replace(s, caption=texts[s.id]) if s.id in texts else s for s in state.samples
+        ]
+        batch = self._prompts_of(model, captioned)
+        correction = self._correction(model, batch, len(captioned), state.x, names)
+        return _Job(index, state.main, state.held.dropped(1), max_new_tokens, correction)
 
-        Without both ``requests`` and ``start`` the responses run alone and the captions are None.
-        """
-        names = self._names(model)
-        every_step = self.steps == "all"
-        prefix = measured.held.dropped(1)
-        if requests is None or start is None:
-            edit = _Corrections(measured.correction, names, every_step)
-            out = model.generate(
-                measured.main, max_new_tokens, fwd_hooks=[(m, edit.hook) for m in names], prefix=prefix
-            )
-            return out, None
-        n, correction = len(measured.main), measured.correction
-        edit = _Corrections(
-            torch.cat([correction, correction.new_zeros(len(requests), *correction.shape[1:])]),
-            names,
-            every_step,
-        )
-        out = model.generate(
-            PromptBatch.concat([measured.main, requests]),
-            max(max_new_tokens, self.caption_max_new_tokens),
-            fwd_hooks=[(m, edit.hook) for m in names],
-            prefix=KVPrefix.concat([prefix, start]),
-        )
-        responses = [t[:max_new_tokens] for t in out.tokens[:n]]
-        captions = [t[: self.caption_max_new_tokens] for t in out.tokens[n:]]
-        return (
-            Generation.decoded(model.tokenizer, responses, measured.main),
-            Generation.decoded(model.tokenizer, captions, requests),
-        )
+    def _decode(
+        self,
+        model: HookedVLM,
+        names: Sequence[str],
+        pick: list[_Job],
+        jobs: list[_Job],
+        measured: dict[int, _Chunk],
+        done: dict[int, Generation],
+        max_new_tokens: int,
+    ) -> None:
+        """Decode ``pick`` in one generation; captions queue their chunk's responses, responses are ``done``."""
+        for job, out in zip(pick, self._generate_jobs(model, names, pick), strict=True):
+            if job.correction is None:
+                jobs.append(
+                    self._response_job(model, names, job.index, measured[job.index], out, max_new_tokens)
+                )
+            else:
+                done[job.index] = out
+                del measured[job.index]
+
+    def _generate_jobs(self, model: HookedVLM, names: Sequence[str], pick: list[_Job]) -> list[Generation]:
+        """The jobs' rows generated together (each from its prefix, to the longest limit), split back per job."""
+        steered = [j.correction for j in pick if j.correction is not None]
+        hooks = []
+        if steered:
+            zeros = steered[0].new_zeros  # caption rows: nothing added
+            rows = [
+                zeros(len(j.batch), *steered[0].shape[1:]) if j.correction is None else j.correction
+                for j in pick
+            ]
+            edit = _Corrections(torch.cat(rows), names, every_step=self.steps == "all")
+            hooks = [(name, edit.hook) for name in names]
+        if len(pick) == 1:
+            batch, prefix = pick[0].batch, pick[0].prefix
+        else:
+            batch = PromptBatch.concat([j.batch for j in pick])
+            prefix = KVPrefix.concat([j.prefix for j in pick])
+        out = model.generate(batch, max(j.limit for j in pick), fwd_hooks=hooks, prefix=prefix)
+        parts, first = [], 0
+        for j in pick:
+            tokens = [t[: j.limit] for t in out.tokens[first : first + len(j.batch)]]
+            parts.append(Generation.decoded(model.tokenizer, tokens, j.batch))
+            first += len(j.batch)
+        return parts
 
     def _shares_caption_prompts(self, model: HookedVLM, inputs: Inputs) -> bool:
         """Whether self-captioning can start from the inputs' cache (same template and image)."""
