@@ -21,6 +21,7 @@ from PIL import Image
 from vlminterp import HookedVLM, Sample
 from vlminterp.eval.runner import generate_responses
 from vlminterp.interventions import SafetyDirection, ShiftDC
+from vlminterp.interventions.captioning import caption_images
 
 FAMILIES = [
     "llava",
@@ -190,7 +191,6 @@ def test_the_eval_runner_overlaps_captions_and_resumes_after_a_crash(model, dire
 def test_settings_that_cannot_overlap_run_chunk_by_chunk(model, direction, tmp_path, monkeypatch):
     chunks = _chunks()
     for shiftdc in (
-        _shiftdc(direction, caption_cache=tmp_path / "captions.json"),
         _shiftdc(direction, steer_template="Be safe. {query}"),
         _shiftdc(direction, estimate="per_step"),
     ):
@@ -220,3 +220,42 @@ def test_any_number_of_chunks_and_a_chunk_that_cannot_join(model, direction, mon
     got = [g.tokens for g in shiftdc.generate_chunks(model, mixed, max_new_tokens=STEPS)]
     assert got == [*expected, shiftdc.generate(model, repeated, max_new_tokens=STEPS).tokens, *expected]
     assert model.count_hooks() == 0
+
+
+def test_a_caption_cache_is_filled_then_read_instead_of_captioning(model, direction, tmp_path, monkeypatch):
+    chunks, path = _chunks(), tmp_path / "captions.json"
+    plain = _shiftdc(direction)
+    expected = [plain.generate(model, chunk, max_new_tokens=STEPS).tokens for chunk in chunks]
+    shiftdc = _shiftdc(direction, caption_cache=path)
+    calls = _Calls(model, monkeypatch)
+    assert [g.tokens for g in shiftdc.generate_chunks(model, chunks, max_new_tokens=STEPS)] == expected
+    assert len(calls.take()) == 3  # captions overlapped as without a cache
+    with_image = [s for chunk in chunks for s in chunk if s.image is not None]
+    captions = caption_images(model, with_image, "describe the image", STEPS)  # chunk by chunk, no cache
+    calls.take()
+    stored = json.loads(path.read_text())
+    assert sorted(stored.values()) == sorted(s.caption for s in captions) and len(stored) == len(with_image)
+    # A rerun reads every caption: no caption rows, only the responses, two chunks at a time.
+    assert [g.tokens for g in shiftdc.generate_chunks(model, chunks, max_new_tokens=STEPS)] == expected
+    assert [ids for ids, _ in calls.take()] == [
+        [s.id for s in chunks[0]] + [s.id for s in chunks[1]],
+        [s.id for s in chunks[2]],
+    ]
+    # Half the captions cached: only the others are made.
+    path.write_text(json.dumps(dict(list(stored.items())[::2])))
+    assert [g.tokens for g in shiftdc.generate_chunks(model, chunks, max_new_tokens=STEPS)] == expected
+    assert json.loads(path.read_text()) == stored
+
+
+def test_cached_captions_hold_at_most_three_chunks(model, direction, tmp_path, monkeypatch):
+    """With every caption cached, responses go two chunks at a time, one chunk behind the input."""
+    image = Image.effect_noise((40, 30), 40).convert("RGB")
+    chunks = [[Sample(f"h{k}", f"what is in picture {k} ?", image)] for k in range(5)]
+    shiftdc = _shiftdc(direction, caption_cache=tmp_path / "captions.json")
+    expected = [g.tokens for g in shiftdc.generate_chunks(model, chunks, max_new_tokens=STEPS)]
+    calls, seen = _Calls(model, monkeypatch), []
+    for k, out in enumerate(shiftdc.generate_chunks(model, iter(chunks), max_new_tokens=STEPS)):
+        seen.append((k, len(calls.calls)))
+        assert out.tokens == expected[k]
+    assert [ids for ids, _ in calls.calls] == [["h0", "h1"], ["h2", "h3"], ["h4"]]
+    assert seen == [(0, 1), (1, 1), (2, 2), (3, 2), (4, 3)]

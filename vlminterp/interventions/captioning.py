@@ -45,6 +45,7 @@ __all__ = [
     "CAPTION_SOURCES",
     "Captioner",
     "CaptionPrefix",
+    "CaptionCache",
     "caption_images",
     "caption_requests",
     "check_captions",
@@ -61,15 +62,44 @@ CAPTION_SOURCES = ("self", "sample")
 Captioner = Callable[[Sample], str]
 
 
-def _load_cache(path: Path | None) -> dict[str, str]:
-    if path is None or not path.is_file():
-        return {}
-    data = read_json(path)
-    if not isinstance(data, dict):
-        raise ValueError(
-            f"Caption cache {str(path)!r} must hold a JSON object of captions; delete it to start over."
-        )
-    return data
+class CaptionCache:
+    """A model's self-captions by sample, in a JSON file (or in memory when ``path`` is None).
+
+    Keys are the model's fingerprint, the prompt, the length limit and the sample id; every
+    :meth:`update` rewrites the file atomically, so an interrupted run keeps what it captioned.
+
+    Example:
+        >>> from vlminterp import HookedVLM, Sample
+        >>> cache = CaptionCache(None, HookedVLM.tiny("llava"), "describe the image", 8)
+        >>> s = Sample(id="a", query="hi")
+        >>> cache.get(s) is None, cache.update({"a": "a red square"}), cache.get(s)
+        (True, None, 'a red square')
+    """
+
+    def __init__(self, path: str | Path | None, model: HookedVLM, prompt: str, max_new_tokens: int):
+        self.path = None if path is None else Path(path)
+        self._head = [model_fingerprint(model), prompt, max_new_tokens]
+        self._stored: dict[str, str] = {}
+        if self.path is not None and self.path.is_file():
+            data = read_json(self.path)
+            if not isinstance(data, dict):
+                raise ValueError(
+                    f"Caption cache {str(self.path)!r} must hold a JSON object of captions; delete it to start over."
+                )
+            self._stored = data
+
+    def _key(self, sample_id: str) -> str:
+        return json.dumps([*self._head, sample_id])
+
+    def get(self, sample: Sample) -> str | None:
+        """The sample's cached caption, or None."""
+        return self._stored.get(self._key(sample.id))
+
+    def update(self, captions: dict[str, str]) -> None:
+        """Add captions by sample id, and write the file."""
+        self._stored.update({self._key(sid): text for sid, text in captions.items()})
+        if self.path is not None:
+            write_json_atomic(self.path, self._stored)
 
 
 def caption_images(
@@ -125,23 +155,15 @@ def caption_images(
     else:
         if model is None:
             raise ValueError("caption source 'self' needs the model: caption_images(model, samples, ...).")
-        path = None if cache is None else Path(cache)
-        stored = _load_cache(path)
-        fingerprint = model_fingerprint(model)
-
-        def key(s: Sample) -> str:
-            return json.dumps([fingerprint, prompt, max_new_tokens, s.id])
-
-        todo = [s for s in with_image if key(s) not in stored]
+        stored = CaptionCache(cache, model, prompt, max_new_tokens)
+        todo = [s for s in with_image if stored.get(s) is None]
         for i in range(0, len(todo), batch_size):
             chunk = todo[i : i + batch_size]
             batch = caption_requests(model, chunk, prompt)
             held = None if prefix is None else prefix(chunk, batch)
             out = model.generate(batch, max_new_tokens=max_new_tokens, prefix=held)
-            stored.update({key(s): text for s, text in zip(chunk, out.texts, strict=True)})
-            if path is not None:
-                write_json_atomic(path, stored)
-        captions = {s.id: stored[key(s)] for s in with_image}
+            stored.update({s.id: text for s, text in zip(chunk, out.texts, strict=True)})
+        captions = {s.id: stored.get(s) for s in with_image}
     check_captions(captions, source)
     return [dataclasses.replace(s, caption=captions[s.id]) if s.id in captions else s for s in samples]
 

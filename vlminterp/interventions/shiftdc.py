@@ -83,6 +83,7 @@ from vlminterp.interventions.base import (
 )
 from vlminterp.interventions.captioning import (
     QUERY_CONDITIONED_PROMPT,
+    CaptionCache,
     Captioner,
     CaptionPrefix,
     caption_images,
@@ -163,12 +164,21 @@ class _Corrections:
 
 @dataclasses.dataclass
 class _Chunk:
-    """A chunk of :meth:`ShiftDC.generate_chunks` measured: its samples, rows, unsteered states and KV cache."""
+    """A chunk of :meth:`ShiftDC.generate_chunks` measured: its samples, rows, unsteered states, KV
+    cache, the samples still to caption and the captions known."""
 
     samples: list[Sample]
     main: PromptBatch
     x: Float[Tensor, "n layers d_model"]
     held: KVPrefix
+    todo: list[Sample]
+    captions: dict[str, str]
+
+    def caption(self, out: Generation, cache: CaptionCache) -> None:
+        """Take the captions of ``todo`` from their generation, into ``captions`` and the cache."""
+        made = dict(zip([s.id for s in self.todo], out.texts, strict=True))
+        cache.update(made)
+        self.captions.update(made)
 
 
 @dataclasses.dataclass
@@ -185,8 +195,10 @@ class _Job:
 def _next_jobs(jobs: list[_Job], final: bool) -> list[_Job]:
     """The jobs to decode together next, taken out of ``jobs``; none to wait for the next chunk.
 
-    The oldest response with the oldest caption; two captions when no response waits; at the end
-    (``final``) whatever is left, two at a time. Responses alone wait while more chunks may come.
+    The oldest response with the oldest caption; two captions when no response waits; two
+    responses when three wait and no caption (so at most three chunks' caches are held); at the
+    end (``final``) whatever is left, two at a time. Otherwise wait: the next chunk may bring a
+    caption to decode with.
     """
     captions = sorted((j for j in jobs if j.correction is None), key=lambda j: j.index)
     responses = sorted((j for j in jobs if j.correction is not None), key=lambda j: j.index)
@@ -194,7 +206,7 @@ def _next_jobs(jobs: list[_Job], final: bool) -> list[_Job]:
         pick = [responses[0], captions[0]]
     elif len(captions) >= 2:
         pick = captions[:2]
-    elif final:
+    elif final or len(responses) >= 3:
         pick = sorted(jobs, key=lambda j: j.index)[:2]
     else:
         pick = []
@@ -624,12 +636,13 @@ class ShiftDC(Intervention):
         """Steered generation of each chunk of samples, two chunks' decoding in every generation.
 
         Self-captioning makes a caption as long as a response before the response can start. With
-        ``caption_source="self"``, KV reuse and no ``caption_cache`` or ``steer_template``, each
+        ``caption_source="self"``, KV reuse and no ``steer_template``, each
         generation decodes two chunks' rows together, each started from its own cached prefix: the
         first two chunks' captions, then chunk ``k``'s responses with chunk ``k + 2``'s captions
         (zero corrections on caption rows), and the last two chunks' responses. Decoding is bound by
         reading the weights more than by the rows, so a generation of two chunks costs less than
-        two. Chunks are yielded in order, each once its responses are done; they equal
+        two. Captions found in ``caption_cache`` are not made again; new ones are written to it
+        after each generation. Chunks are yielded in order, each once its responses are done; they equal
         :meth:`generate` per chunk (tokens; tested). Otherwise (prompt options, other settings, a
         model without prefix sharing) each chunk is :meth:`generate`'s.
 
@@ -649,6 +662,7 @@ class ShiftDC(Intervention):
             yield from super().generate_chunks(model, chunks, condition, max_new_tokens, **prompt_options)
             return
         names = self._names(model)
+        cache = CaptionCache(self.caption_cache, model, self.caption_prompt, self.caption_max_new_tokens)
         jobs: list[_Job] = []
         measured: dict[int, _Chunk] = {}
         done: dict[int, Generation] = {}
@@ -656,39 +670,37 @@ class ShiftDC(Intervention):
         for index, chunk in enumerate(map(list, chunks)):
             if not self._joins_captions(model, chunk):
                 while pick := _next_jobs(jobs, final=True):
-                    self._decode(model, names, pick, jobs, measured, done, max_new_tokens)
+                    self._decode(model, names, pick, jobs, measured, done, cache, max_new_tokens)
                 done[index] = self.generate(model, chunk, max_new_tokens)
             else:
                 self.direction.check_compatible(model, self.layers)
                 main, x, held = self._measure(model, chunk, names)
-                measured[index] = state = _Chunk(chunk, main, x, held)
-                with_image = [s for s in chunk if s.image is not None]
-                requests = caption_requests(model, with_image, self.caption_prompt) if with_image else None
-                start = None if requests is None else _CaptionPrefix(held, main)(with_image, requests)
+                known = {s.id: cache.get(s) for s in chunk if s.image is not None}
+                todo = [s for s in chunk if s.image is not None and known[s.id] is None]
+                captions = {sid: text for sid, text in known.items() if text is not None}
+                measured[index] = state = _Chunk(chunk, main, x, held, todo, captions)
+                requests = caption_requests(model, todo, self.caption_prompt) if todo else None
+                start = None if requests is None else _CaptionPrefix(held, main)(todo, requests)
                 if start is not None:
                     jobs.append(_Job(index, requests, start, self.caption_max_new_tokens))
-                else:  # no image, or no prefix to share: captioned alone
-                    out = None if requests is None else model.generate(requests, self.caption_max_new_tokens)
-                    jobs.append(self._response_job(model, names, index, state, out, max_new_tokens))
+                else:  # nothing to caption, or no prefix to share: captioned alone
+                    if requests is not None:
+                        state.caption(model.generate(requests, self.caption_max_new_tokens), cache)
+                    jobs.append(self._response_job(model, names, index, state, max_new_tokens))
                 while pick := _next_jobs(jobs, final=False):
-                    self._decode(model, names, pick, jobs, measured, done, max_new_tokens)
+                    self._decode(model, names, pick, jobs, measured, done, cache, max_new_tokens)
             while turn in done:
                 yield done.pop(turn)
                 turn += 1
         while pick := _next_jobs(jobs, final=True):
-            self._decode(model, names, pick, jobs, measured, done, max_new_tokens)
+            self._decode(model, names, pick, jobs, measured, done, cache, max_new_tokens)
         while turn in done:
             yield done.pop(turn)
             turn += 1
 
     def _joins_captions(self, model: HookedVLM, chunk: Sequence[Sample]) -> bool:
         """Whether :meth:`generate_chunks` can decode ``chunk``'s captions with other rows."""
-        return (
-            self._shares_caption_prompts(model, chunk)
-            and self.caption_cache is None
-            and self.reuse_kv
-            and self.estimate == "prefill"
-        )
+        return self._shares_caption_prompts(model, chunk) and self.reuse_kv and self.estimate == "prefill"
 
     def _response_job(
         self,
@@ -696,12 +708,10 @@ class ShiftDC(Intervention):
         names: Sequence[str],
         index: int,
         state: _Chunk,
-        captions: Generation | None,
         max_new_tokens: int,
     ) -> _Job:
-        """Chunk ``index``'s steered rows, their corrections measured against its ``captions``' twins."""
-        with_image = [s for s in state.samples if s.image is not None]
-        texts = {} if captions is None else dict(zip([s.id for s in with_image], captions.texts, strict=True))
+        """Chunk ``index``'s steered rows, their corrections measured against its captions' twins."""
+        texts = state.captions
         check_captions(texts)
         captioned = [
             dataclasses.replace(s, caption=texts[s.id]) if s.id in texts else s for s in state.samples
@@ -718,14 +728,14 @@ class ShiftDC(Intervention):
         jobs: list[_Job],
         measured: dict[int, _Chunk],
         done: dict[int, Generation],
+        cache: CaptionCache,
         max_new_tokens: int,
     ) -> None:
         """Decode ``pick`` in one generation; captions queue their chunk's responses, responses are ``done``."""
         for job, out in zip(pick, self._generate_jobs(model, names, pick), strict=True):
             if job.correction is None:
-                jobs.append(
-                    self._response_job(model, names, job.index, measured[job.index], out, max_new_tokens)
-                )
+                measured[job.index].caption(out, cache)
+                jobs.append(self._response_job(model, names, job.index, measured[job.index], max_new_tokens))
             else:
                 done[job.index] = out
                 del measured[job.index]
