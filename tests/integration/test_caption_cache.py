@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
 import pytest
+from PIL import Image
 
 from vlminterp import HookedVLM
 from vlminterp.interventions.captioning import caption_images
@@ -42,3 +44,17 @@ def test_another_model_does_not_reuse_the_cache(samples, cached):
     else:
         assert captions != ["cached", "cached"]
     assert len(json.loads(cached.read_text())) == 4  # its own two captions, beside the first model's
+
+
+def test_same_id_with_another_image_or_query_is_captioned_again(tiny_model, samples, tmp_path):
+    """MM-SafetyBench's SD, TYPO and SD_TYPO samples share ids: their captions must not."""
+    cache = tmp_path / "captions.json"
+    first = samples[0]
+    caption_images(tiny_model, [first], cache=cache, **OPTIONS)
+    other_image = dataclasses.replace(first, image=Image.new("RGB", (40, 30), "purple"))
+    other_query = dataclasses.replace(first, query=first.query + " now")
+    for n, changed in enumerate((other_image, other_query), start=2):
+        caption_images(tiny_model, [changed], cache=cache, **OPTIONS)
+        assert len(json.loads(cache.read_text())) == n
+    caption_images(tiny_model, [first, other_image, other_query], cache=cache, **OPTIONS)
+    assert len(json.loads(cache.read_text())) == 3  # all three found

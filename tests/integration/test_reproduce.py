@@ -44,13 +44,35 @@ def runs(tmp_path_factory) -> dict[str, tuple[Path, str]]:
     import io
 
     done = {}
+    generate = Protocol.generate
+
+    def recorded(self, b, cell, intervention=None):
+        """Each cell generated, with the captions in captions.json before and after it."""
+        path = self.run.out / "captions.json"
+        before = len(json.loads(path.read_text())) if path.is_file() else 0
+        generate(self, b, cell, intervention)
+        after = len(json.loads(path.read_text())) if path.is_file() else 0
+        CELLS.append((b.name, cell.method, before, after))
+
     for paper in ("cmrm", "shiftdc"):
         out = tmp_path_factory.mktemp("reproduce") / paper
         printed = io.StringIO()
-        with contextlib.redirect_stdout(printed):
+        with contextlib.redirect_stdout(printed), pytest.MonkeyPatch.context() as mp:
+            mp.setattr(Protocol, "generate", recorded)
             assert reproduce.main(_argv(paper, out)) == 0
         done[paper] = (out, printed.getvalue())
     return done
+
+
+#: (dataset, method, captions before, captions after) of every cell the ``runs`` fixture generated.
+CELLS: list[tuple[str, str, int, int]] = []
+
+
+def test_shiftdc_cells_make_their_self_captions_inside_their_timed_generation(runs):
+    """The paper's ShiftDC time includes captioning, so the timed cell must make the captions."""
+    shiftdc = [(name, before, after) for name, method, before, after in CELLS if method == "shiftdc"]
+    assert shiftdc and all(after > before for _, before, after in shiftdc)
+    assert all(before == after for _, method, before, after in CELLS if method != "shiftdc")
 
 
 def _argv(paper: str, out: Path, model: str = "organism", limit: int = 2, tokens: int = 8) -> list[str]:

@@ -6,8 +6,8 @@ paper has the VLM caption its own image, conditioned on the request
 callable ``Sample -> str``. Captions can be cached in a JSON file (written atomically after every
 batch), so a long run resumes without captioning again. A cached caption is keyed by the model's
 :func:`~vlminterp.cache.identity.model_fingerprint` (not the folder it was loaded from), the
-prompt, the length limit and the sample id: the same checkpoint copied elsewhere reuses the cache,
-another model does not.
+prompt, the length limit and the sample's id, query and image content (:class:`CaptionCache`): the
+same checkpoint copied elsewhere reuses the cache, another model or another image does not.
 
 Example:
     >>> from vlminterp import HookedVLM, Sample
@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from vlminterp.cache.identity import model_fingerprint
 from vlminterp.io import read_json, write_json_atomic
-from vlminterp.prompts import Condition, PromptBatch, Sample
+from vlminterp.prompts import Condition, PromptBatch, Sample, load_image
 
 if TYPE_CHECKING:
     from vlminterp.models.hooked_vlm import HookedVLM
@@ -65,15 +66,18 @@ Captioner = Callable[[Sample], str]
 class CaptionCache:
     """A model's self-captions by sample, in a JSON file (or in memory when ``path`` is None).
 
-    Keys are the model's fingerprint, the prompt, the length limit and the sample id; every
-    :meth:`update` rewrites the file atomically, so an interrupted run keeps what it captioned.
+    A caption is keyed by the model's fingerprint, the prompt, the length limit and the sample: its
+    id, query and image content (MM-SafetyBench's SD, TYPO and SD_TYPO samples share ids but not
+    images or queries). Every :meth:`update` rewrites the file atomically, so an interrupted run
+    keeps what it captioned.
 
     Example:
         >>> from vlminterp import HookedVLM, Sample
+        >>> from PIL import Image
         >>> cache = CaptionCache(None, HookedVLM.tiny("llava"), "describe the image", 8)
-        >>> s = Sample(id="a", query="hi")
-        >>> cache.get(s) is None, cache.update({"a": "a red square"}), cache.get(s)
-        (True, None, 'a red square')
+        >>> red, blue = (Sample(id="a", query="hi", image=Image.new("RGB", (8, 8), c)) for c in ("red", "blue"))
+        >>> cache.get(red) is None, cache.update([red], ["a red square"]), cache.get(red), cache.get(blue)
+        (True, None, 'a red square', None)
     """
 
     def __init__(self, path: str | Path | None, model: HookedVLM, prompt: str, max_new_tokens: int):
@@ -88,16 +92,18 @@ class CaptionCache:
                 )
             self._stored = data
 
-    def _key(self, sample_id: str) -> str:
-        return json.dumps([*self._head, sample_id])
+    def _key(self, sample: Sample) -> str:
+        image = load_image(sample.image, sample.id)
+        digest = hashlib.sha256(f"{image.mode} {image.size}".encode() + image.tobytes()).hexdigest()[:16]
+        return json.dumps([*self._head, sample.id, sample.query, digest])
 
     def get(self, sample: Sample) -> str | None:
         """The sample's cached caption, or None."""
-        return self._stored.get(self._key(sample.id))
+        return self._stored.get(self._key(sample))
 
-    def update(self, captions: dict[str, str]) -> None:
-        """Add captions by sample id, and write the file."""
-        self._stored.update({self._key(sid): text for sid, text in captions.items()})
+    def update(self, samples: Sequence[Sample], captions: Sequence[str]) -> None:
+        """Add the captions of ``samples``, and write the file."""
+        self._stored.update({self._key(s): text for s, text in zip(samples, captions, strict=True)})
         if self.path is not None:
             write_json_atomic(self.path, self._stored)
 
@@ -162,7 +168,7 @@ def caption_images(
             batch = caption_requests(model, chunk, prompt)
             held = None if prefix is None else prefix(chunk, batch)
             out = model.generate(batch, max_new_tokens=max_new_tokens, prefix=held)
-            stored.update({s.id: text for s, text in zip(chunk, out.texts, strict=True)})
+            stored.update(chunk, out.texts)
         captions = {s.id: stored.get(s) for s in with_image}
     check_captions(captions, source)
     return [dataclasses.replace(s, caption=captions[s.id]) if s.id in captions else s for s in samples]

@@ -176,9 +176,8 @@ class _Chunk:
 
     def caption(self, out: Generation, cache: CaptionCache) -> None:
         """Take the captions of ``todo`` from their generation, into ``captions`` and the cache."""
-        made = dict(zip([s.id for s in self.todo], out.texts, strict=True))
-        cache.update(made)
-        self.captions.update(made)
+        cache.update(self.todo, out.texts)
+        self.captions.update(zip([s.id for s in self.todo], out.texts, strict=True))
 
 
 @dataclasses.dataclass
