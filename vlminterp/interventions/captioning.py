@@ -95,7 +95,7 @@ class CaptionCache:
     def _key(self, sample: Sample) -> str:
         image = load_image(sample.image, sample.id)
         digest = hashlib.sha256(f"{image.mode} {image.size}".encode() + image.tobytes()).hexdigest()[:16]
-        return json.dumps([*self._head, sample.id, sample.query, digest])
+        return json.dumps([*self._head, sample.query, digest, sample.id])  # the id last, to read it back
 
     def get(self, sample: Sample) -> str | None:
         """The sample's cached caption, or None."""
