@@ -11,7 +11,8 @@ Files in the output folder: ``responses.jsonl`` (resumable: a rerun skips finish
 ``verdicts.jsonl``, ``table.json`` / ``table.csv`` (tidy rows, :mod:`vlminterp.results`: ``dataset,
 label, condition, method, judge, metric, value, n, ci_low, ci_high``; metrics ``refused_rate``,
 ``unsafe_rate``, and for the organism ``correct_rate``, the exact expected answer; plus
-``seconds_per_response`` of the responses generated in this run), ``manifest.json``, the steering
+``seconds_per_response`` of the responses generated in this run, ShiftDC's including its
+self-captioning), ``manifest.json``, the steering
 vectors (``cmrm_vectors`` / ``safety_direction``, ``.safetensors`` + ``.json``); ShiftDC also
 ``shift.json`` / ``shift.csv`` (per sample and layer), ``captions.json`` and, when asked,
 ``comparison.json`` / ``.csv``. The command line is :mod:`vlminterp.cli.steer`.
@@ -286,7 +287,14 @@ def run_shiftdc(args: argparse.Namespace, run: Run, judge: Judge, sets: dict[str
     shift_rows: list[dict[str, Any]] = []
 
     def steered(name: str, chunk: list[Sample]) -> list[dict[str, Any]]:
-        caption_shards(shiftdc, model, chunk)
+        # The self-captions are made in the timed generation, decoded with the responses
+        # (ShiftDC.generate_chunks), each process into its copy of captions.json; then read back.
+        cache = shiftdc.caption_cache
+        with json_cache(cache) as mine:
+            shiftdc.caption_cache = mine
+            responses = run.plain(chunk, name, Condition.IMAGE, method, shiftdc)
+        shiftdc.caption_cache = cache
+        caption_shards(shiftdc, model, chunk)  # any a resumed run's finished responses did not make
         mine, rows = shard(chunk), []
         for i in range(0, len(mine), run.batch_size):
             part = mine[i : i + run.batch_size]
@@ -300,7 +308,7 @@ def run_shiftdc(args: argparse.Namespace, run: Run, judge: Judge, sets: dict[str
                                            "value": float(value)})  # fmt: skip
         order = {s.id: i for i, s in enumerate(chunk)}  # the ranks' rows in sample order, as in one process
         shift_rows.extend(sorted((r for part in gather(rows) for r in part), key=lambda r: order[r["id"]]))
-        return run.plain(chunk, name, Condition.IMAGE, method, shiftdc)
+        return responses
 
     responses = _baselines(run, samples, eval_name) + steered(eval_name, samples)
     everything = list(samples)
