@@ -214,6 +214,105 @@ def _next_jobs(jobs: list[_Job], final: bool) -> list[_Job]:
     return pick
 
 
+class _Overlap:
+    """:meth:`ShiftDC.generate_chunks` under way: chunks measured, rows waiting to be decoded, results.
+
+    Each chunk is measured as it comes (its inputs' unsteered prompt pass, kept as a prefix); its
+    captions, then its steered responses, wait as :class:`_Job` s and are decoded two at a time
+    (:func:`_next_jobs`); finished chunks are handed out in order by :meth:`ready`.
+    """
+
+    def __init__(self, shiftdc: ShiftDC, model: HookedVLM, max_new_tokens: int):
+        self.shiftdc, self.model, self.max_new_tokens = shiftdc, model, max_new_tokens
+        self.names = shiftdc._names(model)
+        self.cache = CaptionCache(
+            shiftdc.caption_cache, model, shiftdc.caption_prompt, shiftdc.caption_max_new_tokens
+        )
+        self.jobs: list[_Job] = []
+        self.measured: dict[int, _Chunk] = {}
+        self.done: dict[int, Generation] = {}
+        self.turn = 0  # the next chunk to hand out
+
+    def add(self, index: int, chunk: list[Sample]) -> None:
+        """Measure ``chunk``, queue its captions (its responses when nothing is left to caption), decode what can be."""
+        shiftdc, model = self.shiftdc, self.model
+        shiftdc.direction.check_compatible(model, shiftdc.layers)
+        main, x, held = shiftdc._measure(model, chunk, self.names)
+        known = {s.id: self.cache.get(s) for s in chunk if s.image is not None}
+        todo = [s for s in chunk if s.image is not None and known[s.id] is None]
+        captions = {sid: text for sid, text in known.items() if text is not None}
+        self.measured[index] = state = _Chunk(chunk, main, x, held, todo, captions)
+        requests = caption_requests(model, todo, shiftdc.caption_prompt) if todo else None
+        start = None if requests is None else _CaptionPrefix(held, main)(todo, requests)
+        if start is not None:
+            self.jobs.append(_Job(index, requests, start, shiftdc.caption_max_new_tokens))
+        else:  # nothing to caption, or no prefix to share: captioned alone
+            if requests is not None:
+                state.caption(model.generate(requests, shiftdc.caption_max_new_tokens), self.cache)
+            self.jobs.append(self._responses(index))
+        while pick := _next_jobs(self.jobs, final=False):
+            self._decode(pick)
+
+    def flush(self) -> None:
+        """Decode every job left (no chunk will join them)."""
+        while pick := _next_jobs(self.jobs, final=True):
+            self._decode(pick)
+
+    def ready(self) -> Iterator[Generation]:
+        """The finished chunks' generations, in chunk order, as far as they are done."""
+        while self.turn in self.done:
+            yield self.done.pop(self.turn)
+            self.turn += 1
+
+    def _responses(self, index: int) -> _Job:
+        """Chunk ``index``'s steered rows, their corrections measured against its captions' twins."""
+        state = self.measured[index]
+        check_captions(state.captions)
+        captioned = [
+            dataclasses.replace(s, caption=state.captions[s.id]) if s.id in state.captions else s
+            for s in state.samples
+        ]
+        batch = self.shiftdc._prompts_of(self.model, captioned)
+        correction = self.shiftdc._correction(self.model, batch, len(captioned), state.x, self.names)
+        return _Job(index, state.main, state.held.dropped(1), self.max_new_tokens, correction)
+
+    def _decode(self, pick: list[_Job]) -> None:
+        """Decode ``pick`` in one generation; captions are cached and queue their chunk's responses,
+        responses are done."""
+        for job, out in zip(pick, self._generate(pick), strict=True):
+            if job.correction is None:
+                self.measured[job.index].caption(out, self.cache)
+                self.jobs.append(self._responses(job.index))
+            else:
+                self.done[job.index] = out
+                del self.measured[job.index]
+
+    def _generate(self, pick: list[_Job]) -> list[Generation]:
+        """The jobs' rows generated together (each from its prefix, to the longest limit), split back per job."""
+        steered = [j.correction for j in pick if j.correction is not None]
+        hooks = []
+        if steered:
+            zeros = steered[0].new_zeros  # caption rows: nothing added
+            rows = [
+                zeros(len(j.batch), *steered[0].shape[1:]) if j.correction is None else j.correction
+                for j in pick
+            ]
+            edit = _Corrections(torch.cat(rows), self.names, every_step=self.shiftdc.steps == "all")
+            hooks = [(name, edit.hook) for name in self.names]
+        if len(pick) == 1:
+            batch, prefix = pick[0].batch, pick[0].prefix
+        else:
+            batch = PromptBatch.concat([j.batch for j in pick])
+            prefix = KVPrefix.concat([j.prefix for j in pick])
+        out = self.model.generate(batch, max(j.limit for j in pick), fwd_hooks=hooks, prefix=prefix)
+        parts, first = [], 0
+        for j in pick:
+            tokens = [t[: j.limit] for t in out.tokens[first : first + len(j.batch)]]
+            parts.append(Generation.decoded(self.model.tokenizer, tokens, j.batch))
+            first += len(j.batch)
+        return parts
+
+
 class _CaptionPrefix:
     """For a chunk of caption prompts: a copy of the inputs' cache holding what each shares with them."""
 
@@ -635,15 +734,15 @@ class ShiftDC(Intervention):
         """Steered generation of each chunk of samples, two chunks' decoding in every generation.
 
         Self-captioning makes a caption as long as a response before the response can start. With
-        ``caption_source="self"``, KV reuse and no ``steer_template``, each
-        generation decodes two chunks' rows together, each started from its own cached prefix: the
-        first two chunks' captions, then chunk ``k``'s responses with chunk ``k + 2``'s captions
-        (zero corrections on caption rows), and the last two chunks' responses. Decoding is bound by
-        reading the weights more than by the rows, so a generation of two chunks costs less than
-        two. Captions found in ``caption_cache`` are not made again; new ones are written to it
-        after each generation. Chunks are yielded in order, each once its responses are done; they equal
-        :meth:`generate` per chunk (tokens; tested). Otherwise (prompt options, other settings, a
-        model without prefix sharing) each chunk is :meth:`generate`'s.
+        ``caption_source="self"``, KV reuse and no ``steer_template``, each generation decodes two
+        chunks' rows together, each started from its own cached prefix: the first two chunks'
+        captions, then chunk ``k``'s responses with chunk ``k + 2``'s captions (zero corrections
+        on caption rows), and the last two chunks' responses. Decoding is bound by reading the
+        weights more than by the rows, so a generation of two chunks costs less than two.
+        Captions found in ``caption_cache`` are not made again; new ones are written to it after
+        each generation. Chunks are yielded in order, each once its responses are done; they
+        equal :meth:`generate` per chunk (tokens; tested). Otherwise (prompt options, other
+        settings, a model without prefix sharing) each chunk is :meth:`generate`'s.
 
         Example:
             >>> from vlminterp import HookedVLM, Sample
@@ -660,109 +759,20 @@ class ShiftDC(Intervention):
         if prompt_options or Condition.parse(condition) is not Condition.IMAGE:
             yield from super().generate_chunks(model, chunks, condition, max_new_tokens, **prompt_options)
             return
-        names = self._names(model)
-        cache = CaptionCache(self.caption_cache, model, self.caption_prompt, self.caption_max_new_tokens)
-        jobs: list[_Job] = []
-        measured: dict[int, _Chunk] = {}
-        done: dict[int, Generation] = {}
-        turn = 0  # the next chunk to yield
+        run = _Overlap(self, model, max_new_tokens)
         for index, chunk in enumerate(map(list, chunks)):
-            if not self._joins_captions(model, chunk):
-                while pick := _next_jobs(jobs, final=True):
-                    self._decode(model, names, pick, jobs, measured, done, cache, max_new_tokens)
-                done[index] = self.generate(model, chunk, max_new_tokens)
+            if self._joins_captions(model, chunk):
+                run.add(index, chunk)
             else:
-                self.direction.check_compatible(model, self.layers)
-                main, x, held = self._measure(model, chunk, names)
-                known = {s.id: cache.get(s) for s in chunk if s.image is not None}
-                todo = [s for s in chunk if s.image is not None and known[s.id] is None]
-                captions = {sid: text for sid, text in known.items() if text is not None}
-                measured[index] = state = _Chunk(chunk, main, x, held, todo, captions)
-                requests = caption_requests(model, todo, self.caption_prompt) if todo else None
-                start = None if requests is None else _CaptionPrefix(held, main)(todo, requests)
-                if start is not None:
-                    jobs.append(_Job(index, requests, start, self.caption_max_new_tokens))
-                else:  # nothing to caption, or no prefix to share: captioned alone
-                    if requests is not None:
-                        state.caption(model.generate(requests, self.caption_max_new_tokens), cache)
-                    jobs.append(self._response_job(model, names, index, state, max_new_tokens))
-                while pick := _next_jobs(jobs, final=False):
-                    self._decode(model, names, pick, jobs, measured, done, cache, max_new_tokens)
-            while turn in done:
-                yield done.pop(turn)
-                turn += 1
-        while pick := _next_jobs(jobs, final=True):
-            self._decode(model, names, pick, jobs, measured, done, cache, max_new_tokens)
-        while turn in done:
-            yield done.pop(turn)
-            turn += 1
+                run.flush()
+                run.done[index] = self.generate(model, chunk, max_new_tokens)
+            yield from run.ready()
+        run.flush()
+        yield from run.ready()
 
     def _joins_captions(self, model: HookedVLM, chunk: Sequence[Sample]) -> bool:
         """Whether :meth:`generate_chunks` can decode ``chunk``'s captions with other rows."""
         return self._shares_caption_prompts(model, chunk) and self.reuse_kv and self.estimate == "prefill"
-
-    def _response_job(
-        self,
-        model: HookedVLM,
-        names: Sequence[str],
-        index: int,
-        state: _Chunk,
-        max_new_tokens: int,
-    ) -> _Job:
-        """Chunk ``index``'s steered rows, their corrections measured against its captions' twins."""
-        texts = state.captions
-        check_captions(texts)
-        captioned = [
-            dataclasses.replace(s, caption=texts[s.id]) if s.id in texts else s for s in state.samples
-        ]
-        batch = self._prompts_of(model, captioned)
-        correction = self._correction(model, batch, len(captioned), state.x, names)
-        return _Job(index, state.main, state.held.dropped(1), max_new_tokens, correction)
-
-    def _decode(
-        self,
-        model: HookedVLM,
-        names: Sequence[str],
-        pick: list[_Job],
-        jobs: list[_Job],
-        measured: dict[int, _Chunk],
-        done: dict[int, Generation],
-        cache: CaptionCache,
-        max_new_tokens: int,
-    ) -> None:
-        """Decode ``pick`` in one generation; captions queue their chunk's responses, responses are ``done``."""
-        for job, out in zip(pick, self._generate_jobs(model, names, pick), strict=True):
-            if job.correction is None:
-                measured[job.index].caption(out, cache)
-                jobs.append(self._response_job(model, names, job.index, measured[job.index], max_new_tokens))
-            else:
-                done[job.index] = out
-                del measured[job.index]
-
-    def _generate_jobs(self, model: HookedVLM, names: Sequence[str], pick: list[_Job]) -> list[Generation]:
-        """The jobs' rows generated together (each from its prefix, to the longest limit), split back per job."""
-        steered = [j.correction for j in pick if j.correction is not None]
-        hooks = []
-        if steered:
-            zeros = steered[0].new_zeros  # caption rows: nothing added
-            rows = [
-                zeros(len(j.batch), *steered[0].shape[1:]) if j.correction is None else j.correction
-                for j in pick
-            ]
-            edit = _Corrections(torch.cat(rows), names, every_step=self.steps == "all")
-            hooks = [(name, edit.hook) for name in names]
-        if len(pick) == 1:
-            batch, prefix = pick[0].batch, pick[0].prefix
-        else:
-            batch = PromptBatch.concat([j.batch for j in pick])
-            prefix = KVPrefix.concat([j.prefix for j in pick])
-        out = model.generate(batch, max(j.limit for j in pick), fwd_hooks=hooks, prefix=prefix)
-        parts, first = [], 0
-        for j in pick:
-            tokens = [t[: j.limit] for t in out.tokens[first : first + len(j.batch)]]
-            parts.append(Generation.decoded(model.tokenizer, tokens, j.batch))
-            first += len(j.batch)
-        return parts
 
     def _shares_caption_prompts(self, model: HookedVLM, inputs: Inputs) -> bool:
         """Whether self-captioning can start from the inputs' cache (same template and image)."""
