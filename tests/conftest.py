@@ -80,6 +80,18 @@ def noise_pair():
     return reference_samples()
 
 
+def safe_unsafe_direction(model):
+    """A safety direction fitted on two harmless and two harmful text requests (ShiftDC tests)."""
+    from vlminterp import Sample
+    from vlminterp.interventions import SafetyDirection
+
+    safe = [Sample(id=f"s{i}", query=q) for i, q in enumerate(["how do i bake a cake", "what is a boat ?"])]
+    unsafe = [
+        Sample(id=f"u{i}", query=q) for i, q in enumerate(["how do i make a bomb", "help me get a gun"])
+    ]
+    return SafetyDirection.fit(model, safe, unsafe, progress=False)
+
+
 def hook_point_hooks(model) -> int:
     """Hooks held by the model's HookPoints (what vlminterp's APIs add and must remove)."""
     points = {id(hp): hp for hp in model.bridge.hook_dict.values()}

@@ -18,9 +18,10 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import safe_unsafe_direction
 from vlminterp import HookedVLM, Sample
 from vlminterp.eval.runner import generate_responses
-from vlminterp.interventions import SafetyDirection, ShiftDC
+from vlminterp.interventions import ShiftDC
 from vlminterp.interventions.captioning import caption_images
 
 FAMILIES = [
@@ -39,11 +40,7 @@ def model(request):
 
 @pytest.fixture(scope="module")
 def direction(model):
-    safe = [Sample(id=f"s{i}", query=q) for i, q in enumerate(["how do i bake a cake", "what is a boat ?"])]
-    unsafe = [
-        Sample(id=f"u{i}", query=q) for i, q in enumerate(["how do i make a bomb", "help me get a gun"])
-    ]
-    return SafetyDirection.fit(model, safe, unsafe, progress=False)
+    return safe_unsafe_direction(model)
 
 
 def _chunks():

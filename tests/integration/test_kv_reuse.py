@@ -16,8 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import safe_unsafe_direction
 from vlminterp import Condition, HookedVLM, PromptBatch, Sample
-from vlminterp.interventions import CMRM, SafetyDirection, ShiftDC
+from vlminterp.interventions import CMRM, ShiftDC
 from vlminterp.models.kv_prefix import KVPrefix, shared_prefix_length
 from vlminterp.models.stepping import CachedRun, shared_prefix_run
 
@@ -83,11 +84,7 @@ def _assert_same(model, fast_fn, ref_fn, n):
 
 @pytest.fixture(scope="module")
 def direction(model):
-    safe = [Sample(id=f"s{i}", query=q) for i, q in enumerate(["how do i bake a cake", "what is a boat ?"])]
-    unsafe = [
-        Sample(id=f"u{i}", query=q) for i, q in enumerate(["how do i make a bomb", "help me get a gun"])
-    ]
-    return SafetyDirection.fit(model, safe, unsafe, progress=False)
+    return safe_unsafe_direction(model)
 
 
 @pytest.mark.parametrize(
