@@ -29,8 +29,8 @@ Ratios (median time / median time of raw HF ``generate``, unsteered):
   captions its own images (``caption_max_new_tokens = max_new_tokens``, i.e. a caption as long as
   the response). Target <= 1.71 (the paper's 4.66 s / 2.73 s on LLaVA-1.5-7B).
 - ``shiftdc_incl_caption_runner_vs_hf``: the eval runner's loop over three batches of 4
-  (``ShiftDC.generate_chunks``: each batch's captions are decoded in the same generation as the
-  batch before's responses; the first batch's captions and the last batch's responses run alone)
+  (``ShiftDC.generate_chunks``: two batches' rows in every generation, the first two batches'
+  captions, then batch 1's responses with batch 3's captions, then batches 2 and 3's responses)
   over raw HF ``generate`` on the same three batches, one after the other (``raw_hf_runner``).
   Target <= 1.71. The batches have the same image sizes and query lengths.
 - ``raw_hf_one_batch_of_8_vs_two_batches``: raw HF on the first two batches' 8 prompts as one batch,
