@@ -18,7 +18,7 @@ processes) merges them first and skips them.
 Any :class:`~vlminterp.interventions.Intervention` is run the same way, through
 :meth:`~vlminterp.interventions.Intervention.generate_chunks` over the batches of samples (by default
 ``intervention.generate(model, intervention.prompts(model, chunk, condition))`` per batch; per-input
-methods build their twin rows there, and ShiftDC overlaps a batch's captioning with the one before).
+methods build their twin rows there; ShiftDC decodes later batches' captions with earlier batches' responses).
 Each batch's rows are written as soon as it is yielded.
 
 Example:

@@ -429,8 +429,8 @@ class Intervention(abc.ABC):
 
         Here ``self.generate(model, self.prompts(model, chunk, condition, **prompt_options))`` per
         chunk. A method may overlap a chunk's work with the next chunk's and yield the same
-        generations sooner (ShiftDC decodes the next chunk's captions in the forwards of this
-        chunk's responses).
+        generations sooner (ShiftDC decodes later chunks' captions in the forwards of earlier
+        chunks' responses).
 
         Example:
             >>> from vlminterp import HookedVLM, Sample

@@ -38,8 +38,8 @@ caption prompt shares, so it pays for its own request and caption tokens only. R
 path (``reuse_kv=False``: one unsteered pass over inputs and twins padded together, then steered
 generation from scratch) to float rounding; with ``steer_template`` the steered prompts differ from
 the measured ones, so only the truncated twin passes are saved. Over many chunks (the eval runner),
-:meth:`ShiftDC.generate_chunks` also decodes each chunk's self-captions in the same generation as
-the previous chunk's responses.
+:meth:`ShiftDC.generate_chunks` also decodes two chunks' rows in every generation: a chunk's
+self-captions with an earlier chunk's responses.
 
 Presets (:meth:`ShiftDC.preset`): ``"vlminterp"`` (the defaults) and ``"authors"`` (the reference
 code's rules); each rule, its source and why the defaults differ are in
