@@ -256,3 +256,17 @@ def test_cached_captions_hold_at_most_three_chunks(model, direction, tmp_path, m
         assert out.tokens == expected[k]
     assert [ids for ids, _ in calls.calls] == [["h0", "h1"], ["h2", "h3"], ["h4"]]
     assert seen == [(0, 1), (1, 1), (2, 2), (3, 2), (4, 3)]
+
+
+@pytest.mark.slow
+@pytest.mark.reference
+def test_a_model_with_sliding_window_layers_runs_chunk_by_chunk(monkeypatch):
+    """Gemma 3's sliding-window layers share no prefix (the window counts columns): no joint generation."""
+    gemma = HookedVLM.tiny("gemma3")
+    shiftdc = _shiftdc(safe_unsafe_direction(gemma))
+    chunks = _chunks()
+    expected = [shiftdc.generate(gemma, chunk, max_new_tokens=STEPS).tokens for chunk in chunks]
+    calls = _Calls(gemma, monkeypatch)
+    assert [g.tokens for g in shiftdc.generate_chunks(gemma, chunks, max_new_tokens=STEPS)] == expected
+    chunk_of = {s.id: k for k, chunk in enumerate(chunks) for s in chunk}
+    assert all(len({chunk_of[sid] for sid in ids}) == 1 for ids, _ in calls.take())
