@@ -196,6 +196,13 @@ def caption_requests(
 def check_captions(captions: dict[str, str], source: str | Captioner = "self") -> None:
     """Raise when a caption (by sample id) is empty: its caption twin cannot be built.
 
+    Example:
+        >>> check_captions({"a": "a red square"})
+        >>> check_captions({"a": " "})
+        Traceback (most recent call last):
+        ...
+        ValueError: the model's own caption is empty for 1 samples (first: ['a']), so their caption twin cannot be built. Raise the caption length, use another captioner (source=callable), or set Sample.caption and use source='sample'.
+
     Raises:
         ValueError: names the samples and says what to do.
     """

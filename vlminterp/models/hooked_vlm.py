@@ -103,7 +103,16 @@ class Generation:
     def decoded(
         cls, tokenizer: Any, tokens: list[list[int]], batch: PromptBatch, cache: ActivationCache | None = None
     ) -> Generation:
-        """A Generation of ``tokens`` (per row, EOS cut off), their texts decoded with ``tokenizer``."""
+        """A Generation of ``tokens`` (per row, EOS cut off), their texts decoded with ``tokenizer``.
+
+        Example:
+            >>> from vlminterp import HookedVLM, Sample, Condition, PromptBatch
+            >>> model = HookedVLM.tiny("llava")
+            >>> batch = PromptBatch.paired(model, [Sample(id="a", query="hi")], [Condition.TEXT_ONLY])
+            >>> out = model.generate(batch, max_new_tokens=2)
+            >>> Generation.decoded(model.tokenizer, out.tokens, batch).texts == out.texts
+            True
+        """
         texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
         return cls(tokens=tokens, texts=[t.strip() for t in texts], batch=batch, cache=cache)
 
