@@ -93,9 +93,9 @@ class CaptionCache:
             self._stored = data
 
     def _key(self, sample: Sample) -> str:
-        image = load_image(sample.image, sample.id)
-        digest = hashlib.sha256(f"{image.mode} {image.size}".encode() + image.tobytes()).hexdigest()[:16]
-        return json.dumps([*self._head, sample.query, digest, sample.id])  # the id last, to read it back
+        return json.dumps(
+            [*self._head, sample.query, _image_digest(sample), sample.id]
+        )  # the id last: read back
 
     def get(self, sample: Sample) -> str | None:
         """The sample's cached caption, or None."""
@@ -106,6 +106,17 @@ class CaptionCache:
         self._stored.update({self._key(s): text for s, text in zip(samples, captions, strict=True)})
         if self.path is not None:
             write_json_atomic(self.path, self._stored)
+
+
+def _image_digest(sample: Sample) -> str:
+    """A short hash of the sample's image: its file's bytes (no decoding) or its RGB pixels."""
+    image = sample.image
+    if isinstance(image, (str, Path)) and Path(image).is_file():
+        data = Path(image).read_bytes()
+    else:  # a PIL image, or a path that load_image refuses naming the sample
+        rgb = load_image(image, sample.id)
+        data = f"{rgb.size}".encode() + rgb.tobytes()
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def caption_images(
