@@ -34,9 +34,11 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,7 +55,17 @@ if TYPE_CHECKING:
     from vlminterp.interventions import Intervention, ShiftDC
     from vlminterp.models.hooked_vlm import HookedVLM
 
-__all__ = ["Run", "caption_shards", "judge_rows", "table", "markdown", "run_cmrm", "run_shiftdc", "GROUP"]
+__all__ = [
+    "Run",
+    "caption_shards",
+    "rank_captions",
+    "judge_rows",
+    "table",
+    "markdown",
+    "run_cmrm",
+    "run_shiftdc",
+    "GROUP",
+]
 
 #: Columns that name a group of judged responses (one rate row per group and metric).
 GROUP = ["dataset", "label", "condition", "method", "judge"]
@@ -233,16 +245,24 @@ def run_cmrm(args: argparse.Namespace, run: Run, judge: Judge, sets: dict[str, t
     return on_main(lambda: _finish(run, judge, responses, everything))
 
 
-def caption_shards(shiftdc: ShiftDC, model: HookedVLM, samples: list[Sample]) -> None:
-    """Make ``shiftdc``'s self-captions of ``samples`` once, each process its shard, into its caption
-    cache (later calls read it; :func:`vlminterp.parallel.json_cache` merges the shards)."""
+@contextlib.contextmanager
+def rank_captions(shiftdc: ShiftDC) -> Iterator[None]:
+    """Inside the block ``shiftdc`` reads and fills this process's copy of its caption cache;
+    :func:`vlminterp.parallel.json_cache` merges the copies on leaving it (one process: the file itself)."""
     cache = shiftdc.caption_cache
     with json_cache(cache) as mine:
         try:
             shiftdc.caption_cache = mine
-            shiftdc.caption(model, shard(samples))
+            yield
         finally:
             shiftdc.caption_cache = cache
+
+
+def caption_shards(shiftdc: ShiftDC, model: HookedVLM, samples: list[Sample]) -> None:
+    """Make ``shiftdc``'s self-captions of ``samples`` once, each process its shard, into its caption
+    cache (later calls read it; :func:`vlminterp.parallel.json_cache` merges the shards)."""
+    with rank_captions(shiftdc):
+        shiftdc.caption(model, shard(samples))
 
 
 def run_shiftdc(args: argparse.Namespace, run: Run, judge: Judge, sets: dict[str, tuple[str, list[Sample]]]):
@@ -289,11 +309,8 @@ def run_shiftdc(args: argparse.Namespace, run: Run, judge: Judge, sets: dict[str
     def steered(name: str, chunk: list[Sample]) -> list[dict[str, Any]]:
         # The self-captions are made in the timed generation, decoded with the responses
         # (ShiftDC.generate_chunks), each process into its copy of captions.json; then read back.
-        cache = shiftdc.caption_cache
-        with json_cache(cache) as mine:
-            shiftdc.caption_cache = mine
+        with rank_captions(shiftdc):
             responses = run.plain(chunk, name, Condition.IMAGE, method, shiftdc)
-        shiftdc.caption_cache = cache
         caption_shards(shiftdc, model, chunk)  # any a resumed run's finished responses did not make
         mine, rows = shard(chunk), []
         for i in range(0, len(mine), run.batch_size):

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from vlminterp.data.mm_safetybench import SCENARIOS
-from vlminterp.parallel import barrier, broadcast, is_main, json_cache
+from vlminterp.parallel import barrier, broadcast, is_main
 from vlminterp.reproduce.benchmarks import Benchmark
 from vlminterp.reproduce.engine import Cell, Protocol
 from vlminterp.reproduce.tables import Layout
@@ -94,6 +94,7 @@ def run(protocol: Protocol, direction_set: DatasetSpec | None, options: dict[str
             ``organism`` (the model is the shipped organism: its own short caption prompt).
     """
     from vlminterp.demo import ORGANISM_CAPTION_PROMPT
+    from vlminterp.eval.steering import rank_captions
     from vlminterp.interventions import SafetyDirection, ShiftDC
     from vlminterp.interventions.steering import SteeringVectors
 
@@ -126,11 +127,9 @@ def run(protocol: Protocol, direction_set: DatasetSpec | None, options: dict[str
         options["variant"], direction, alpha=options["alpha"], layers=options["layers"], steps=options["steps"],
         caption_source="self", caption_cache=out / "captions.json", **extra,
     )  # fmt: skip
-    cache = shiftdc.caption_cache
     for b, _ in protocol.benchmarks:
         protocol.generate(b, Cell(b.key, "image", "none"))
         # The self-captions are made in the timed generation (the paper's time includes them), decoded
         # with the responses (ShiftDC.generate_chunks), each process into its copy of captions.json.
-        with json_cache(cache) as mine:
-            shiftdc.caption_cache = mine
+        with rank_captions(shiftdc):
             protocol.generate(b, Cell(b.key, "image", "shiftdc", float(options["alpha"])), shiftdc)
