@@ -173,14 +173,20 @@ def caption_images(
         if model is None:
             raise ValueError("caption source 'self' needs the model: caption_images(model, samples, ...).")
         stored = CaptionCache(cache, model, prompt, max_new_tokens)
-        todo = [s for s in with_image if stored.get(s) is None]
+        found = [stored.get(s) for s in with_image]
+        todo = [s for s, text in zip(with_image, found, strict=True) if text is None]
+        made: list[str] = []
         for i in range(0, len(todo), batch_size):
             chunk = todo[i : i + batch_size]
             batch = caption_requests(model, chunk, prompt)
             held = None if prefix is None else prefix(chunk, batch)
             out = model.generate(batch, max_new_tokens=max_new_tokens, prefix=held)
             stored.update(chunk, out.texts)
-        captions = {s.id: stored.get(s) for s in with_image}
+            made += out.texts
+        fresh = iter(made)  # the new captions, in the order of the samples that had none
+        captions = {
+            s.id: next(fresh) if text is None else text for s, text in zip(with_image, found, strict=True)
+        }
     check_captions(captions, source)
     return [dataclasses.replace(s, caption=captions[s.id]) if s.id in captions else s for s in samples]
 
