@@ -237,7 +237,8 @@ class _Overlap:
         """Measure ``chunk``, queue its captions (its responses when nothing is left to caption), decode what can be."""
         shiftdc, model = self.shiftdc, self.model
         shiftdc.direction.check_compatible(model, shiftdc.layers)
-        main, x, held = shiftdc._measure(model, chunk, self.names)
+        main = shiftdc._inputs(model, chunk)
+        x, held = shiftdc._measure(model, main, self.names)
         known = {s.id: self.cache.get(s) for s in chunk if s.image is not None}
         todo = [s for s in chunk if s.image is not None and known[s.id] is None]
         captions = {sid: text for sid, text in known.items() if text is not None}
@@ -682,7 +683,8 @@ class ShiftDC(Intervention):
         held: KVPrefix | None = None
         if self._shares_caption_prompts(model, inputs):
             # The inputs' unsteered pass runs first; self-captioning starts from its template and image.
-            main, x, held = self._measure(model, inputs, names)
+            main = self._inputs(model, inputs)
+            x, held = self._measure(model, main, names)
             batch = self._prompts_of(model, self.caption(model, inputs, prefix=_CaptionPrefix(held, main)))
             n = twin_blocks(batch, self._twins(), "ShiftDC")
         else:
@@ -690,8 +692,7 @@ class ShiftDC(Intervention):
             n = twin_blocks(batch, self._twins(), "ShiftDC")
             main = batch.select(range(n))
             if self.steer_template is None:  # the measured inputs are the steered prompts: reuse their cache
-                x, run = _last_states(model, main, names, model.cfg.n_layers - 1)
-                held = run.take_prefix(0)
+                x, held = self._measure(model, main, names)
             else:
                 x, _ = _last_states(model, batch.select(range(2 * n, 3 * n)), names, max(self.layers))
         correction = self._correction(model, batch, n, x, names)
@@ -700,13 +701,17 @@ class ShiftDC(Intervention):
         hooks = [*generate_kwargs.pop("fwd_hooks", ()), *((name, edit.hook) for name in names)]
         return model.generate(main, max_new_tokens, fwd_hooks=hooks, prefix=prefix, **generate_kwargs)
 
+    def _inputs(self, model: HookedVLM, samples: Sequence[Sample]) -> PromptBatch:
+        """The steered inputs' rows (no caption needed)."""
+        return PromptBatch.from_rows(model, [self._main_row(model, s) for s in samples])
+
+    @staticmethod
     def _measure(
-        self, model: HookedVLM, samples: Sequence[Sample], names: Sequence[str]
-    ) -> tuple[PromptBatch, Float[Tensor, "n layers d_model"], KVPrefix]:
-        """The inputs' rows, their unsteered last-position states at ``names``, and that pass's KV cache."""
-        main = PromptBatch.from_rows(model, [self._main_row(model, s) for s in samples])
+        model: HookedVLM, main: PromptBatch, names: Sequence[str]
+    ) -> tuple[Float[Tensor, "n layers d_model"], KVPrefix]:
+        """The inputs' unsteered last-position states at ``names``, and that prompt pass's KV cache."""
         x, run = _last_states(model, main, names, model.cfg.n_layers - 1)
-        return main, x, run.take_prefix(0)
+        return x, run.take_prefix(0)
 
     def _correction(
         self,
