@@ -7,7 +7,9 @@ twins padded together, then steered generation from scratch; or the 3x batch). B
 same tokens and the steered rows' logits at every step within 1e-5, on llava, the mRoPE family
 (qwen2_5_vl), gemma3 (sliding-window layers, bidirectional image attention) and the organism, for
 left-padded batches of mixed lengths, batched as one at a time. The primitives are checked against
-a plain full forward of prompt + fed tokens.
+a plain full forward of prompt + fed tokens. Sample-level CMRM's ``generate_chunks`` (the eval
+runner's loop) computes the BLANK twins' shared head once per call and equals the one-batch path
+chunk by chunk.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from PIL import Image
 
 from tests.conftest import safe_unsafe_direction
 from vlminterp import Condition, HookedVLM, PromptBatch, Sample
-from vlminterp.interventions import CMRM, ShiftDC
+from vlminterp.interventions import CMRM, ShiftDC, cmrm
 from vlminterp.models.kv_prefix import KVPrefix, shared_prefix_length
-from vlminterp.models.stepping import CachedRun, shared_prefix_run
+from vlminterp.models.stepping import CachedRun, PrefixCache, shared_prefix_run
 
 #: llava and the organism in the default suite; Qwen's mRoPE and Gemma 3's sliding window in
 #: `make test-slow` and the drift guard (`-m reference`), to keep the default suite within budget.
@@ -222,3 +224,63 @@ def test_a_prefix_must_hold_the_images_and_leave_a_token(tiny_model):
     run.step()
     with pytest.raises(ValueError, match="every image token"):
         CachedRun(tiny_model, batch, prefix=run.take_prefix(1))
+
+
+def _chunks():
+    """Four chunks: rows sharing query words, rows sharing none, a lone sample, and two again."""
+    queries = [
+        ["tell me how to make a kite", "tell me how to fly", "tell me how to cook rice"],
+        ["what is this ?", "how do i make a bomb from the things in this picture"],
+        ["describe it"],
+        ["why", "where is the red one"],
+    ]
+    image = Image.effect_noise((48, 48), 40).convert("RGB")
+    return [
+        [Sample(id=f"c{i}-{j}", query=q, image=image) for j, q in enumerate(qs)]
+        for i, qs in enumerate(queries)
+    ]
+
+
+@pytest.mark.parametrize("steps", ["all", "prefill"])
+def test_sample_cmrm_chunks_reuse_the_blank_head_and_equal_the_one_batch_path(model, steps, monkeypatch):
+    """generate_chunks: every chunk equals the 3x batch from scratch; the BLANK head is computed once."""
+    caches, fed = [], []
+    monkeypatch.setattr(cmrm, "PrefixCache", lambda: caches.append(PrefixCache()) or caches[-1])
+    fast = CMRM.sample_level(alpha=3.0, steps=steps)
+    ref = CMRM.sample_level(alpha=3.0, steps=steps, reuse_kv=False)
+    chunks = _chunks()
+    outs = fast.generate_chunks(model, chunks, max_new_tokens=STEPS)  # each chunk runs in its next()
+    for chunk in chunks:
+        _assert_same(
+            model,
+            lambda: next(outs),
+            lambda c=chunk: ref.generate(model, c, max_new_tokens=STEPS),
+            len(chunk),
+        )
+    if model.family == "gemma3":  # sliding-window layers: no shared prefix, nothing kept
+        return
+    assert caches[0].hits == 2  # chunks 2 and 4 start from chunk 1's head; chunk 3 is alone
+    assert not any(c.hits for c in caches[1:])  # one cache per generate call: nothing kept across calls
+    count = ("blocks.0.hook_resid_post", lambda x, hook: fed.append(x.shape[0] * x.shape[1]))
+    with model.hooks([count]):
+        list(fast.generate_chunks(model, chunks, max_new_tokens=STEPS))
+        in_chunks = sum(fed)
+        for chunk in chunks:
+            fast.generate(model, chunk, max_new_tokens=STEPS)
+    assert in_chunks < sum(fed) - in_chunks  # chunk by chunk, the head is computed again for chunks 2 and 4
+
+
+def test_a_prefix_cache_keeps_one_head_per_model_and_stopping_layer(tiny_model):
+    batch = PromptBatch.paired(tiny_model, _samples(same_size=True), [Condition.BLANK])
+    cache = PrefixCache()
+    length = shared_prefix_length(tiny_model, batch)
+    assert cache.lookup(tiny_model, batch, length, 0) is None
+    shared_prefix_run(tiny_model, batch, 0, cache).step()
+    assert cache.lookup(tiny_model, batch, length, 1) is None  # the kept head stopped after layer 0
+    assert cache.lookup(tiny_model, batch, length, 0).length == length
+    assert cache.lookup(tiny_model, batch, length - 1, 0).length == length - 1
+    other = PromptBatch.paired(tiny_model, _samples(same_size=True), [Condition.NOISE])
+    assert cache.lookup(tiny_model, other, length, 0) is None  # another image
+    assert cache.hits == 2
+    with pytest.raises(ValueError, match="keep 1 to"):
+        cache.lookup(tiny_model, batch, length, 0).first(length + 1)

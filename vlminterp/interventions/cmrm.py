@@ -38,7 +38,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,7 +61,7 @@ from vlminterp.interventions.base import (
 from vlminterp.interventions.site import POSITION_WORDS, LayerSpec, Site, check_choice
 from vlminterp.interventions.steering import SteeringVectors
 from vlminterp.models.kv_prefix import KVPrefix, kv_reuse_supported
-from vlminterp.models.stepping import CachedRun, shared_prefix_run
+from vlminterp.models.stepping import CachedRun, PrefixCache, shared_prefix_run
 from vlminterp.prompts import Condition, PromptBatch, Sample
 
 if TYPE_CHECKING:
@@ -113,13 +113,25 @@ class _TwinPass:
     The TEXT_ONLY and the BLANK rows are two truncated :class:`CachedRun` (each padded to its own
     length: the short text-only prompts do not carry the image prompts' padding), stopped after the
     last steered layer; the BLANK rows' shared prefix (template and blank image, when every row has
-    the same) runs once (:func:`~vlminterp.models.stepping.shared_prefix_run`). ``hook`` is installed at every steered hook point: while :meth:`before_step`
+    the same) runs once (:func:`~vlminterp.models.stepping.shared_prefix_run`, or once per run
+    with ``prefixes``). ``hook`` is installed at every steered hook point: while :meth:`before_step`
     runs the twins' prompt pass it records their last-position states; in the steered rows' prompt
     pass that follows, it adds each layer's shift. Generation steps run the steered rows alone.
     """
 
-    def __init__(self, model: HookedVLM, text: PromptBatch, blank: PromptBatch, alpha: float, last: int):
-        self.runs = {"text": CachedRun(model, text, last), "blank": shared_prefix_run(model, blank, last)}
+    def __init__(
+        self,
+        model: HookedVLM,
+        text: PromptBatch,
+        blank: PromptBatch,
+        alpha: float,
+        last: int,
+        prefixes: PrefixCache,
+    ):
+        self.runs = {
+            "text": CachedRun(model, text, last),
+            "blank": shared_prefix_run(model, blank, last, prefixes),
+        }
         self.alpha = alpha
         self.reading: str | None = None
         self.states: dict[tuple[str, str], Tensor] = {}
@@ -437,6 +449,48 @@ class SampleCMRM(Intervention):
           then starts from them with its last tokens and generates as one (one forward of three
           times the rows per step measured faster than three forwards).
         """
+        return self._generate(model, inputs, max_new_tokens, PrefixCache(), **generate_kwargs)
+
+    def generate_chunks(
+        self,
+        model: HookedVLM,
+        chunks: Iterable[Sequence[Sample]],
+        condition: Condition | str = Condition.IMAGE,
+        max_new_tokens: int = 32,
+        **prompt_options: Any,
+    ) -> Iterator[Generation]:
+        """:meth:`generate` of each chunk in turn, the BLANK twins' shared head computed once per call.
+
+        The template and blank image that every BLANK twin starts with are the same in every chunk,
+        so their KV cache is computed for the first chunk and reused by the next ones (one
+        :class:`~vlminterp.models.stepping.PrefixCache` for the call; a chunk whose rows share less
+        of it reuses what they share). Each generation equals :meth:`generate` of its chunk.
+
+        Example:
+            >>> from vlminterp import HookedVLM, Sample
+            >>> from vlminterp.interventions import CMRM
+            >>> model = HookedVLM.tiny("llava")
+            >>> from PIL import Image
+            >>> red = Image.new("RGB", (32, 32), "red")
+            >>> chunks = [[Sample(id=q, query=q, image=red) for q in qs] for qs in (["hi", "why"], ["what"])]
+            >>> [len(g) for g in CMRM.sample_level(alpha=0.3).generate_chunks(model, chunks, "image", 2)]
+            [2, 1]
+        """
+        prefixes = PrefixCache()
+        for chunk in chunks:
+            yield self._generate(
+                model, self.prompts(model, chunk, condition, **prompt_options), max_new_tokens, prefixes
+            )
+
+    def _generate(
+        self,
+        model: HookedVLM,
+        inputs: Inputs,
+        max_new_tokens: int,
+        prefixes: PrefixCache,
+        **generate_kwargs: Any,
+    ) -> Generation:
+        """:meth:`generate`, the BLANK twins' shared head looked up in and kept in ``prefixes``."""
         if (
             inputs is None
             or not self.reuse_kv
@@ -449,14 +503,14 @@ class SampleCMRM(Intervention):
         n = twin_blocks(batch, self._twins, "SampleCMRM")
         steered, text, blank = (batch.select(range(b * n, (b + 1) * n)) for b in range(3))
         if self.steps == "all":
-            prefix = self._prompt_prefixes(model, steered, text, blank)
+            prefix = self._prompt_prefixes(model, steered, text, blank, prefixes)
             with self.applied(model, batch) as run:
                 out = model.generate(
                     run.batch, max_new_tokens, follow=run.follow, prefix=prefix, **generate_kwargs
                 )
             return run.output(out)
         layers = self.site.layer_indices(model.cfg.n_layers)
-        twins = _TwinPass(model, text, blank, self.alpha, max(layers))
+        twins = _TwinPass(model, text, blank, self.alpha, max(layers), prefixes)
         hooks = [
             *generate_kwargs.pop("fwd_hooks", ()),
             *((name, twins.hook) for name in self.site.hook_names(model)),
@@ -467,14 +521,14 @@ class SampleCMRM(Intervention):
 
     @staticmethod
     def _prompt_prefixes(
-        model: HookedVLM, steered: PromptBatch, text: PromptBatch, blank: PromptBatch
+        model: HookedVLM, steered: PromptBatch, text: PromptBatch, blank: PromptBatch, prefixes: PrefixCache
     ) -> KVPrefix:
         """The unsteered KV cache of every row's prompt but its last token, the three blocks joined."""
         top = model.cfg.n_layers - 1  # every layer's cache; no final norm or unembedding
         parts = []
         with torch.no_grad():
             for rows, share in ((steered, False), (text, False), (blank, True)):
-                run = shared_prefix_run(model, rows, top) if share else CachedRun(model, rows, top)
+                run = shared_prefix_run(model, rows, top, prefixes) if share else CachedRun(model, rows, top)
                 run.step()
                 parts.append(run.take_prefix(1))
         return KVPrefix.concat(parts)

@@ -3,7 +3,7 @@
 What vLLM's prefix caching does, for the per-input defences: a :class:`KVPrefix` holds the KV
 cache of each row's first real tokens, and a :class:`~vlminterp.models.stepping.CachedRun` started
 from one feeds only the rest. :meth:`KVPrefix.dropped` cuts the last tokens (recomputed under an
-edit), :meth:`KVPrefix.expand` shares one row's prefix among many rows (the same blank image and
+edit), :meth:`KVPrefix.first` copies the first ones, :meth:`KVPrefix.expand` shares one row's prefix among many rows (the same blank image and
 template in every BLANK twin, :func:`shared_prefix_length`), :meth:`KVPrefix.copy_rows` copies what
 other prompts share with these rows (:func:`common_prefix_lengths`), and :meth:`KVPrefix.concat`
 joins prefixes of different batches into one. Positions are counted over real tokens, so a row's
@@ -85,6 +85,17 @@ class KVPrefix:
         layers = [None if kv is None else tuple(t.expand(n, -1, -1, -1) for t in kv) for kv in _kv(self.past)]
         deltas = None if self.rope_deltas is None else self.rope_deltas.expand(n, -1)
         return KVPrefix(_cache(self.past, layers), self.mask.expand(n, -1), deltas)
+
+    def first(self, k: int) -> KVPrefix:
+        """A new prefix of this one's first ``k`` columns (copied; this prefix is unchanged).
+
+        Raises:
+            ValueError: ``k`` is not in ``1..length``.
+        """
+        if not 0 < k <= self.length:
+            raise ValueError(f"KVPrefix.first({k}): keep 1 to {self.length} columns.")
+        layers = [None if kv is None else tuple(t[..., :k, :] for t in kv) for kv in _kv(self.past)]
+        return KVPrefix(_cache(self.past, layers), self.mask[:, :k], self.rope_deltas)
 
     def dropped(self, drop: int) -> KVPrefix:
         """This prefix less its last ``drop`` columns (the cache is cut in place: use the result only).

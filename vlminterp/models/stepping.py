@@ -15,7 +15,8 @@ holds the KV cache of each row's first tokens. A run started from one feeds at i
 only the tokens after the prefix, on top of that cache. :meth:`CachedRun.take_prefix` turns a run's
 prompt pass into a prefix (dropping its last tokens, to be recomputed under an edit);
 :mod:`vlminterp.models.kv_prefix` shares, copies and joins prefixes, and :func:`shared_prefix_run`
-computes the leading tokens every row shares (the BLANK twins' template and blank image) once.
+computes the leading tokens every row shares (the BLANK twins' template and blank image) once,
+and with a :class:`PrefixCache` once per run of batches.
 
 Example:
     >>> from vlminterp import HookedVLM, Sample, Condition, PromptBatch
@@ -44,6 +45,7 @@ from vlminterp.models.compat import check_prefill_cache
 from vlminterp.models.kv_buffer import fresh_cache
 from vlminterp.models.kv_prefix import (
     KVPrefix,
+    common_prefix_lengths,
     kv_reuse_supported,
     model_rope_deltas,
     set_model_rope_deltas,
@@ -54,7 +56,7 @@ if TYPE_CHECKING:
     from vlminterp.models.hooked_vlm import HookedVLM
     from vlminterp.prompts import PromptBatch
 
-__all__ = ["CachedRun", "StopForward", "run_until", "shared_prefix_run"]
+__all__ = ["CachedRun", "PrefixCache", "StopForward", "run_until", "shared_prefix_run"]
 
 
 class StopForward(Exception):
@@ -238,11 +240,71 @@ def _fed_width(batch: PromptBatch, prefix: KVPrefix) -> int:
     return width
 
 
-def shared_prefix_run(model: HookedVLM, batch: PromptBatch, stop_after_layer: int | None = None) -> CachedRun:
+class PrefixCache:
+    """The shared head of the last batch of a run, kept for the next batches (one entry).
+
+    :func:`shared_prefix_run` given a cache looks in it first: when the kept head's first ``k`` real
+    tokens, its images among them, are the first ``k`` that every row of the new batch shares, the
+    rows start from those ``k`` columns (copied) and feed the rest; otherwise it computes the new
+    batch's head and keeps that one. The BLANK twins of a run (the same template and blank image in
+    every batch) so pay for their head once per run, not once per batch: vLLM's prefix caching.
+
+    Keep a cache for one run of one model whose weights and hooks do not change meanwhile (e.g. one
+    :meth:`~vlminterp.interventions.base.Intervention.generate_chunks` call): the key is the
+    tokens, images and stopping layer, not the weights.
+
+    Attributes:
+        hits: Batches that started from the kept head.
+
+    Example:
+        >>> from vlminterp import HookedVLM, Sample, Condition, PromptBatch
+        >>> model = HookedVLM.tiny("llava")
+        >>> cache = PrefixCache()
+        >>> for queries in (["hi", "how do i fly"], ["what is it", "why"]):
+        ...     batch = PromptBatch.paired(model, [Sample(id=q, query=q) for q in queries], [Condition.BLANK])
+        ...     shared_prefix_run(model, batch, stop_after_layer=0, cache=cache).step()
+        >>> cache.hits
+        1
+    """
+
+    def __init__(self) -> None:
+        self._kept: tuple[HookedVLM, PromptBatch, int | None, KVPrefix] | None = None
+        self.hits = 0
+
+    def lookup(
+        self, model: HookedVLM, batch: PromptBatch, length: int, stop_after_layer: int | None
+    ) -> KVPrefix | None:
+        """The kept head's first columns that ``batch``'s rows share, up to ``length``, for one row."""
+        if self._kept is None:
+            return None
+        owner, head, stop, prefix = self._kept
+        if owner is not model or stop != stop_after_layer:
+            return None
+        k = min(int(common_prefix_lengths(head, batch.select([0]))[0]), length)
+        if k == 0:
+            return None
+        self.hits += 1
+        return prefix.first(k)
+
+    def keep(
+        self, model: HookedVLM, head: PromptBatch, stop_after_layer: int | None, prefix: KVPrefix
+    ) -> None:
+        """Keep ``head`` (one row) and the one-row ``prefix`` of all its columns, in place of the last."""
+        self._kept = (model, head, stop_after_layer, prefix)
+
+
+def shared_prefix_run(
+    model: HookedVLM,
+    batch: PromptBatch,
+    stop_after_layer: int | None = None,
+    cache: PrefixCache | None = None,
+) -> CachedRun:
     """A :class:`CachedRun` of ``batch`` whose shared leading tokens (:func:`shared_prefix_length`)
     are computed once, for one row, before it starts: call its ``step()`` next.
 
-    Without a shared prefix it is a plain ``CachedRun(model, batch, stop_after_layer)``.
+    Without a shared prefix it is a plain ``CachedRun(model, batch, stop_after_layer)``. With a
+    ``cache``, a head an earlier batch computed is reused (:class:`PrefixCache`), and this batch's
+    head is kept when it is computed.
 
     Example:
         >>> from vlminterp import HookedVLM, Sample, Condition, PromptBatch
@@ -256,6 +318,9 @@ def shared_prefix_run(model: HookedVLM, batch: PromptBatch, stop_after_layer: in
     length = shared_prefix_length(model, batch)
     if length == 0:
         return CachedRun(model, batch, stop_after_layer)
+    kept = None if cache is None else cache.lookup(model, batch, length, stop_after_layer)
+    if kept is not None:
+        return CachedRun(model, batch, stop_after_layer, prefix=kept.expand(len(batch)))
     one = batch.select([0])
     head = dataclasses.replace(
         one,
@@ -267,7 +332,10 @@ def shared_prefix_run(model: HookedVLM, batch: PromptBatch, stop_after_layer: in
     run = CachedRun(model, head, stop_after_layer)
     with torch.no_grad():  # built before generation's no_grad block (the twins' runs are made up front)
         run.step()
-    return CachedRun(model, batch, stop_after_layer, prefix=run.take_prefix(0).expand(len(batch)))
+    prefix = run.take_prefix(0)
+    if cache is not None:
+        cache.keep(model, head, stop_after_layer, prefix)
+    return CachedRun(model, batch, stop_after_layer, prefix=prefix.expand(len(batch)))
 
 
 def _keeps_logits(model: HookedVLM) -> bool:
