@@ -428,9 +428,10 @@ class Intervention(abc.ABC):
         """Steered generation of each chunk of samples in turn, each yielded once done (the eval runner's loop).
 
         Here ``self.generate(model, self.prompts(model, chunk, condition, **prompt_options))`` per
-        chunk. A method may overlap a chunk's work with the next chunk's and yield the same
-        generations sooner (ShiftDC decodes later chunks' captions in the forwards of earlier
-        chunks' responses).
+        chunk. A method may overlap a chunk's work with the next chunk's, or reuse what chunks
+        share, and yield the same generations sooner (ShiftDC decodes later chunks' captions in the
+        forwards of earlier chunks' responses; sample-level CMRM computes the BLANK twins' shared
+        head once).
 
         Example:
             >>> from vlminterp import HookedVLM, Sample

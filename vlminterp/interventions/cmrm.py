@@ -16,7 +16,8 @@ BLANK state equals the TEXT_ONLY state); the paper's Eq. 6 leaves the sign in do
 - Sample level: each input's own difference, from its TEXT_ONLY and BLANK twins run in the same
   forward (one 3x batch) and fed the same generated tokens at every step
   (:meth:`CMRM.sample_level`, :class:`SampleCMRM`). Its :meth:`SampleCMRM.generate` reuses KV
-  caches (``reuse_kv=True``): the BLANK twins' shared template-and-blank-image prefix runs once,
+  caches (``reuse_kv=True``): the BLANK twins' shared template-and-blank-image prefix runs once
+  (once per call of :meth:`SampleCMRM.generate_chunks`, the eval runner's loop, not per chunk),
   and every row's prompt but its last token runs unsteered before the rows are joined.
 
 Edits are added at every chosen layer, so they compound in the residual stream: on a small model the
