@@ -4,7 +4,7 @@ The benchmarks append their last line to ``benchmarks/results/<benchmark>.jsonl`
 ``--record`` (``python benchmarks/bench_collect.py --quick --record benchmarks/results/bench_collect.jsonl``).
 The table between ``<!-- bench-table:start -->`` and ``<!-- bench-table:end -->`` in README.md has one
 row per (benchmark, size): the median of every recorded run's ratios (with their range when there
-were several: the shared machine is noisy), then the same figures of the runs' ``VLMINTERP_MALLOC=0``
+were several: the shared machine is noisy; and how many runs measured a ratio that not all did), then the same figures of the runs' ``VLMINTERP_MALLOC=0``
 processes as ``glibc/...`` (no target mark: the targets are for the library's default), the absolute
 median milliseconds (and per prompt token where recorded), the setting, and the targets each median
 meets or misses.
@@ -122,12 +122,16 @@ def _row(runs: list[dict[str, Any]]) -> str:
     ratios = [_ratios(r) for r in runs]
     targets = first.get("targets") or {}
     measured = []
-    for key in ratios[-1]:
+    keys = dict.fromkeys([*ratios[-1], *(k for r in ratios for k in r)])  # the last run's first
+    for key in keys:
         values = [r[key] for r in ratios if key in r]
         med = statistics.median(values)
         cell = f"{key} **{_value(key, med)}**"
-        if len(values) > 1:
-            cell += f" ({_value(key, min(values))}–{_value(key, max(values))})"
+        spread = [f"{_value(key, min(values))}–{_value(key, max(values))}"] if len(values) > 1 else []
+        if len(values) < len(runs):  # measured by some runs only (a variant added or retired)
+            spread.append(f"{len(values)} of {len(runs)} runs")
+        if spread:
+            cell += f" ({', '.join(spread)})"
         if key in targets:
             cell += " ✓" if med <= targets[key] else " ✗"
         measured.append(cell)

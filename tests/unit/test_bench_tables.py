@@ -119,3 +119,22 @@ def test_glibc_figures_and_ms_per_token_are_shown_without_target_marks(tmp_path)
     row = bench_tables.render(tmp_path)["bench-table"].splitlines()[-1]
     assert "cache_last_vs_hf **1.040×** ✓; glibc/cache_last_vs_hf **1.200×** |" in row
     assert "raw_hf 9000 (7.5/token) |" in row and "mallopt (glibc/: VLMINTERP_MALLOC=0)" in row
+
+
+def test_a_ratio_some_runs_did_not_measure_is_kept_with_its_count(tmp_path):
+    """A retired variant's ratio stays in the row (after the last run's), with how many runs measured it."""
+    d = tmp_path / "results"
+    d.mkdir()
+    runs = [
+        line("bench_steer", "mid", {"a_vs_hf": 1.2, "old_vs_hf": 0.7}, {"raw_hf": 10.0}),
+        line("bench_steer", "mid", {"a_vs_hf": 1.4, "old_vs_hf": 0.9}, {"raw_hf": 10.0}),
+        line("bench_steer", "mid", {"new_vs_hf": 1.1, "a_vs_hf": 1.3}, {"raw_hf": 10.0}),
+    ]
+    (d / "bench_steer.jsonl").write_text("".join(json.dumps(x) + "\n" for x in runs))
+    row = bench_tables.render(d)["bench-table"].splitlines()[2]
+    cells = row.split(" | ")[3].split("; ")
+    assert cells == [
+        "new_vs_hf **1.100×** (1 of 3 runs)",
+        "a_vs_hf **1.300×** (1.200×–1.400×)",
+        f"old_vs_hf **{statistics.median([0.7, 0.9]):.3f}×** (0.700×–0.900×, 2 of 3 runs)",
+    ]
