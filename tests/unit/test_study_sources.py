@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from tests.conftest import SHARED_DATA
 from vlminterp import data
 from vlminterp.prompts import Sample
 from vlminterp.studies.collect import CollectConfig
-from vlminterp.studies.sources import Sources, caption_source, class_counts, one_class_note
+from vlminterp.studies.representation_gap import RepresentationGapConfig
+from vlminterp.studies.sources import SourceOptions, Sources, caption_source, class_counts, one_class_note
+
+SOURCE_KEYS = "dataset harmful benign data_root harmful_root benign_root on_missing limit".split()
+COLLECT_KEYS = "out model caption_tokens split conditions hooks layers positions batch_size shard_size keep"
+COLLECT_KEYS += " covariance vector_dtype device device_map resume progress"
+GAP_KEYS = "model conditions layers out caption_tokens batch_size n_splits seed"
 
 
 def test_a_source_keeps_its_class_and_prefixes_ids():
@@ -43,6 +51,21 @@ def test_one_class_note_and_caption_source():
 def test_collect_config_refuses(kwargs, match):
     with pytest.raises(ValueError, match=match):
         CollectConfig(out="x", **kwargs)
+
+
+def test_configs_inherit_the_source_options_flat():
+    # The saved configs (read back on resume) keep one flat key per option.
+    collect, gap = CollectConfig(out="x"), RepresentationGapConfig()
+    assert [f.name for f in dataclasses.fields(SourceOptions)] == SOURCE_KEYS
+    assert set(collect.to_dict()) == {*SOURCE_KEYS, *COLLECT_KEYS.split()}
+    assert set(gap.to_dict()) == {*SOURCE_KEYS, *GAP_KEYS.split()}
+    # Each config's default dataset; collect adds --split to --dataset (to tiny when it is not given).
+    assert (str(collect.sources()), str(gap.sources())) == ("tiny", "demo")
+    assert str(CollectConfig(out="x", dataset="organism", split="val").sources()) == "organism:val"
+    with pytest.raises(ValueError, match="--dataset 'tiny:val': the synthetic set 'tiny' has no splits"):
+        CollectConfig(out="x", split="val")
+    with pytest.raises(ValueError, match="--harmful-root is given without --harmful"):
+        RepresentationGapConfig(harmful_root="somewhere")
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "figstep").is_dir(), reason="no shared benchmark files")

@@ -36,7 +36,7 @@ import argparse
 import contextlib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from vlminterp.cache.manifest import MANIFEST_NAME
 from vlminterp.cache.store import KEEP_CHOICES, ActivationStore
@@ -45,7 +45,7 @@ from vlminterp.parallel import init_from_env
 from vlminterp.positions import POSITION_NAMES, check_positions, positions_from_text
 from vlminterp.prompts import Condition
 from vlminterp.specs import DATASET_SPEC_HELP, MODEL_SPEC_HELP, ModelSpec
-from vlminterp.studies.sources import Sources, add_source_arguments, class_counts, fill_captions
+from vlminterp.studies.sources import SourceOptions, add_source_arguments, class_counts, fill_captions
 
 __all__ = ["CAPTIONS", "CollectConfig", "add_arguments", "run", "parse_layers"]
 
@@ -70,21 +70,19 @@ def parse_layers(text: str) -> list[int] | None:
 
 
 @dataclass
-class CollectConfig:
-    """Arguments of one ``vlminterp collect`` run, validated on construction (no side effects)."""
+class CollectConfig(SourceOptions):
+    """Arguments of one ``vlminterp collect`` run, validated on construction (no side effects).
+
+    The sample-source fields and :meth:`sources` are :class:`~vlminterp.studies.sources.SourceOptions`'s
+    (default dataset ``tiny``; ``split`` is added to ``dataset``).
+    """
+
+    default_dataset: ClassVar[str] = "tiny"
 
     out: str
     model: str = "tiny"
-    dataset: str | None = None
-    harmful: str | None = None
-    benign: str | None = None
-    data_root: str | None = None
-    harmful_root: str | None = None
-    benign_root: str | None = None
-    on_missing: str = "raise"
     caption_tokens: int = 64
     split: str | None = None
-    limit: int | None = None
     conditions: list[str] = field(default_factory=lambda: ["image", "blank", "text_only"])
     hooks: list[str] = field(default_factory=lambda: ["resid_post"])
     layers: list[int] | None = None
@@ -109,22 +107,11 @@ class CollectConfig:
             raise ValueError(f"--caption-tokens must be >= 1, got {self.caption_tokens}.")
         if self.split and (self.harmful or self.benign):
             raise ValueError("--split applies to --dataset; give --harmful / --benign as NAME:split instead.")
-        self.sources()
+        super().__post_init__()
 
-    def sources(self) -> Sources:
-        """The samples' sources (raises naming the option when one is not valid)."""
-        dataset = f"{self.dataset or 'tiny'}:{self.split}" if self.split else self.dataset
-        return Sources.parse(
-            dataset,
-            self.harmful,
-            self.benign,
-            self.data_root,
-            self.harmful_root,
-            self.benign_root,
-            self.limit,
-            self.on_missing,
-            default="tiny",
-        )
+    def dataset_text(self) -> str | None:
+        """``dataset`` with ``split`` appended (to ``tiny`` when only ``--split`` is given)."""
+        return f"{self.dataset or self.default_dataset}:{self.split}" if self.split else self.dataset
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,16 +128,9 @@ class CollectConfig:
         return cls(
             out=args.out,
             model=args.model,
-            dataset=args.dataset,
-            harmful=args.harmful,
-            benign=args.benign,
-            data_root=args.data_root,
-            harmful_root=args.harmful_root,
-            benign_root=args.benign_root,
-            on_missing=args.on_missing,
+            **SourceOptions.values_from(args),
             caption_tokens=args.caption_tokens,
             split=args.split,
-            limit=args.limit,
             conditions=[c for c in args.conditions.split(",") if c],
             hooks=[h for h in args.hooks.split(",") if h],
             layers=parse_layers(args.layers),

@@ -76,7 +76,7 @@ from vlminterp.parallel import gather, init_from_env, is_main, json_cache, on_ma
 from vlminterp.results import MANIFEST, config_hash, write_results
 from vlminterp.specs import DATASET_SPEC_HELP, MODEL_SPEC_HELP, ModelSpec, load_model, model_name
 from vlminterp.studies.sources import (
-    Sources,
+    SourceOptions,
     add_source_arguments,
     caption_source,
     class_counts,
@@ -88,21 +88,15 @@ DEFAULT_CONDITIONS = ("image", "blank", "text_only", "caption")
 
 
 @dataclass
-class RepresentationGapConfig:
+class RepresentationGapConfig(SourceOptions):
     """Configuration of one run (validated on construction, no side effects).
+
+    The sample-source fields (``dataset``, ``harmful``, ``benign``, their roots, ``on_missing``,
+    ``limit``) and :meth:`sources` are :class:`~vlminterp.studies.sources.SourceOptions`'s
+    (default dataset ``demo``).
 
     Attributes:
         model: ``tiny:FAMILY`` (``tiny`` = ``tiny:llava``), ``organism``, or a checkpoint name/dir.
-        dataset: A dataset spec (:class:`vlminterp.specs.DatasetSpec`): ``demo`` (built-in paired
-            harmful/benign set), ``organism[:split]``, or a ``vlminterp.data`` name. None: ``demo``,
-            unless ``harmful`` / ``benign`` are given.
-        harmful: A dataset spec whose samples are the harmful class (instead of ``dataset``).
-        benign: A dataset spec whose samples are the benign class (instead of ``dataset``).
-        data_root: Root of the dataset files (``vlminterp.data`` datasets only).
-        harmful_root: Root of ``harmful`` (default ``data_root``).
-        benign_root: Root of ``benign`` (default ``data_root``).
-        on_missing: Missing image files: ``raise``, ``skip`` or ``generate``.
-        limit: Keep the first this many samples of each label (None = all; ``demo``: 12 per label).
         conditions: Conditions to collect; must include ``text_only``.
         layers: Layers to cache (None = all; negative ones count from the end, checked against the model).
         out: Output directory.
@@ -113,14 +107,6 @@ class RepresentationGapConfig:
     """
 
     model: str = "tiny:llava"
-    dataset: str | None = None
-    harmful: str | None = None
-    benign: str | None = None
-    data_root: str | None = None
-    harmful_root: str | None = None
-    benign_root: str | None = None
-    on_missing: str = "raise"
-    limit: int | None = None
     conditions: tuple[str, ...] = DEFAULT_CONDITIONS
     layers: tuple[int, ...] | None = None
     out: str = "results/representation_gap"
@@ -152,20 +138,7 @@ class RepresentationGapConfig:
                 f"use --limit >= {self.n_splits} or lower --n-splits."
             )
         ModelSpec.parse(self.model)
-        self.sources()
-
-    def sources(self) -> Sources:
-        """The samples' sources (raises naming the option when one is not valid)."""
-        return Sources.parse(
-            self.dataset,
-            self.harmful,
-            self.benign,
-            self.data_root,
-            self.harmful_root,
-            self.benign_root,
-            self.limit,
-            self.on_missing,
-        )
+        super().__post_init__()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -401,14 +374,7 @@ def _parse(
     try:
         cfg = RepresentationGapConfig(
             model=a.model,
-            dataset=a.dataset,
-            harmful=a.harmful,
-            benign=a.benign,
-            data_root=a.data_root,
-            harmful_root=a.harmful_root,
-            benign_root=a.benign_root,
-            on_missing=a.on_missing,
-            limit=a.limit,
+            **SourceOptions.values_from(a),
             conditions=tuple(c for c in a.conditions.split(",") if c),
             layers=layers,
             out=a.out,

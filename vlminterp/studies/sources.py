@@ -6,8 +6,10 @@ labels), so a study that compares the classes pairs a harmful source with a beni
 string ``NAME[:split]``, read from its own root (``--harmful-root`` / ``--benign-root``, default
 ``--data-root``). A source's samples get the source's label (unlabelled ones too; samples labelled
 as the other class are dropped), and their ids are prefixed with label and source (``harmful:figstep/1/21``)
-so the two sets never collide. :func:`class_counts` and :data:`TWO_CLASS_PARTS` let a study check,
-before collecting anything, which of its parts one class cannot support.
+so the two sets never collide. A study's config inherits these options (and their check,
+:meth:`SourceOptions.sources`) from :class:`SourceOptions`. :func:`class_counts` and
+:data:`TWO_CLASS_PARTS` let a study check, before collecting anything, which of its parts one class
+cannot support.
 
 Example:
     >>> src = Sources.parse(dataset=None, harmful="demo", benign="demo", limit=2)
@@ -23,7 +25,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from vlminterp.prompts import Sample
 from vlminterp.specs import DatasetSpec
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ON_MISSING_CHOICES",
     "TWO_CLASS_PARTS",
+    "SourceOptions",
     "Sources",
     "add_source_arguments",
     "class_counts",
@@ -160,6 +163,80 @@ class Sources:
                 )
             samples += [dataclasses.replace(s, id=f"{label}:{spec}/{s.id}", label=label) for s in got]
         return samples
+
+
+@dataclass(kw_only=True)
+class SourceOptions:
+    """The sample-source options of a study's config, checked on construction (nothing is read).
+
+    A study's config dataclass inherits these keyword-only fields (so they stay flat in its
+    ``asdict``) and, from its own ``__post_init__``, calls ``super().__post_init__()``.
+
+    Attributes:
+        dataset: A dataset spec (:class:`vlminterp.specs.DatasetSpec`): ``demo`` (built-in paired
+            harmful/benign set), ``tiny``, ``organism[:split]``, or a ``vlminterp.data`` name. None:
+            :attr:`default_dataset`, unless ``harmful`` / ``benign`` are given.
+        harmful: A dataset spec whose samples are the harmful class (instead of ``dataset``).
+        benign: A dataset spec whose samples are the benign class (instead of ``dataset``).
+        data_root: Root of the dataset files (``vlminterp.data`` datasets only).
+        harmful_root: Root of ``harmful`` (default ``data_root``).
+        benign_root: Root of ``benign`` (default ``data_root``).
+        on_missing: Missing image files: ``raise``, ``skip`` or ``generate``.
+        limit: Keep the first this many samples of each label (None = all; ``demo``: 12 per label).
+
+    Example:
+        >>> str(SourceOptions(harmful="demo", benign="demo", limit=2).sources())
+        'demo+demo'
+        >>> SourceOptions(dataset="demo", harmful="demo")
+        Traceback (most recent call last):
+        ...
+        ValueError: --dataset 'demo' and --harmful/--benign are alternatives; give one labelled --dataset, or a --harmful and a --benign source.
+    """
+
+    #: The dataset read when neither ``dataset`` nor a source is given.
+    default_dataset: ClassVar[str] = "demo"
+
+    dataset: str | None = None
+    harmful: str | None = None
+    benign: str | None = None
+    data_root: str | None = None
+    harmful_root: str | None = None
+    benign_root: str | None = None
+    on_missing: str = "raise"
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        self.sources()
+
+    def dataset_text(self) -> str | None:
+        """The ``dataset`` that :meth:`sources` parses (a config may add to it, e.g. a split)."""
+        return self.dataset
+
+    def sources(self) -> Sources:
+        """The samples' sources (raises naming the option when one is not valid)."""
+        return Sources.parse(
+            self.dataset_text(),
+            self.harmful,
+            self.benign,
+            self.data_root,
+            self.harmful_root,
+            self.benign_root,
+            self.limit,
+            self.on_missing,
+            default=self.default_dataset,
+        )
+
+    @staticmethod
+    def values_from(args: argparse.Namespace) -> dict[str, Any]:
+        """The source options in parsed ``args`` (``--dataset``, ``--limit`` and :func:`add_source_arguments`'s).
+
+        Example:
+            >>> args = argparse.Namespace(dataset="demo", harmful=None, benign=None, data_root=None,
+            ...                           harmful_root=None, benign_root=None, on_missing="skip", limit=4)
+            >>> SourceOptions(**SourceOptions.values_from(args)).limit
+            4
+        """
+        return {f.name: getattr(args, f.name) for f in dataclasses.fields(SourceOptions)}
 
 
 def class_counts(samples: list[Sample]) -> dict[str, int]:
