@@ -4,8 +4,9 @@ The benchmarks append their last line to ``benchmarks/results/<benchmark>.jsonl`
 ``--record`` (``python benchmarks/bench_collect.py --quick --record benchmarks/results/bench_collect.jsonl``).
 The table between ``<!-- bench-table:start -->`` and ``<!-- bench-table:end -->`` in README.md has one
 row per (benchmark, size): the median of every recorded run's ratios (with their range when there
-were several: the shared machine is noisy; and how many runs measured a ratio that not all did), then the same figures of the runs' ``VLMINTERP_MALLOC=0``
-processes as ``glibc/...`` (no target mark: the targets are for the library's default), the absolute
+were several: the shared machine is noisy; and how many runs measured a ratio that not all did),
+then the same figures of the runs' ``VLMINTERP_MALLOC=0`` processes as ``glibc/...`` (no target
+mark: the targets are for the library's default), the absolute
 median milliseconds (and per prompt token where recorded), the setting, and the targets each median
 meets or misses.
 

@@ -127,7 +127,7 @@ class _TwinPass:
         blank: PromptBatch,
         alpha: float,
         last: int,
-        prefixes: PrefixCache,
+        prefixes: PrefixCache | None,
     ):
         self.runs = {
             "text": CachedRun(model, text, last),
@@ -450,7 +450,7 @@ class SampleCMRM(Intervention):
           then starts from them with its last tokens and generates as one (one forward of three
           times the rows per step measured faster than three forwards).
         """
-        return self._generate(model, inputs, max_new_tokens, PrefixCache(), **generate_kwargs)
+        return self._generate(model, inputs, max_new_tokens, None, **generate_kwargs)
 
     def generate_chunks(
         self,
@@ -488,10 +488,10 @@ class SampleCMRM(Intervention):
         model: HookedVLM,
         inputs: Inputs,
         max_new_tokens: int,
-        prefixes: PrefixCache,
+        prefixes: PrefixCache | None,
         **generate_kwargs: Any,
     ) -> Generation:
-        """:meth:`generate`, the BLANK twins' shared head looked up in and kept in ``prefixes``."""
+        """:meth:`generate`, the BLANK twins' shared head looked up in and kept in ``prefixes`` (if any)."""
         if (
             inputs is None
             or not self.reuse_kv
@@ -522,7 +522,11 @@ class SampleCMRM(Intervention):
 
     @staticmethod
     def _prompt_prefixes(
-        model: HookedVLM, steered: PromptBatch, text: PromptBatch, blank: PromptBatch, prefixes: PrefixCache
+        model: HookedVLM,
+        steered: PromptBatch,
+        text: PromptBatch,
+        blank: PromptBatch,
+        prefixes: PrefixCache | None,
     ) -> KVPrefix:
         """The unsteered KV cache of every row's prompt but its last token, the three blocks joined."""
         top = model.cfg.n_layers - 1  # every layer's cache; no final norm or unembedding
