@@ -24,11 +24,11 @@ Usage: ``python benchmarks/bench_collect.py [--quick] [--device cuda] [--shapes 
 ``ms_per_token`` divides each median by the N prompts' real tokens. Sizes: quick, 64 prompts of
 112 px images (64 image tokens), batches of 8, 16 -> 128 prompts for RSS; mid (116M), 16 prompts
 of 224 px images (256 image tokens, ~270 tokens each), batches of 4, 4 -> 32 prompts for RSS;
-llava-7b, 16 prompts of 336 px (576 image tokens), batches of 4. Timings are medians of interleaved
-repeats (3 quick, 2 mid; the RSS runs are the warm-up), measured twice (``--malloc both``): in a
-fresh process with the library's malloc default and in one with ``VLMINTERP_MALLOC=0``. The mid-size
-run is 2 processes x about 38 forwards of 4 x ~270 tokens (26 before the no-cache and half-layer
-variants; those took about 2 minutes per process on 2 idle cores), sized for under 5 minutes.
+llava-7b, 16 prompts of 336 px (576 image tokens), batches of 4. Timings are medians of 3 interleaved
+repeats (the RSS runs are the warm-up), measured twice (``--malloc both``): in a fresh process with
+the library's malloc default and in one with ``VLMINTERP_MALLOC=0``. The mid-size run is 2
+processes x about 58 forwards of 4 x ~270 tokens (9 for the RSS runs, 16 per repeat), 3.4-3.6
+minutes on 2 idle cores, sized for under 5 minutes.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:  # 112 px: 64 image tokens per prompt
         args.sizes = {**args.sizes, "image_size": 112}
     batch_size, n_prompts, rss_small = (8, 64, 16) if args.quick else (4, 16, 4)
-    repeats = args.repeats or (3 if args.quick else 2)
+    repeats = args.repeats or 3
     gpu = str(args.device).startswith("cuda")
 
     from vlminterp import Condition, PromptBatch

@@ -13,11 +13,11 @@ Usage: ``python benchmarks/bench_sweep.py [--quick] [--device cuda] [--shapes ll
   (``k`` = 8 quick, 4 mid); points of one layer are stacked (``max_rows // rows`` per forward). JSON
   key ``sweep_point_vs_forward``: the whole call over the points, over one forward; target <= 1.2.
 
-Timings are medians of interleaved repeats (3 quick, 1 mid) after a warm-up forward and a one-point
-sweep; the rows of the timed sweeps are checked. Measured twice (``--malloc both``): in a fresh
-process with the library's malloc default and in one with ``VLMINTERP_MALLOC=0``. ``ms_per_token``
-divides each median by the batch's prompt tokens. The mid size (~100M parameters, 12 layers) took
-3.4 minutes for one process at load 8.6 on the 2 shared cores.
+Timings are medians of 3 interleaved repeats after a warm-up forward and a one-point sweep; the
+rows of the timed sweeps are checked. Measured twice (``--malloc both``): in a fresh process with the
+library's malloc default and in one with ``VLMINTERP_MALLOC=0``. ``ms_per_token`` divides each
+median by the batch's prompt tokens. The mid size (~100M parameters, 12 layers) took 3.1-3.2
+minutes for both processes on the 2 idle cores.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(__doc__, argv)
     if args.malloc == "both":
         return run_policies(args, __file__, argv)["ratios"]
-    repeats = args.repeats or (3 if args.quick else 1)
+    repeats = args.repeats or 3
 
     from PIL import Image
 
