@@ -132,6 +132,33 @@ def test_text_prompt_after_image_prompt_ignores_stale_rope_deltas(model, hf, bat
     assert gen.tokens == _hf_greedy(hf, text, 6, model.tokenizer.eos_token_id)
 
 
+@pytest.mark.parametrize("keyword", ["past_key_values", "cache"])
+def test_the_position_patch_keeps_rope_deltas_while_a_cache_is_filled(keyword):
+    """transformers 5.24 passes the KV cache to compute_3d_position_ids as ``cache=`` (5.23:
+    ``past_key_values=``). Read under the old keyword only, every step looked cache-less, dropped the
+    deltas kept from the prompt pass, and a run continued from a reused KV prefix (ShiftDC's and
+    sample CMRM's ``reuse_kv``) got wrong mRoPE positions on left-padded rows."""
+    from types import SimpleNamespace
+
+    from vlminterp.models.families.qwen import _prepare
+
+    seen = []
+    inner = SimpleNamespace(rope_deltas=None)
+    inner.compute_3d_position_ids = lambda **kw: seen.append(inner.rope_deltas) or torch.zeros(3, 1, 6)
+    _prepare(SimpleNamespace(original_model=SimpleNamespace(model=inner)))
+    filled, empty = (SimpleNamespace(get_seq_length=lambda n=n: n) for n in (5, 0))
+
+    inner.rope_deltas = torch.tensor([[-4]])
+    out = inner.compute_3d_position_ids(inputs_embeds=torch.zeros(1, 1, 8), **{keyword: filled})
+    assert seen[-1] is not None and inner.rope_deltas is not None  # a decode step keeps them
+    assert out.shape == (3, 1, 1)  # cut to the one fed token
+    inner.compute_3d_position_ids(inputs_embeds=torch.zeros(1, 6, 8), **{keyword: empty})
+    assert seen[-1] is None  # a new prompt forgets them
+    inner.rope_deltas = torch.tensor([[-4]])
+    inner.compute_3d_position_ids(inputs_embeds=torch.zeros(1, 6, 8), **{keyword: None})
+    assert seen[-1] is None
+
+
 def test_mm_token_type_ids_are_needed_for_mrope(model, hf, batch):
     """Without mm_token_type_ids HF silently falls back to 1-D positions: the logits change."""
     image = batch.select(batch.rows(Condition.IMAGE))

@@ -51,7 +51,8 @@ EXACT_TEXT_MODELS = frozenset(
 )
 #: Batch axis of each tensor argument of the language model (None: no batch axis; -2: second to last).
 _BATCH_AXIS = {"attention_mask": 0, "position_ids": -2, "cache_position": None}
-_DROPPED = {"input_ids", "inputs_embeds", "past_key_values", "use_cache"}
+#: Language-model arguments a run from a layer does not pass again (``cache``: transformers 5.24+).
+_DROPPED = {"input_ids", "inputs_embeds", "past_key_values", "cache", "use_cache"}
 
 
 def start_layer(model: HookedVLM, names: Iterable[str]) -> int | None:

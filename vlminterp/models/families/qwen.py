@@ -120,7 +120,8 @@ def _prepare(bridge: Any) -> None:
         return
 
     def compute_3d_position_ids(*args: Any, **kwargs: Any) -> Tensor | None:
-        cache = kwargs.get("past_key_values")
+        # transformers 5.24 renamed the argument ``past_key_values`` to ``cache``.
+        cache = kwargs["cache"] if "cache" in kwargs else kwargs.get("past_key_values")
         if cache is None or cache.get_seq_length() == 0:
             model.rope_deltas = None
         positions = original(*args, **kwargs)
