@@ -8,6 +8,8 @@ Every benchmark takes the same options (:func:`parse_args`):
 - ``--device cuda``: run on a GPU (timings synchronise the device);
 - ``--repeats N``: timed repeats per variant (interleaved, median);
 - ``--record FILE``: also append the JSON line to ``FILE`` (``benchmarks/results/*.jsonl``);
+- ``--checkpoint DIR``: build the random checkpoint into ``DIR`` once and load it from there in
+  later runs (``benchmarks/gpu.sh`` builds llava-7b's once for the four benchmarks);
 - ``--malloc both`` (default for the benchmarks that call :func:`run_policies`): measure twice, each
   time in a fresh process without ``MALLOC_*_`` variables, once with the library's malloc default
   (the ``mallopt`` tuning of ``import vlminterp``, :mod:`vlminterp.malloc`) and once with glibc's
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -95,6 +98,13 @@ def parse_args(description: str, argv: list[str] | None, extra: Callable | None 
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per variant")
     parser.add_argument("--record", type=Path, default=None, help="append the JSON line to this file")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="build the random checkpoint into this folder once and reuse it in later runs\n"
+        "(llava-7b's float32 checkpoint is ~28 GB: build it once for all four benchmarks)",
+    )
     parser.add_argument(
         "--malloc",
         choices=("both", "current"),
@@ -304,11 +314,51 @@ def run_policies(args: argparse.Namespace, script: str | Path, argv: list[str] |
     return line
 
 
+def checkpoint_dir(args: argparse.Namespace, path: Path) -> Path:
+    """``path`` holding the random llava of ``args.shapes``: built there unless it already is.
+
+    The build goes to a staging folder renamed into place, with a ``bench_shapes.json`` naming the
+    shapes, so an interrupted build leaves nothing that a rerun would mistake for a checkpoint.
+
+    Raises:
+        ValueError: ``path`` holds something else (other shapes, or files of its own).
+    """
+    from vlminterp.testing import build_tiny_vlm
+
+    key = {"shapes": args.shapes, "sizes": args.sizes, "seed": 0}
+    marker = path / "bench_shapes.json"
+    if marker.is_file():
+        if json.loads(marker.read_text()) != key:
+            raise ValueError(
+                f"--checkpoint {str(path)!r} holds the benchmark llava of other shapes "
+                f"({marker.read_text().strip()}); pass another folder or delete it."
+            )
+        return path
+    if path.exists() and any(path.iterdir()):
+        raise ValueError(
+            f"--checkpoint {str(path)!r} is not empty and holds no benchmark checkpoint "
+            "(no bench_shapes.json); pass a new or empty folder."
+        )
+    options = {"tokenizer_dir": LLAMA2_TOKENIZER} if args.shapes == "llava-7b" else {}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        build_tiny_vlm("llava", staging, seed=0, **options, **args.sizes)
+        (staging / "bench_shapes.json").write_text(json.dumps(key) + "\n")
+        if path.exists():
+            path.rmdir()
+        staging.rename(path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
 def build_models(args: argparse.Namespace, with_hf: bool = True):
     """A random llava of ``args.sizes`` loaded as HookedVLM and (optionally) as an independent HF model.
 
     On ``--shapes llava-7b`` the real Llama-2 tokenizer is used (real vocabulary) and both models are
-    float16 on the device.
+    float16 on the device. The checkpoint is built in a temporary folder, or with ``--checkpoint
+    DIR`` once into ``DIR`` and read from there by every later run (:func:`checkpoint_dir`).
 
     Returns:
         ``(model, hf_or_None, n_params)``; the HF model uses eager attention, like the bridge.
@@ -316,13 +366,10 @@ def build_models(args: argparse.Namespace, with_hf: bool = True):
     from transformers import LlavaForConditionalGeneration
 
     from vlminterp import HookedVLM
-    from vlminterp.testing import build_tiny_vlm
 
-    big = args.shapes == "llava-7b"
-    dtype = torch.float16 if big else torch.float32
-    options = {"tokenizer_dir": LLAMA2_TOKENIZER} if big else {}
+    dtype = torch.float16 if args.shapes == "llava-7b" else torch.float32
     with tempfile.TemporaryDirectory() as tmp:
-        path = build_tiny_vlm("llava", Path(tmp) / "bench", seed=0, **options, **args.sizes)
+        path = checkpoint_dir(args, Path(args.checkpoint) if args.checkpoint else Path(tmp) / "bench")
         model = HookedVLM.from_pretrained(path, device=args.device, dtype=dtype)
         hf = (
             LlavaForConditionalGeneration.from_pretrained(path, attn_implementation="eager", dtype=dtype)

@@ -108,3 +108,37 @@ def test_run_policies_measures_in_one_process_per_malloc_setting(tmp_path, monke
 def test_without_drops_valued_options():
     argv = ["--quick", "--record", "r.jsonl", "--malloc=both", "--repeats", "2"]
     assert _common._without(argv, ("--record", "--malloc")) == ["--quick", "--repeats", "2"]
+
+
+def test_a_checkpoint_folder_is_built_once_then_reused_and_never_mistaken(tmp_path, monkeypatch):
+    import vlminterp.testing
+
+    folder = tmp_path / "ckpt"
+    args = _common.parse_args("", ["--quick", "--checkpoint", str(folder)])
+    built = []
+    real = vlminterp.testing.build_tiny_vlm
+
+    def counting(*a, **k):
+        built.append(a)
+        return real(*a, **k)
+
+    monkeypatch.setattr(vlminterp.testing, "build_tiny_vlm", counting)
+    assert _common.checkpoint_dir(args, folder) == folder and (folder / "config.json").is_file()
+    assert _common.checkpoint_dir(args, folder) == folder and len(built) == 1  # read, not rebuilt
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no staging folder left
+
+    other = _common.parse_args("", ["--checkpoint", str(folder)])  # mid shapes
+    with pytest.raises(ValueError, match="other shapes"):
+        _common.checkpoint_dir(other, folder)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("a user's file")
+    with pytest.raises(ValueError, match="not empty"):
+        _common.checkpoint_dir(args, tmp_path / "mine")
+
+    def failing(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vlminterp.testing, "build_tiny_vlm", failing)
+    with pytest.raises(KeyboardInterrupt):
+        _common.checkpoint_dir(args, tmp_path / "cut")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "mine"]  # a rerun starts clean
