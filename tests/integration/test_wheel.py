@@ -122,11 +122,12 @@ def test_eval_runs_from_the_installed_wheel(installed):
 
 @pytest.mark.parametrize("paper", ["cmrm", "shiftdc"])
 def test_reproduce_runs_from_the_installed_wheel(installed, paper):
+    """Its own --out: `steer cmrm --out cmrm` above left a run of other settings there, which reproduce refuses."""
     if not SHARED_DATA.is_dir():
         pytest.skip(f"no benchmark copies at {SHARED_DATA}")
     small = ["--alphas", "1", "--anchor-limit", "2"] if paper == "cmrm" else ["--direction-limit", "2"]
     _run(
         installed,
-        "reproduce", paper, "--model", "organism", "--data-root", str(SHARED_DATA), "--out", paper,
+        "reproduce", paper, "--model", "organism", "--data-root", str(SHARED_DATA), "--out", f"reproduce-{paper}",
         "--limit", "2", "--max-new-tokens", "4", "--no-progress", *small,
     )  # fmt: skip
