@@ -40,6 +40,7 @@ __all__ = [
     "check_prefill_cache",
     "fix_kv_cache_keyword",
     "kv_cache_fix_needed",
+    "passed_kv_cache",
 ]
 
 #: The first transformers release that passes the KV cache to attention modules as ``cache=``.
@@ -92,12 +93,24 @@ def check_prefill_cache(cache: Any, prompt_length: int) -> None:
         )
 
 
+def passed_kv_cache(kwargs: dict[str, Any]) -> Any | None:
+    """The KV cache among a call's keyword arguments: ``past_key_values=``, or 5.24's ``cache=``.
+
+    Example:
+        >>> passed_kv_cache({"cache": "c"}), passed_kv_cache({"past_key_values": "p", "cache": None})
+        ('c', 'p')
+    """
+    past = kwargs.get("past_key_values")
+    return past if past is not None else kwargs.get("cache")
+
+
 def _update_kv_cache_any_keyword(
     self: Any, k: torch.Tensor, v: torch.Tensor, **kwargs: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """TransformerLens' KV-cache update, given the cache under ``cache=`` as well."""
-    if kwargs.get("past_key_values") is None and kwargs.get("cache") is not None:
-        kwargs["past_key_values"] = kwargs["cache"]
+    cache = passed_kv_cache(kwargs)
+    if cache is not None:
+        kwargs["past_key_values"] = cache
     return type(self)._update_kv_cache(self, k, v, **kwargs)
 
 

@@ -32,6 +32,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens.model_bridge.supported_architectures import Qwen2_5_VLArchitectureAdapter
 
+from vlminterp.models.compat import passed_kv_cache
 from vlminterp.models.families.base import Family, register_family
 from vlminterp.models.processors import image_only_loader
 
@@ -120,8 +121,7 @@ def _prepare(bridge: Any) -> None:
         return
 
     def compute_3d_position_ids(*args: Any, **kwargs: Any) -> Tensor | None:
-        # transformers 5.24 renamed the argument ``past_key_values`` to ``cache``.
-        cache = kwargs["cache"] if "cache" in kwargs else kwargs.get("past_key_values")
+        cache = passed_kv_cache(kwargs)  # transformers 5.24 renamed past_key_values to cache
         if cache is None or cache.get_seq_length() == 0:
             model.rope_deltas = None
         positions = original(*args, **kwargs)
