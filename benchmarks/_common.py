@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -317,13 +316,15 @@ def run_policies(args: argparse.Namespace, script: str | Path, argv: list[str] |
 def checkpoint_dir(args: argparse.Namespace, path: Path) -> Path:
     """``path`` holding the random llava of ``args.shapes``: built there unless it already is.
 
-    The build goes to a staging folder renamed into place, with a ``bench_shapes.json`` naming the
-    shapes, so an interrupted build leaves nothing that a rerun would mistake for a checkpoint.
+    The build goes to a staging folder renamed into place (:func:`vlminterp.testing.tiny.staged_build`),
+    with a ``bench_shapes.json`` naming the shapes, so an interrupted build leaves nothing that a
+    rerun would mistake for a checkpoint.
 
     Raises:
         ValueError: ``path`` holds something else (other shapes, or files of its own).
     """
     from vlminterp.testing import build_tiny_vlm
+    from vlminterp.testing.tiny import staged_build
 
     key = {"shapes": args.shapes, "sizes": args.sizes, "seed": 0}
     marker = path / "bench_shapes.json"
@@ -340,17 +341,12 @@ def checkpoint_dir(args: argparse.Namespace, path: Path) -> Path:
             "(no bench_shapes.json); pass a new or empty folder."
         )
     options = {"tokenizer_dir": LLAMA2_TOKENIZER} if args.shapes == "llava-7b" else {}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    try:
+
+    def build(staging: Path) -> None:
         build_tiny_vlm("llava", staging, seed=0, **options, **args.sizes)
         (staging / "bench_shapes.json").write_text(json.dumps(key) + "\n")
-        if path.exists():
-            path.rmdir()
-        staging.rename(path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return path
+
+    return staged_build(path, build)
 
 
 def build_models(args: argparse.Namespace, with_hf: bool = True):

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -301,11 +302,28 @@ def cached_build(name: str, key: Any, build: Callable[[Path], Any], salt: bytes 
     digest = hashlib.sha1(json.dumps(key).encode() + salt).hexdigest()[:12]
     path = Path(tempfile.gettempdir()) / "vlminterp-tiny" / f"{name}-{digest}"
     if not (path / "config.json").exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=path.parent))
+        staged_build(path, build)
+    return path
+
+
+def staged_build(path: Path, build: Callable[[Path], Any]) -> Path:
+    """``build(staging)`` in a new folder beside ``path``, renamed to ``path`` once it succeeds.
+
+    A build that raises leaves nothing behind, so a rerun starts clean. ``path`` may be missing or
+    empty; if another process renamed its own copy there first, this one is dropped.
+
+    Example:
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp()) / "ckpt"
+        >>> staged_build(out, lambda d: (d / "config.json").write_text("{}")) == out, sorted(out.parent.iterdir()) == [out]
+        (True, True)
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
         build(staging)
-        try:
+        with contextlib.suppress(OSError):  # another process won the race; its copy is identical
             staging.rename(path)
-        except OSError:  # another process won the race; its copy is identical
-            shutil.rmtree(staging, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return path
