@@ -2,13 +2,15 @@
 
 The generation references (``test_generation_references.py``) show the fix is exact; these tests
 pin down its mechanics: the fixed update writes a cache handed over as ``cache=``, only the bridges
-vlminterp boots are changed, the version gate and the env override work, and a prompt pass that
-leaves the cache empty raises instead of returning tokens computed without context.
+vlminterp boots are changed, the version gate and the env override work, a prompt pass that
+leaves the cache empty raises instead of returning tokens computed without context, and our runs
+hand the cache over under the keyword the installed ``forward`` takes (no deprecation warning).
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 
 import pytest
 import torch
@@ -137,3 +139,59 @@ def test_guard_reads_legacy_tuple_caches(monkeypatch):
         compat.check_prefill_cache(full, 6)
     with pytest.raises(compat.KVCacheError, match="holds None positions"):
         compat.check_prefill_cache(None, 6)
+
+
+class _TakesCache(torch.nn.Module):
+    def forward(self, input_ids, cache=None, use_cache=None): ...
+
+
+class _TakesPast(torch.nn.Module):
+    def forward(self, input_ids, past_key_values=None, use_cache=None): ...
+
+
+class _TakesAnything(torch.nn.Module):
+    def forward(self, input_ids, **kwargs): ...
+
+
+def test_kv_cache_keyword_is_the_one_the_forward_names():
+    assert compat.kv_cache_keyword(_TakesCache()) == "cache"
+    assert compat.kv_cache_keyword(_TakesPast()) == "past_key_values"
+    assert compat.kv_cache_keyword(_TakesAnything()) == "past_key_values"
+
+
+def _cache_keywords_of_generate(model) -> set[str]:
+    """The cache keywords the HF model's forward was called with during a 3-token generate."""
+    seen: set[str] = set()
+
+    def record(module, args, kwargs):
+        seen.update(k for k in ("cache", "past_key_values") if kwargs.get(k) is not None)
+
+    handle = model.hf_model.register_forward_pre_hook(record, with_kwargs=True)
+    batch = PromptBatch.paired(model, [Sample(id="a", query="what is this ?")], [Condition.TEXT_ONLY])
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.generate(batch, max_new_tokens=3)
+    finally:
+        handle.remove()
+    deprecated = [
+        w for w in caught if issubclass(w.category, FutureWarning) and "past_key_values" in str(w.message)
+    ]
+    assert not deprecated, [str(w.message) for w in deprecated]
+    return seen
+
+
+def test_runs_pass_the_cache_under_the_keyword_the_forward_takes():
+    """transformers 5.24 takes ``cache=`` and warns on ``past_key_values`` (removed in 5.40).
+
+    Under the lock (5.23) the keyword is ``past_key_values``; ``make test-latest`` runs this on the
+    newest release, where passing ``past_key_values`` fails it (the FutureWarning, and the keyword).
+    The remote-code model of the fallback adapter takes ``past_key_values`` on every release.
+    """
+    from vlminterp.testing import tiny_remote_vlm_dir
+
+    for model in (
+        HookedVLM.tiny("llava"),
+        HookedVLM.from_pretrained(tiny_remote_vlm_dir(), trust_remote_code=True),
+    ):
+        assert _cache_keywords_of_generate(model) == {compat.kv_cache_keyword(model.hf_model)}

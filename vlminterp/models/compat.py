@@ -1,7 +1,8 @@
 """Compatibility shims between the installed TransformerLens and transformers, scoped to one bridge.
 
 transformers 5.24 hands the KV cache to attention modules as ``cache=`` (``past_key_values`` is a
-deprecated alias until 5.40). TransformerLens 4.3's ``AttentionBridge._update_kv_cache`` reads only
+deprecated alias until 5.40, with a ``FutureWarning``): :func:`kv_cache_keyword` names the keyword a
+model's ``forward`` takes, which our runs pass the cache under. TransformerLens 4.3's ``AttentionBridge._update_kv_cache`` reads only
 ``past_key_values`` / ``layer_past``, so on 5.24 a bridge-wrapped model never writes its cache:
 every decode step after the first attends only to itself and generation silently loses the prompt.
 
@@ -25,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import types
@@ -40,6 +42,7 @@ __all__ = [
     "check_prefill_cache",
     "fix_kv_cache_keyword",
     "kv_cache_fix_needed",
+    "kv_cache_keyword",
     "passed_kv_cache",
 ]
 
@@ -102,6 +105,21 @@ def passed_kv_cache(kwargs: dict[str, Any]) -> Any | None:
     """
     past = kwargs.get("past_key_values")
     return past if past is not None else kwargs.get("cache")
+
+
+def kv_cache_keyword(hf_model: torch.nn.Module) -> str:
+    """The keyword ``hf_model.forward`` takes the KV cache under: ``"cache"`` or ``"past_key_values"``.
+
+    transformers 5.24 renamed the argument to ``cache`` and keeps ``past_key_values`` as an alias
+    that warns (``FutureWarning``) and goes away in 5.40; earlier releases and remote-code models
+    take ``past_key_values``.
+
+    Example:
+        >>> from vlminterp import HookedVLM
+        >>> kv_cache_keyword(HookedVLM.tiny("llava").hf_model) in ("cache", "past_key_values")
+        True
+    """
+    return "cache" if "cache" in inspect.signature(hf_model.forward).parameters else "past_key_values"
 
 
 def _update_kv_cache_any_keyword(

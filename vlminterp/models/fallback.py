@@ -385,17 +385,18 @@ class FallbackBridge(nn.Module):
         return_type: Literal["logits", "logits_and_cache"] = "logits",
         **kwargs: Any,
     ) -> Float[Tensor, "batch pos d_vocab"] | tuple[Float[Tensor, "batch pos d_vocab"], Any]:
-        """Run the HF model: logits, or ``(logits, past_key_values)`` for ``"logits_and_cache"``.
+        """Run the HF model: logits, or ``(logits, KV cache)`` for ``"logits_and_cache"``.
 
-        ``kwargs`` go to the HF forward unchanged (``attention_mask``, ``position_ids``,
-        ``past_key_values``, ``use_cache``, image tensors).
+        ``kwargs`` go to the HF forward unchanged (``attention_mask``, ``position_ids``, the cache as
+        ``past_key_values`` or, from transformers 5.24, ``cache``, ``use_cache``, image tensors).
         """
         if return_type == "logits":
             kwargs.setdefault("use_cache", False)
             return self.original_model(input_ids=input_ids, **kwargs).logits
         if return_type == "logits_and_cache":
             out = self.original_model(input_ids=input_ids, **kwargs)
-            return out.logits, out.past_key_values
+            cache = getattr(out, "cache", None)  # transformers >= 5.24; past_key_values before
+            return out.logits, out.past_key_values if cache is None else cache
         raise ValueError(f"return_type must be 'logits' or 'logits_and_cache', got {return_type!r}.")
 
 

@@ -41,7 +41,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from vlminterp.models.compat import check_prefill_cache
+from vlminterp.models.compat import check_prefill_cache, kv_cache_keyword
 from vlminterp.models.kv_buffer import fresh_cache
 from vlminterp.models.kv_prefix import (
     KVPrefix,
@@ -135,6 +135,7 @@ class CachedRun:
         self._last_logits = not all_logits and _keeps_logits(model)
         self._spent = False
         self._own_cache = kv_reuse_supported(model)
+        self._cache_keyword = kv_cache_keyword(model.hf_model)
 
     @property
     def length(self) -> int:
@@ -160,12 +161,12 @@ class CachedRun:
             ids = self._prompt
             kwargs.update(self._first)
             if self._prefix is not None:
-                kwargs["past_key_values"] = self._prefix.past
+                kwargs[self._cache_keyword] = self._prefix.past
                 set_model_rope_deltas(self.model, self._prefix.rope_deltas)
             elif self._stop is not None:  # a cache object of ours, filled in place by the layers that run
-                kwargs["past_key_values"] = fresh_cache(self.model)
+                kwargs[self._cache_keyword] = fresh_cache(self.model)
             elif self._own_cache:  # growing in place rather than by torch.cat (HF's DynamicLayer)
-                kwargs["past_key_values"] = fresh_cache(self.model, keep_all=False)
+                kwargs[self._cache_keyword] = fresh_cache(self.model, keep_all=False)
             if self._stop is None and self._last_logits:
                 kwargs["logits_to_keep"] = 1
         else:
@@ -175,14 +176,14 @@ class CachedRun:
             self._mask = torch.cat([self._mask, torch.ones_like(self._mask[:, :1])], dim=1)
             if self._positions is not None:
                 self._positions = self._positions[:, -1:] + 1
-            kwargs["past_key_values"] = self.past
+            kwargs[self._cache_keyword] = self.past
         kwargs["attention_mask"] = self._mask
         if self._positions is not None:
             kwargs["position_ids"] = self._positions
         if self._stop is None:
             logits, past = self.model.bridge(ids, return_type="logits_and_cache", **kwargs)
         else:
-            logits, past = None, kwargs["past_key_values"]
+            logits, past = None, kwargs[self._cache_keyword]
             run_until(
                 self.model,
                 self._stop,
