@@ -8,8 +8,9 @@ Every benchmark takes the same options (:func:`parse_args`):
 - ``--device cuda``: run on a GPU (timings synchronise the device);
 - ``--repeats N``: timed repeats per variant (interleaved, median);
 - ``--record FILE``: also append the JSON line to ``FILE`` (``benchmarks/results/*.jsonl``);
-- ``--checkpoint DIR``: build the random checkpoint into ``DIR`` once and load it from there in
-  later runs (``benchmarks/gpu.sh`` builds llava-7b's once for the four benchmarks);
+- ``--checkpoint DIR``: build the random checkpoint into a subfolder of ``DIR`` (one per shapes)
+  once and load it from there in later runs (``benchmarks/gpu.sh`` builds llava-7b's once for the
+  four benchmarks);
 - ``--malloc both`` (default for the benchmarks that call :func:`run_policies`): measure twice, each
   time in a fresh process without ``MALLOC_*_`` variables, once with the library's malloc default
   (the ``mallopt`` tuning of ``import vlminterp``, :mod:`vlminterp.malloc`) and once with glibc's
@@ -27,6 +28,7 @@ the line is the library default's, plus ``"glibc": {"ratios", "ms", "ms_per_toke
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -78,6 +80,7 @@ LLAVA_7B = dict(
     patch_size=14,
 )
 SHAPES = {"quick": LLAVA_QUICK, "mid": LLAVA_100M, "llava-7b": LLAVA_7B}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 LLAMA2_TOKENIZER = Path(__file__).resolve().parents[1].parent / "shared" / "tokenizers" / "llama2"
 
 
@@ -95,14 +98,21 @@ def parse_args(description: str, argv: list[str] | None, extra: Callable | None 
     )
     parser.add_argument("--shapes", choices=sorted(SHAPES), default=None, help="model shapes (default: mid)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        default=None,
+        help="weights and activations (default: float16 for llava-7b, float32 otherwise);\n"
+        "--quick --dtype float16 on a CPU rehearses the GPU run's half-precision paths",
+    )
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per variant")
     parser.add_argument("--record", type=Path, default=None, help="append the JSON line to this file")
     parser.add_argument(
         "--checkpoint",
         type=Path,
         default=None,
-        help="build the random checkpoint into this folder once and reuse it in later runs\n"
-        "(llava-7b's float32 checkpoint is ~28 GB: build it once for all four benchmarks)",
+        help="a folder for the random checkpoints (one subfolder per shapes): built once, reused\n"
+        "by later runs (llava-7b's float32 checkpoint is ~28 GB: build it once for all four benchmarks)",
     )
     parser.add_argument(
         "--malloc",
@@ -121,6 +131,7 @@ def parse_args(description: str, argv: list[str] | None, extra: Callable | None 
     if args.shapes == "llava-7b" and not str(args.device).startswith("cuda"):
         parser.error("--shapes llava-7b is for a GPU (float16, ~14 GB of weights): add --device cuda.")
     args.sizes = SHAPES[args.shapes]
+    args.dtype = DTYPES[args.dtype or ("float16" if args.shapes == "llava-7b" else "float32")]
     return args
 
 
@@ -173,6 +184,7 @@ def run_info(args: argparse.Namespace) -> dict:
         "wall_s": round(time.monotonic() - _START),  # the whole run: model build, warm-up, repeats
         "load_avg_1m": round(os.getloadavg()[0], 2),  # at the end of the run: how shared the machine was
         "device": str(args.device),
+        "dtype": str(args.dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(),
         "malloc": malloc_settings(),
         "versions": {d: installed(d) for d in ("torch", "transformers", "transformer-lens", "vlminterp")},
@@ -313,40 +325,54 @@ def run_policies(args: argparse.Namespace, script: str | Path, argv: list[str] |
     return line
 
 
-def checkpoint_dir(args: argparse.Namespace, path: Path) -> Path:
-    """``path`` holding the random llava of ``args.shapes``: built there unless it already is.
+#: Name prefix of the checkpoints ``--checkpoint DIR`` holds (their staging folders: with a dot).
+CHECKPOINT_PREFIX = "bench-llava-"
 
-    The build goes to a staging folder renamed into place (:func:`vlminterp.testing.tiny.staged_build`),
-    with a ``bench_shapes.json`` naming the shapes, so an interrupted build leaves nothing that a
-    rerun would mistake for a checkpoint.
+
+def checkpoint_dir(args: argparse.Namespace, path: Path) -> Path:
+    """The random llava of ``args.shapes`` in the checkpoint folder ``path``: built there unless it already is.
+
+    ``path`` holds one subfolder per shapes and sizes (``bench-llava-<shapes>-<digest>``; e.g.
+    ``bench_collect --quick`` uses smaller images than the other quick benchmarks), so the four
+    benchmarks of a GPU run share llava-7b's one build. The build goes to a staging folder renamed
+    into place (:func:`vlminterp.testing.tiny.staged_build`), with a ``bench_shapes.json`` naming the
+    shapes, so an interrupted build leaves nothing that a rerun would mistake for a checkpoint.
 
     Raises:
-        ValueError: ``path`` holds something else (other shapes, or files of its own).
+        ValueError: ``path`` holds files of its own (``benchmarks/gpu.sh`` deletes what this
+            folder holds), or a checkpoint whose ``bench_shapes.json`` says other shapes.
     """
     from vlminterp.testing import build_tiny_vlm
     from vlminterp.testing.tiny import staged_build
 
     key = {"shapes": args.shapes, "sizes": args.sizes, "seed": 0}
-    marker = path / "bench_shapes.json"
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    target = path / f"{CHECKPOINT_PREFIX}{args.shapes}-{digest}"
+    foreign = (
+        [p.name for p in path.iterdir() if not p.name.lstrip(".").startswith(CHECKPOINT_PREFIX)]
+        if path.is_dir()
+        else []
+    )
+    if foreign or path.is_file():
+        raise ValueError(
+            f"--checkpoint {str(path)!r} holds files of its own ({', '.join(sorted(foreign)[:3]) or 'a file'}); "
+            "pass a new or empty folder for the benchmark checkpoints."
+        )
+    marker = target / "bench_shapes.json"
     if marker.is_file():
         if json.loads(marker.read_text()) != key:
             raise ValueError(
-                f"--checkpoint {str(path)!r} holds the benchmark llava of other shapes "
-                f"({marker.read_text().strip()}); pass another folder or delete it."
+                f"{str(target)!r} holds the benchmark llava of other shapes "
+                f"({marker.read_text().strip()}); delete it."
             )
-        return path
-    if path.exists() and any(path.iterdir()):
-        raise ValueError(
-            f"--checkpoint {str(path)!r} is not empty and holds no benchmark checkpoint "
-            "(no bench_shapes.json); pass a new or empty folder."
-        )
+        return target
     options = {"tokenizer_dir": LLAMA2_TOKENIZER} if args.shapes == "llava-7b" else {}
 
     def build(staging: Path) -> None:
         build_tiny_vlm("llava", staging, seed=0, **options, **args.sizes)
         (staging / "bench_shapes.json").write_text(json.dumps(key) + "\n")
 
-    return staged_build(path, build)
+    return staged_build(target, build)
 
 
 def build_models(args: argparse.Namespace, with_hf: bool = True):
@@ -354,7 +380,7 @@ def build_models(args: argparse.Namespace, with_hf: bool = True):
 
     On ``--shapes llava-7b`` the real Llama-2 tokenizer is used (real vocabulary) and both models are
     float16 on the device. The checkpoint is built in a temporary folder, or with ``--checkpoint
-    DIR`` once into ``DIR`` and read from there by every later run (:func:`checkpoint_dir`).
+    DIR`` once into a subfolder of ``DIR`` and read from there by every later run (:func:`checkpoint_dir`).
 
     Returns:
         ``(model, hf_or_None, n_params)``; the HF model uses eager attention, like the bridge.
@@ -363,7 +389,7 @@ def build_models(args: argparse.Namespace, with_hf: bool = True):
 
     from vlminterp import HookedVLM
 
-    dtype = torch.float16 if args.shapes == "llava-7b" else torch.float32
+    dtype = args.dtype
     with tempfile.TemporaryDirectory() as tmp:
         path = checkpoint_dir(args, Path(args.checkpoint) if args.checkpoint else Path(tmp) / "bench")
         model = HookedVLM.from_pretrained(path, device=args.device, dtype=dtype)

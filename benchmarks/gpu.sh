@@ -8,10 +8,16 @@
 #
 #   bash benchmarks/gpu.sh                      # forward, steer, sweep, collect
 #   BENCHES="forward steer" bash benchmarks/gpu.sh
+#   DEVICE=cpu SHAPES=quick DTYPE=float16 RESULTS=/tmp/rehearsal bash benchmarks/gpu.sh
 #
-# Environment: CHECKPOINT (default /tmp/vlminterp-bench-llava7b; building it takes ~30 GB of RAM and
-# ~28 GB of disk, deleted at the end unless KEEP_CHECKPOINT=1), BENCH_TIMEOUT (seconds per
-# benchmark, default 300; the first one also builds the checkpoint), PYTHON. Not for a CPU machine.
+# The last line rehearses the whole script on a CPU in a few minutes, half precision included
+# (`make test-slow` runs it), so that a device lease is not spent on a broken script.
+#
+# Environment: CHECKPOINT (the checkpoints' folder, default /tmp/vlminterp-bench-llava7b; building
+# llava-7b's takes ~30 GB of RAM and ~28 GB of disk; deleted at the end unless KEEP_CHECKPOINT=1), BENCH_TIMEOUT (seconds per
+# benchmark, default 300; the first one also builds the checkpoint), PYTHON, DEVICE (cuda),
+# SHAPES (llava-7b), DTYPE (the shapes' default: float16 for llava-7b), BENCH_ARGS (more options
+# for every benchmark, e.g. "--repeats 1"). llava-7b shapes are not for a CPU machine.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
@@ -22,14 +28,18 @@ failed=0
 for bench in ${BENCHES:-forward steer sweep collect}; do
     echo "=== bench_$bench ($(date -u +%T))"
     # --malloc current: one process (the host allocator's two settings are a CPU question).
-    if ! timeout "${BENCH_TIMEOUT:-300}" "$PYTHON" "benchmarks/bench_$bench.py" --device cuda \
-        --shapes llava-7b --malloc current --checkpoint "$CHECKPOINT" \
-        --record "$RESULTS/bench_$bench.jsonl"; then
+    # shellcheck disable=SC2086  # BENCH_ARGS: several options
+    if ! timeout "${BENCH_TIMEOUT:-300}" "$PYTHON" "benchmarks/bench_$bench.py" --device "${DEVICE:-cuda}" \
+        --shapes "${SHAPES:-llava-7b}" ${DTYPE:+--dtype "$DTYPE"} --malloc current \
+        --checkpoint "$CHECKPOINT" --record "$RESULTS/bench_$bench.jsonl" ${BENCH_ARGS:-}; then
         echo "bench_$bench did not finish (exit status above); the next benchmark runs"
         failed=1
     fi
 done
-# A build cut by the time limit leaves its staging folder (.NAME-*) beside the checkpoint.
-rm -rf "$(dirname "$CHECKPOINT")/.$(basename "$CHECKPOINT")-"*
-[ "${KEEP_CHECKPOINT:-0}" = 1 ] || rm -rf "$CHECKPOINT"
+# Only what the benchmarks built goes: the staging folders a build cut by the time limit leaves
+# (.bench-llava-*), the checkpoints (bench-llava-*, unless KEEP_CHECKPOINT=1), then the folder if
+# that empties it. The benchmarks refuse a CHECKPOINT folder holding anything else.
+rm -rf "$CHECKPOINT"/.bench-llava-*
+[ "${KEEP_CHECKPOINT:-0}" = 1 ] || rm -rf "$CHECKPOINT"/bench-llava-*
+rmdir "$CHECKPOINT" 2>/dev/null
 exit $failed

@@ -149,7 +149,7 @@ def _row(runs: list[dict[str, Any]]) -> str:
     target_cell = "; ".join(
         f"{k} < {v * 100:.0f}%" if k in FRACTIONS else f"{k} ≤ {v}" for k, v in targets.items()
     )
-    size = first["config"].get("shapes", "?")
+    size = _size(first["config"])
     cells = [
         f"`{first['benchmark']}`",
         size,
@@ -161,14 +161,26 @@ def _row(runs: list[dict[str, Any]]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def _size(config: dict[str, Any]) -> str:
+    """The shapes, and the dtype where it is not theirs by default (float16 for llava-7b, else float32)."""
+    shapes = config.get("shapes", "?")
+    default = "float16" if shapes == "llava-7b" else "float32"
+    dtype = config.get("dtype", default)  # lines recorded before the dtype was: the default
+    return shapes if dtype == default else f"{shapes} {dtype}"
+
+
 def bench_table(lines: Sequence[dict[str, Any]]) -> str:
-    """The Markdown table: one row per (benchmark, size), benchmarks by name, sizes quick → mid → 7b."""
+    """The Markdown table: one row per (benchmark, size), benchmarks by name, sizes quick → mid → 7b.
+
+    A run in another dtype than its shapes' default (``--dtype``) is a size of its own ("quick float16").
+    """
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for line in lines:
-        groups.setdefault((line["benchmark"], line["config"].get("shapes", "?")), []).append(line)
+        groups.setdefault((line["benchmark"], _size(line["config"])), []).append(line)
 
-    def order(key: tuple[str, str]) -> tuple[str, int]:
-        return key[0], SIZE_ORDER.index(key[1]) if key[1] in SIZE_ORDER else len(SIZE_ORDER)
+    def order(key: tuple[str, str]) -> tuple[str, int, str]:
+        shapes = key[1].split()[0]
+        return key[0], SIZE_ORDER.index(shapes) if shapes in SIZE_ORDER else len(SIZE_ORDER), key[1]
 
     rows = [
         "| benchmark | size | setting | measured (median of runs; range) | median ms | target |",

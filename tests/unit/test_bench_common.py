@@ -26,6 +26,13 @@ def test_sizes_resolve_from_quick_and_shapes():
     )  # fmt: skip
 
 
+def test_dtype_defaults_to_the_shapes_and_can_be_set():
+    assert _common.parse_args("", ["--quick"]).dtype == torch.float32
+    assert _common.parse_args("", ["--shapes", "llava-7b", "--device", "cuda"]).dtype == torch.float16
+    assert _common.parse_args("", ["--quick", "--dtype", "float16"]).dtype == torch.float16
+    assert _common.parse_args("", ["--dtype", "bfloat16"]).dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize(
     ("argv", "match"),
     [(["--shapes", "llava-7b"], "add --device cuda"), (["--quick", "--shapes", "mid"], "contradicts")],
@@ -54,6 +61,7 @@ def test_emit_prints_and_records_ratios_ms_versions_threads_malloc(tmp_path, cap
     assert config["threads"] == torch.get_num_threads() and config["device"] == "cpu"
     assert set(config["malloc"]) == {"env", "mallopt"} and config["shapes"] == "quick"
     assert config["d_model"] == 256 and "load_avg_1m" in config and config["wall_s"] >= 0
+    assert config["dtype"] == "float32"
 
 
 def test_interleaved_medians_times_round_robin():
@@ -123,16 +131,28 @@ def test_a_checkpoint_folder_is_built_once_then_reused_and_never_mistaken(tmp_pa
         return real(*a, **k)
 
     monkeypatch.setattr(vlminterp.testing, "build_tiny_vlm", counting)
-    assert _common.checkpoint_dir(args, folder) == folder and (folder / "config.json").is_file()
-    assert _common.checkpoint_dir(args, folder) == folder and len(built) == 1  # read, not rebuilt
-    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no staging folder left
+    path = _common.checkpoint_dir(args, folder)
+    assert path.parent == folder and path.name.startswith("bench-llava-quick-")
+    assert (path / "config.json").is_file()
+    assert _common.checkpoint_dir(args, folder) == path and len(built) == 1  # read, not rebuilt
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"] and list(folder.iterdir()) == [path]
 
-    other = _common.parse_args("", ["--checkpoint", str(folder)])  # mid shapes
+    def fake(name, out, **sizes):  # other shapes build beside it (bench_collect --quick: 112 px)
+        (Path(out) / "config.json").write_text(json.dumps(sizes))
+
+    monkeypatch.setattr(vlminterp.testing, "build_tiny_vlm", fake)
+    small = _common.parse_args("", ["--quick"])
+    small.sizes = {**small.sizes, "image_size": 112}
+    other = _common.checkpoint_dir(small, folder)
+    assert other != path and sorted(folder.iterdir()) == sorted([path, other])
+    assert _common.checkpoint_dir(args, folder) == path  # still there, not rebuilt
+
+    (path / "bench_shapes.json").write_text('{"shapes": "mid"}')
     with pytest.raises(ValueError, match="other shapes"):
-        _common.checkpoint_dir(other, folder)
+        _common.checkpoint_dir(args, folder)
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("a user's file")
-    with pytest.raises(ValueError, match="not empty"):
+    with pytest.raises(ValueError, match="holds files of its own \\(notes.txt\\)"):
         _common.checkpoint_dir(args, tmp_path / "mine")
 
     def failing(*a, **k):
@@ -141,4 +161,4 @@ def test_a_checkpoint_folder_is_built_once_then_reused_and_never_mistaken(tmp_pa
     monkeypatch.setattr(vlminterp.testing, "build_tiny_vlm", failing)
     with pytest.raises(KeyboardInterrupt):
         _common.checkpoint_dir(args, tmp_path / "cut")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "mine"]  # a rerun starts clean
+    assert list((tmp_path / "cut").iterdir()) == []  # a rerun starts clean

@@ -138,3 +138,19 @@ def test_a_ratio_some_runs_did_not_measure_is_kept_with_its_count(tmp_path):
         "a_vs_hf **1.300×** (1.200×–1.400×)",
         f"old_vs_hf **{statistics.median([0.7, 0.9]):.3f}×** (0.700×–0.900×, 2 of 3 runs)",
     ]
+
+
+def test_a_run_in_another_dtype_is_a_row_of_its_own(tmp_path):
+    """A float16 rehearsal of the GPU run on a CPU (``--quick --dtype float16``) is not pooled with float32."""
+    runs = [line("bench_forward", "quick", {"a_vs_hf": r}, {"raw_hf": 10.0}) for r in (1.0, 1.2)]
+    runs[1]["config"]["dtype"] = "float16"
+    runs.append(line("bench_forward", "quick", {"a_vs_hf": 1.1}, {"raw_hf": 10.0}))
+    runs[2]["config"]["dtype"] = "float32"  # the default, as recorded now
+    big = line("bench_forward", "llava-7b", {"a_vs_hf": 1.3}, {"raw_hf": 10.0})
+    big["config"]["dtype"] = "float16"  # llava-7b's default
+    runs.append(big)
+    (tmp_path / "bench_forward.jsonl").write_text("".join(json.dumps(x) + "\n" for x in runs))
+    rows = bench_tables.render(tmp_path)["bench-table"].splitlines()[2:]
+    sizes = [row.split(" | ")[1] for row in rows]
+    assert sizes == ["quick", "quick float16", "llava-7b"]
+    assert "a_vs_hf **1.050×** (1.000×–1.100×)" in rows[0] and "a_vs_hf **1.200×** |" in rows[1]
