@@ -1,7 +1,8 @@
 """benchmarks/gpu.sh, rehearsed on a CPU: the GPU section's one command must work the first time a
 device is lent (a lease is 15 minutes). Quick shapes in float16 run every benchmark through the
 script's own path: one checkpoint folder shared by the four, JSON lines recorded with their dtype,
-and only what the benchmarks built deleted afterwards."""
+and only what the benchmarks built deleted afterwards. The wheels carried to the device
+(``benchmarks/gpu_wheels.sh``) are the lock's."""
 
 from __future__ import annotations
 
@@ -61,3 +62,12 @@ def test_the_gpu_script_deletes_nothing_it_did_not_build(tmp_path):
     done = _script(tmp_path, checkpoint, "forward")
     assert done.returncode == 1 and "holds files of its own (notes.txt)" in done.stderr
     assert (checkpoint / "notes.txt").read_text() == "a user's file"
+
+
+def test_the_device_wheels_are_pinned_by_the_lock():
+    """benchmarks/gpu_wheels.sh downloads each package at its constraints.txt version (it exits otherwise)."""
+    script = (ROOT / "benchmarks" / "gpu_wheels.sh").read_text()
+    packages = script.split('PACKAGES="')[1].split('"')[0].split()
+    lock = {line.split("==")[0].lower() for line in (ROOT / "constraints.txt").read_text().splitlines()}
+    assert {"transformers", "transformer-lens", "huggingface-hub", "tokenizers"} <= set(packages)
+    assert [p for p in packages if p.lower() not in lock] == []
