@@ -354,8 +354,9 @@ def checkpoint_dir(args: argparse.Namespace, path: Path) -> Path:
         else []
     )
     if foreign or path.is_file():
+        what = ", ".join(sorted(foreign)[:3]) or "a file"
         raise ValueError(
-            f"--checkpoint {str(path)!r} holds files of its own ({', '.join(sorted(foreign)[:3]) or 'a file'}); "
+            f"--checkpoint {str(path)!r} holds files of its own ({what}); "
             "pass a new or empty folder for the benchmark checkpoints."
         )
     marker = target / "bench_shapes.json"

@@ -14,10 +14,11 @@
 # (`make test-slow` runs it), so that a device lease is not spent on a broken script.
 #
 # Environment: CHECKPOINT (the checkpoints' folder, default /tmp/vlminterp-bench-llava7b; building
-# llava-7b's takes ~30 GB of RAM and ~28 GB of disk; deleted at the end unless KEEP_CHECKPOINT=1), BENCH_TIMEOUT (seconds per
-# benchmark, default 300; the first one also builds the checkpoint), PYTHON, DEVICE (cuda),
-# SHAPES (llava-7b), DTYPE (the shapes' default: float16 for llava-7b), BENCH_ARGS (more options
-# for every benchmark, e.g. "--repeats 1"). llava-7b shapes are not for a CPU machine.
+# llava-7b's takes ~30 GB of RAM and ~28 GB of disk; deleted at the end unless KEEP_CHECKPOINT=1),
+# BENCH_TIMEOUT (seconds per benchmark, default 300; the first one also builds the checkpoint),
+# PYTHON, DEVICE (cuda), SHAPES (llava-7b), DTYPE (the shapes' default: float16 for llava-7b),
+# BENCH_ARGS (more options for every benchmark, e.g. "--repeats 1"). llava-7b shapes are not for a
+# CPU machine.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}

@@ -2,9 +2,10 @@
 
 transformers 5.24 hands the KV cache to attention modules as ``cache=`` (``past_key_values`` is a
 deprecated alias until 5.40, with a ``FutureWarning``): :func:`kv_cache_keyword` names the keyword a
-model's ``forward`` takes, which our runs pass the cache under. TransformerLens 4.3's ``AttentionBridge._update_kv_cache`` reads only
-``past_key_values`` / ``layer_past``, so on 5.24 a bridge-wrapped model never writes its cache:
-every decode step after the first attends only to itself and generation silently loses the prompt.
+model's ``forward`` takes, which our runs pass the cache under. TransformerLens 4.3's
+``AttentionBridge._update_kv_cache`` reads only ``past_key_values`` / ``layer_past``, so on 5.24 a
+bridge-wrapped model never writes its cache: every decode step after the first attends only to
+itself and generation silently loses the prompt.
 
 :func:`fix_kv_cache_keyword` repairs one booted bridge: each of *its* attention components gets an
 instance-level ``_update_kv_cache`` that also reads ``cache=``. Nothing global is patched, so a
